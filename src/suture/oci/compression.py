@@ -1,0 +1,139 @@
+"""Layer compression: gzip (ISA-L, stdlib fallback), zstd, or none.
+
+This is the one module of :mod:`suture.oci` that imports outside the stdlib: the
+stdlib's gzip runs at ~35 MB/s on this hardware, ISA-L at ~400 MB/s.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+import zlib
+from typing import IO, Any, BinaryIO
+
+from suture.errors import LayerError
+
+_gz: types.ModuleType
+try:  # pragma: no cover - exercised when isal is installed, which it is by default
+    from isal import isal_zlib as _gz
+
+    _GZ_LEVEL = 2  # isal levels are 0-3; 2 is close to zlib -6 in size
+except ImportError:  # pragma: no cover
+    _gz = zlib
+    _GZ_LEVEL = 6
+
+CHUNK = 1 << 20
+
+
+class _DecompressingReader(io.RawIOBase, BinaryIO):
+    """Streams the decompressed bytes of ``raw``; owns and closes ``raw``."""
+
+    def __init__(self, raw: IO[bytes], kind: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._kind = kind
+        self._buf = b""
+        self._eof = False
+        self._dec: Any
+        if kind == "gzip":
+            self._dec = _gz.decompressobj(wbits=31)
+        else:
+            import zstandard
+
+            self._dec = zstandard.ZstdDecompressor().decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while not self._buf and not self._eof:
+            chunk = self._raw.read(CHUNK)
+            try:
+                if not chunk:
+                    self._eof = True
+                    if self._kind == "gzip":
+                        if not self._dec.eof:
+                            raise LayerError("truncated gzip stream")
+                        self._buf = self._dec.flush()
+                    return
+                if self._kind == "gzip" and self._dec.eof:
+                    # A concatenated gzip member: start a new decoder over what is left.
+                    rest = self._dec.unused_data + chunk
+                    self._dec = _gz.decompressobj(wbits=31)
+                    chunk = rest
+                self._buf = self._dec.decompress(chunk)
+                if self._kind == "gzip" and self._dec.eof and self._dec.unused_data:
+                    rest = self._dec.unused_data
+                    if rest.strip(b"\0"):
+                        self._dec = _gz.decompressobj(wbits=31)
+                        self._buf += self._dec.decompress(rest)
+            except LayerError:
+                raise
+            except Exception as exc:  # zlib.error, isal error, zstd.ZstdError
+                raise LayerError(f"corrupt {self._kind} stream: {exc}") from None
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._fill()
+        n = min(len(buffer), len(self._buf))
+        memoryview(buffer).cast("B")[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def open_decompressed(raw: IO[bytes], kind: str) -> BinaryIO:
+    """Wrap a compressed stream; ``kind`` is ``gzip``, ``zstd`` or ``none``."""
+    if kind == "none":
+        return raw  # type: ignore[return-value]
+    if kind not in ("gzip", "zstd"):
+        raise LayerError(f"unknown compression {kind!r}")
+    return io.BufferedReader(_DecompressingReader(raw, kind), CHUNK)
+
+
+class CompressingWriter:
+    """A write-only stream that compresses into ``out`` deterministically.
+
+    gzip output has header mtime 0 and no file name, so equal input gives equal
+    bytes. Call :meth:`close` to flush the trailer; ``out`` is not closed.
+    """
+
+    def __init__(self, out: Any, kind: str, *, threads: int = 0) -> None:
+        self._out = out
+        self._kind = kind
+        self._closed = False
+        self._comp: Any = None
+        if kind == "gzip":
+            self._comp = _gz.compressobj(_GZ_LEVEL, zlib.DEFLATED, 31)
+        elif kind == "zstd":
+            import zstandard
+
+            params = zstandard.ZstdCompressionParameters.from_level(
+                3, threads=threads, write_checksum=True, write_content_size=False
+            )
+            self._comp = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        elif kind != "none":
+            raise LayerError(f"unknown compression {kind!r}")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._comp is None:
+            self._out.write(data)
+        else:
+            out = self._comp.compress(bytes(data))
+            if out:
+                self._out.write(out)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._comp is not None:
+            self._out.write(self._comp.flush())
