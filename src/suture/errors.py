@@ -25,7 +25,7 @@ class UsageError(SutureError):
     """The caller asked for something that cannot be done as asked."""
 
 
-class ReferenceError(SutureError):
+class ReferenceError(UsageError):  # noqa: A001 - shadows a builtin nobody here uses
     """An image reference that does not parse."""
 
     def __init__(self, reference: str, reason: str) -> None:

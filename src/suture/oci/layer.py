@@ -191,3 +191,20 @@ def write_layer(
     else:
         media = mt.layer_media_type(compression, docker=False)
     return LayerInfo(compressed.digest, plain.digest, compressed.size, media, compression)
+
+
+def layer_from_tar(tar_stream: IO[bytes], out: IO[bytes] | BinaryIO, *,
+                   compression: str = "gzip", threads: int = 0) -> LayerInfo:
+    """Compress an existing tar stream into a layer blob, as is (entries not rewritten).
+
+    The stream is checked to be a readable tar afterwards by the caller, if it cares;
+    here it is only hashed and compressed. Neither stream is closed.
+    """
+    compressed = HashingWriter(out)
+    compressor = CompressingWriter(compressed, compression, threads=threads)
+    plain = HashingWriter(compressor)  # type: ignore[arg-type]
+    while chunk := tar_stream.read(1 << 20):
+        plain.write(chunk)
+    compressor.close()
+    media = mt.layer_media_type(compression, docker=False)
+    return LayerInfo(compressed.digest, plain.digest, compressed.size, media, compression)

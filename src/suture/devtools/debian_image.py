@@ -1,0 +1,102 @@
+"""Build a small Debian image from the real Debian archive, without a container engine.
+
+``python -m suture.devtools.debian_image SUITE DEST`` runs ``mmdebstrap`` (root
+mode when run as root, else unshare) into a tar, turns that tar into one gzip
+layer as is, and writes an image to DEST (any writable reference: ``oci:DIR:TAG``,
+``oci-archive:``, ``docker-archive:``, a registry). Only the suite named is used
+(no -security or -updates), so a patch has real newer packages to apply.
+
+``SOURCE_DATE_EPOCH`` is fixed (from the suite's Release date unless given), so
+two builds of the same archive state give the same image digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from suture.errors import SutureError, UsageError
+from suture.oci.layer import layer_from_tar
+from suture.oci.model import Platform
+from suture.oci.mutate import AddedLayer, new_image
+from suture.transports import write_artifact
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+ARCHES = {"amd64": "linux/amd64", "arm64": "linux/arm64/v8", "armhf": "linux/arm/v7",
+          "i386": "linux/386", "ppc64el": "linux/ppc64le", "s390x": "linux/s390x"}
+
+
+def build_rootfs_tar(suite: str, out: Path, *, variant: str = "minbase", arch: str = "amd64",
+                     mirror: str = DEFAULT_MIRROR, include: Sequence[str] = (),
+                     epoch: int = 1700000000) -> None:
+    """Run mmdebstrap to make a root filesystem tar of ``suite`` at ``out``."""
+    if shutil.which("mmdebstrap") is None:
+        raise UsageError("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    mode = "root" if os.geteuid() == 0 else "unshare"
+    cmd = ["mmdebstrap", f"--mode={mode}", f"--variant={variant}", f"--architectures={arch}",
+           "--format=tar", "--quiet"]
+    if include:
+        cmd.append("--include=" + ",".join(include))
+    cmd += [suite, str(out), f"deb {mirror} {suite} main"]
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SutureError(f"mmdebstrap failed for {suite}/{arch}: {last}")
+
+
+def build_debian_image(suite: str, dest: str, *, variant: str = "minbase",
+                       arch: str = "amd64", mirror: str = DEFAULT_MIRROR,
+                       include: Sequence[str] = (), epoch: int = 1700000000,
+                       workdir: Path | None = None) -> str:
+    """Build an image of ``suite`` and write it to ``dest``; return its manifest digest."""
+    if arch not in ARCHES:
+        raise UsageError(f"unknown architecture {arch!r} (one of {', '.join(ARCHES)})")
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="suture-debian-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        build_rootfs_tar(suite, rootfs, variant=variant, arch=arch, mirror=mirror,
+                         include=include, epoch=epoch)
+        blob = Path(tmp) / "layer.tar.gz"
+        with rootfs.open("rb") as src, blob.open("wb") as out:
+            info = layer_from_tar(src, out)
+        created = "1970-01-01T00:00:00Z"
+        layer = AddedLayer(info, lambda: blob.open("rb"),
+                           history={"created_by": f"mmdebstrap --variant={variant} {suite}",
+                                    "created": created})
+        image = new_image([layer], Platform.parse(ARCHES[arch]), config={
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                               "/sbin:/bin"], "Cmd": ["bash"]},
+            "created": created,
+        })
+        return write_artifact(image, dest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m suture.devtools.debian_image",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("suite", help="e.g. bookworm, trixie")
+    parser.add_argument("dest", help="where to write the image, e.g. oci:/tmp/demo:bookworm")
+    parser.add_argument("--variant", default="minbase")
+    parser.add_argument("--arch", default="amd64")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR)
+    parser.add_argument("--include", default="", help="comma-separated extra packages")
+    args = parser.parse_args(argv)
+    include = [p for p in args.include.split(",") if p]
+    try:
+        digest = build_debian_image(args.suite, args.dest, variant=args.variant,
+                                    arch=args.arch, mirror=args.mirror, include=include)
+    except SutureError as exc:
+        print(f"debian_image: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.dest} {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

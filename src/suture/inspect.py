@@ -1,0 +1,106 @@
+"""Inspection: what an image is, read from its manifest, config and a few files.
+
+Only the files detection needs are read out of the layers (one streaming pass,
+more only to follow symlinks); an image is never extracted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from suture.distro.detect import OSRelease, PackageDB, detect_os, detect_package_db, wanted_paths
+from suture.errors import PlatformError
+from suture.oci.fs import read_files
+from suture.oci.image import Artifact, Image, ImageIndex
+from suture.oci.model import Descriptor, Platform
+
+# Written into patched images (config labels and manifest annotations).
+BASE_DIGEST_KEY = "dev.suture.base.digest"  # the original image's manifest digest
+BASE_LAYERS_KEY = "dev.suture.base.layers"  # how many layers the original image had
+PATCHED_KEY = "dev.suture.patched"  # "true"
+
+
+@dataclass(frozen=True)
+class PatchMark:
+    base_digest: str
+    base_layers: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"baseDigest": self.base_digest, "baseLayers": self.base_layers}
+
+
+@dataclass(frozen=True)
+class Inspection:
+    platform: Platform | None
+    digest: str
+    media_type: str
+    layers: tuple[Descriptor, ...]
+    os: OSRelease | None
+    package_db: PackageDB | None
+    patched: PatchMark | None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "platform": str(self.platform) if self.platform else None,
+            "digest": self.digest,
+            "mediaType": self.media_type,
+            "layers": [{"digest": d.digest, "size": d.size, "mediaType": d.media_type}
+                       for d in self.layers],
+            "os": self.os.to_json() if self.os else None,
+            "packageDB": self.package_db.to_json() if self.package_db else None,
+            "patched": self.patched.to_json() if self.patched else None,
+        }
+
+
+def read_patch_mark(image: Image) -> PatchMark | None:
+    """The mark a suture patch left on ``image``, if any (labels, else annotations)."""
+    for source in (image.labels, image.manifest.annotations):
+        base = source.get(BASE_DIGEST_KEY)
+        layers = source.get(BASE_LAYERS_KEY, "")
+        if base and layers.isdigit():
+            return PatchMark(base, int(layers))
+    return None
+
+
+def inspect_image(image: Image) -> Inspection:
+    paths, prefixes = wanted_paths()
+    files = read_files(image, paths, prefixes=prefixes)
+    return Inspection(
+        platform=image.platform,
+        digest=image.digest,
+        media_type=image.media_type,
+        layers=image.manifest.layers,
+        os=detect_os(files),
+        package_db=detect_package_db(files),
+        patched=read_patch_mark(image),
+    )
+
+
+def select_images(artifact: Artifact, platforms: list[Platform] | None = None) -> list[Image]:
+    """The images of ``artifact`` to work on: all runnable ones, or those for ``platforms``.
+
+    A single image with a platform filter that it does not match is an error.
+    """
+    if isinstance(artifact, Image):
+        if platforms and artifact.platform is not None and not any(
+            p.matches(artifact.platform) for p in platforms
+        ):
+            wanted = ", ".join(str(p) for p in platforms)
+            raise PlatformError(f"the image is {artifact.platform}, not {wanted}")
+        return [artifact]
+    assert isinstance(artifact, ImageIndex)
+    if platforms:
+        return [artifact.select(p) for p in platforms]
+    images = []
+    for desc in artifact.image_descriptors():
+        child = artifact.child(desc)
+        if isinstance(child, Image):
+            images.append(child)
+    return images
+
+
+def inspect_artifact(artifact: Artifact,
+                     platforms: list[Platform] | None = None) -> list[Inspection]:
+    return [inspect_image(image) for image in select_images(artifact, platforms)]
