@@ -18,11 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from suture.errors import SutureError, UsageError
-from suture.oci.layer import layer_from_tar
+from suture.oci.image import Image
+from suture.oci.layer import Entry, layer_from_tar, write_layer
 from suture.oci.model import Platform
 from suture.oci.mutate import AddedLayer, new_image
 from suture.transports import write_artifact
@@ -51,6 +53,40 @@ def build_rootfs_tar(suite: str, out: Path, *, variant: str = "minbase", arch: s
         raise SutureError(f"mmdebstrap failed for {suite}/{arch}: {last}")
 
 
+def _opener(path: Path) -> Callable[[], BinaryIO]:
+    def open_blob() -> BinaryIO:
+        return path.open("rb")
+
+    return open_blob
+
+
+def image_from_layers(layers: Sequence[Path | list[Entry]], platform: Platform,
+                      workdir: Path, *, created: str = "1970-01-01T00:00:00Z") -> Image:
+    """An image whose layers are rootfs tars (compressed as they are) or entry lists.
+
+    Layer blobs are written into ``workdir`` and read from there: keep it for the
+    life of the image.
+    """
+    added = []
+    for n, layer in enumerate(layers):
+        blob = workdir / f"layer-{n}.tar.gz"
+        with blob.open("wb") as out:
+            if isinstance(layer, Path):
+                with layer.open("rb") as src:
+                    info = layer_from_tar(src, out)
+                how = f"rootfs {layer.name}"
+            else:
+                info = write_layer(layer, out)
+                how = f"{len(layer)} entries"
+        added.append(AddedLayer(info, _opener(blob),
+                                history={"created_by": how, "created": created}))
+    return new_image(added, platform, config={
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                           "/sbin:/bin"], "Cmd": ["bash"]},
+        "created": created,
+    })
+
+
 def build_debian_image(suite: str, dest: str, *, variant: str = "minbase",
                        arch: str = "amd64", mirror: str = DEFAULT_MIRROR,
                        include: Sequence[str] = (), epoch: int = 1700000000,
@@ -62,18 +98,7 @@ def build_debian_image(suite: str, dest: str, *, variant: str = "minbase",
         rootfs = Path(tmp) / "rootfs.tar"
         build_rootfs_tar(suite, rootfs, variant=variant, arch=arch, mirror=mirror,
                          include=include, epoch=epoch)
-        blob = Path(tmp) / "layer.tar.gz"
-        with rootfs.open("rb") as src, blob.open("wb") as out:
-            info = layer_from_tar(src, out)
-        created = "1970-01-01T00:00:00Z"
-        layer = AddedLayer(info, lambda: blob.open("rb"),
-                           history={"created_by": f"mmdebstrap --variant={variant} {suite}",
-                                    "created": created})
-        image = new_image([layer], Platform.parse(ARCHES[arch]), config={
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                               "/sbin:/bin"], "Cmd": ["bash"]},
-            "created": created,
-        })
+        image = image_from_layers([rootfs], Platform.parse(ARCHES[arch]), Path(tmp))
         return write_artifact(image, dest)
 
 
