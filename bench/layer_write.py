@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from suture.devtools.rootfs import tar_entries
@@ -35,13 +36,13 @@ class _Null:
 
 def _stdlib_gzip(entries: list[Entry]) -> int:
     sink = HashingWriter(None)
-    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as gz:
         write_tar(entries, gz)
     return sink.size
 
 
 def _suture(entries: list[Entry], compression: str) -> int:
-    return write_layer(entries, _Null(), compression=compression).size  # type: ignore[arg-type]
+    return write_layer(entries, _Null(), compression=compression).size
 
 
 def _big(mb: int) -> None:
@@ -60,7 +61,7 @@ def _big(mb: int) -> None:
             return n
 
     write_layer([Entry("big", "file", size=size, data=lambda: io.BufferedReader(Zeros()))],
-                _Null())  # type: ignore[arg-type]
+                _Null())
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
@@ -87,9 +88,12 @@ def main() -> int:
     raw = sum(e.size for e in entries)
     print(f"rootfs {rootfs.name}: {len(entries)} entries, {raw / 1e6:.1f} MB of file data")
     rows = []
-    for name, fn in (("stdlib gzip-6 (baseline)", lambda: _stdlib_gzip(entries)),
-                     ("suture gzip (isal)", lambda: _suture(entries, "gzip")),
-                     ("suture zstd", lambda: _suture(entries, "zstd"))):
+    runs: list[tuple[str, Callable[[], int]]] = [
+        ("stdlib gzip-6 (baseline)", lambda: _stdlib_gzip(entries)),
+        ("suture gzip (isal)", lambda: _suture(entries, "gzip")),
+        ("suture zstd", lambda: _suture(entries, "zstd")),
+    ]
+    for name, fn in runs:
         start = time.perf_counter()
         size = fn()
         rows.append((name, time.perf_counter() - start, size))

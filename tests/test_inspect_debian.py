@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest

@@ -139,7 +139,7 @@ def test_memory_flat_for_big_streamed_files() -> None:
 
     tracemalloc.start()
     write_layer([Entry("zeros", "file", size=size,
-                       data=lambda: io.BufferedReader(Zeros()))], Sink())  # type: ignore[arg-type]
+                       data=lambda: io.BufferedReader(Zeros()))], Sink())
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 32 << 20

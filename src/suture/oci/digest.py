@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from suture.errors import DigestMismatch, ManifestError, SizeMismatch
 
@@ -128,7 +128,7 @@ class VerifyingReader(io.RawIOBase, BinaryIO):
 class HashingWriter:
     """A write-only sink that counts and hashes what passes through to ``out``."""
 
-    def __init__(self, out: IO[bytes] | None, algorithm: str = "sha256") -> None:
+    def __init__(self, out: Any, algorithm: str = "sha256") -> None:
         self._out = out
         self._hash = hashlib.new(algorithm)
         self._algorithm = algorithm

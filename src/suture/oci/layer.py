@@ -14,7 +14,7 @@ import os
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Protocol, cast
 
 from suture.errors import LayerError
 from suture.oci import mediatypes as mt
@@ -118,12 +118,18 @@ def _tarinfo(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(entries: Iterable[Entry], out: IO[bytes], *, mtime: int | None = None) -> None:
+class Writable(Protocol):
+    """Anything with ``write(bytes)``: a file, a hashing or compressing stream."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def write_tar(entries: Iterable[Entry], out: Writable, *, mtime: int | None = None) -> None:
     """Write ``entries`` as a sorted, deterministic PAX tar stream into ``out``."""
     when = default_mtime() if mtime is None else mtime
     ordered = sorted(entries, key=lambda e: sort_key(e.path))
     seen: set[str] = set()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+    with tarfile.open(fileobj=cast(IO[bytes], out), mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
         for entry in ordered:
             key = entry.path.strip("/")
@@ -170,7 +176,7 @@ class _ExactReader:
 
 def write_layer(
     entries: Iterable[Entry],
-    out: IO[bytes] | BinaryIO,
+    out: Writable,
     *,
     compression: str = "gzip",
     mtime: int | None = None,
@@ -183,8 +189,8 @@ def write_layer(
     """
     compressed = HashingWriter(out)
     compressor = CompressingWriter(compressed, compression, threads=threads)
-    plain = HashingWriter(compressor)  # type: ignore[arg-type]
-    write_tar(entries, plain, mtime=mtime)  # type: ignore[arg-type]
+    plain = HashingWriter(compressor)
+    write_tar(entries, plain, mtime=mtime)
     compressor.close()
     if compression == "none":
         media = mt.OCI_LAYER
@@ -193,7 +199,7 @@ def write_layer(
     return LayerInfo(compressed.digest, plain.digest, compressed.size, media, compression)
 
 
-def layer_from_tar(tar_stream: IO[bytes], out: IO[bytes] | BinaryIO, *,
+def layer_from_tar(tar_stream: IO[bytes], out: Writable, *,
                    compression: str = "gzip", threads: int = 0) -> LayerInfo:
     """Compress an existing tar stream into a layer blob, as is (entries not rewritten).
 
@@ -202,7 +208,7 @@ def layer_from_tar(tar_stream: IO[bytes], out: IO[bytes] | BinaryIO, *,
     """
     compressed = HashingWriter(out)
     compressor = CompressingWriter(compressed, compression, threads=threads)
-    plain = HashingWriter(compressor)  # type: ignore[arg-type]
+    plain = HashingWriter(compressor)
     while chunk := tar_stream.read(1 << 20):
         plain.write(chunk)
     compressor.close()
