@@ -1,10 +1,11 @@
 """A deterministic, streaming layer writer.
 
 Entries are written as PAX tar, sorted by path components (a directory before
-what it holds), with the ownership and times the caller gives (or
-``SOURCE_DATE_EPOCH``, or 0), empty user and group names, and through a
-deterministic compressor. The same entries give the same bytes, digest and
-diff_id. Memory stays flat: file contents are streamed from their openers.
+what it holds; hard links after everything else, so their targets come first),
+with the ownership and times the caller gives (or ``SOURCE_DATE_EPOCH``, or 0),
+empty user and group names, and through a deterministic compressor. The same
+entries give the same bytes, digest and diff_id. Memory stays flat: file contents
+are streamed from their openers.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Writable(Protocol):
 def write_tar(entries: Iterable[Entry], out: Writable, *, mtime: int | None = None) -> None:
     """Write ``entries`` as a sorted, deterministic PAX tar stream into ``out``."""
     when = default_mtime() if mtime is None else mtime
-    ordered = sorted(entries, key=lambda e: sort_key(e.path))
+    # Hard links go last, so their targets always precede them in the stream.
+    ordered = sorted(entries, key=lambda e: (e.kind == HARDLINK, sort_key(e.path)))
     seen: set[str] = set()
     with tarfile.open(fileobj=cast(IO[bytes], out), mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
