@@ -1,0 +1,94 @@
+"""The plan: which package goes to which version, and why. A pure, JSON-ready value.
+
+``Plan`` is what ``--dry-run`` prints, what fetching reads, and what the result
+JSON and the VEX document are built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REPORT, UPDATE_ALL, DEPENDENCY = "report", "update-all", "dependency"
+
+
+@dataclass(frozen=True)
+class Update:
+    """One package to install at ``to_version`` (``from_version`` None: newly installed).
+
+    ``reason``: ``report`` (a finding named it), ``update-all`` (no report: newer
+    version available), ``dependency`` (needed by another update).
+    ``vulnerabilities``: the report's identifiers this update fixes.
+    ``filename``/``size``/``sha256``/``base_uri``: where the verified package is.
+    """
+
+    name: str
+    architecture: str
+    from_version: str | None
+    to_version: str
+    source: str
+    reason: str
+    vulnerabilities: tuple[str, ...] = ()
+    filename: str = ""
+    size: int = 0
+    sha256: str = ""
+    base_uri: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vulnerabilities"] = list(self.vulnerabilities)
+        return out
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A package the plan leaves alone, and why (``held``, ``no-fix``, ``not-installed``,
+    ``up-to-date``, ``unfixed``)."""
+
+    name: str
+    reason: str
+    detail: str = ""
+    vulnerabilities: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vulnerabilities"] = list(self.vulnerabilities)
+        return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A package that must be updated but cannot be (its message says why)."""
+
+    name: str
+    message: str
+    vulnerabilities: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vulnerabilities"] = list(self.vulnerabilities)
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    family: str
+    architecture: str
+    updates: tuple[Update, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    failures: tuple[Failure, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "architecture": self.architecture,
+            "updates": [u.to_json() for u in self.updates],
+            "skipped": [s.to_json() for s in self.skipped],
+            "failures": [f.to_json() for f in self.failures],
+            "notes": list(self.notes),
+        }
