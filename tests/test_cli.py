@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,28 @@ def test_unknown_manifest_media_type(tmp_path: Path) -> None:
     proc = run("inspect", f"oci:{tmp_path}/l:v1")
     assert proc.returncode == 1
     assert "unsupported manifest media type" in one_error_line(proc)
+
+
+@pytest.mark.registry
+def test_copy_and_inspect_through_token_registry(tmp_path: Path, token_registry: Any) -> None:
+    from tests.fixtures.registry import PASSWORD, USER
+
+    image = sample_image()
+    write_artifact(image, f"oci:{tmp_path}/src:v1")
+    remote = f"docker://127.0.0.1:{token_registry.port}/team/app:v1"
+    creds = ["--creds", f"{USER}:{PASSWORD}", "--ca-file", str(token_registry.ca_file)]
+    proc = run("copy", *creds, f"oci:{tmp_path}/src:v1", remote)
+    assert proc.returncode == 0, proc.stderr
+    assert image.digest in proc.stdout
+    proc = run("inspect", "--json", *creds, remote)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["digest"] == image.digest
+    skopeo = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir",
+                             str(token_registry.cert_dir), "--creds", f"{USER}:{PASSWORD}",
+                             remote], capture_output=True, check=True).stdout
+    assert sha256(skopeo) == image.digest
+    proc = run("inspect", "--ca-file", str(token_registry.ca_file), "--creds",
+               f"{USER}:wrong-password", remote)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "wrong-password" not in line and "unauthorized" in line.lower()
