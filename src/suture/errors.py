@@ -25,7 +25,7 @@ class UsageError(SutureError):
     """The caller asked for something that cannot be done as asked."""
 
 
-class ReferenceError(UsageError):  # noqa: A001 - shadows a builtin nobody here uses
+class ReferenceError(UsageError):
     """An image reference that does not parse."""
 
     def __init__(self, reference: str, reason: str) -> None:
@@ -108,3 +108,15 @@ class PackageDBError(SutureError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class PackageFormatError(SutureError):
+    """A package version, dependency relation or other metadata value that does not parse.
+
+    ``text`` is the offending text. Parsers of whole databases or indexes wrap
+    it into their own error naming the file.
+    """
+
+    def __init__(self, message: str, *, text: str) -> None:
+        super().__init__(message)
+        self.text = text
