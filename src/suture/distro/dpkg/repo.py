@@ -1,0 +1,862 @@
+"""apt repositories over HTTP: verified Release, Packages indexes and ``.deb`` files.
+
+The chain of trust is apt's: the ``InRelease`` (or ``Release`` + ``Release.gpg``)
+is verified against the keyrings given (see :mod:`suture.distro.dpkg.release`);
+every index is checked against the size and SHA256 the Release lists, and every
+``.deb`` against the size and SHA256 its Packages entry lists. Nothing
+unverified is returned or kept.
+
+Downloads go to a content-addressed cache (``<cache_dir>/sha256/<hex>``, written
+to a temporary file and renamed into place), so fetching the same index or
+package twice downloads it once. Cached files are re-hashed when used. The
+Release files themselves are kept by URL (``<cache_dir>/refs/``) and revalidated
+with a conditional request; in ``offline`` mode only the cache is read and a
+missing file raises :class:`~suture.distro.dpkg.repoerrors.OfflineCacheMiss`.
+
+HTTP goes through an injectable :class:`requests.Session`, with ``verify=`` and
+timeouts on every request. A dropped connection is resumed with ``Range``, a
+bounded number of times. No ``requests`` exception escapes: failures are
+:class:`~suture.distro.dpkg.repoerrors.RepositoryError` subclasses, and checksum
+failures :class:`~suture.errors.DigestMismatch` / :class:`~suture.errors.SizeMismatch`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import hashlib
+import json
+import logging
+import lzma
+import os
+import posixpath
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from suture.distro.dpkg.control import Paragraph, parse_paragraphs
+from suture.distro.dpkg.release import (
+    MAX_RELEASE,
+    Keyring,
+    Release,
+    ReleaseFile,
+    check_release,
+    verify_release,
+)
+from suture.distro.dpkg.repoerrors import (
+    IndexNotListed,
+    KeyringError,
+    NotSigned,
+    OfflineCacheMiss,
+    RepositoryError,
+    RepositoryHTTPError,
+    RepositoryNotFound,
+)
+from suture.distro.dpkg.sources import SourceEntry
+from suture.errors import DigestMismatch, PackageDBError, SizeMismatch
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+STREAM_CHUNK = 64 << 10
+MAX_INDEX = 1 << 30  # decompressed Packages; bookworm main/amd64 is ~45 MB
+MAX_SIGNATURE = 1 << 20
+DEFAULT_TIMEOUT = (15.0, 60.0)  # connect, read (seconds)
+
+# Compressed variants of an index, in the order they are preferred.
+_COMPRESSIONS = ((".xz", "xz"), (".gz", "gzip"), (".bz2", "bzip2"), ("", "none"))
+_ARCHIVED_HINTS = {
+    "debian.org": "suite {suite!r} may have moved to archive.debian.org: map {uri} to "
+                  "http://archive.debian.org/{path} as a mirror and disable the Valid-Until "
+                  "check",
+    "ubuntu.com": "suite {suite!r} may be end-of-life: map {uri} to "
+                  "http://old-releases.ubuntu.com/ubuntu as a mirror",
+}
+
+
+def redact(url: str) -> str:
+    """``url`` without any user:password part, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+# ---------------------------------------------------------------- Packages index
+
+
+@dataclass(frozen=True)
+class PackageEntry:
+    """One binary package of a Packages index.
+
+    Relation fields are kept as written (parse them with
+    :func:`suture.distro.dpkg.control.parse_relations`); ``paragraph`` holds
+    every field. ``base_uri`` is the repository URI that ``filename`` is
+    relative to (empty when the index was parsed without one).
+    """
+
+    package: str
+    version: str
+    architecture: str
+    filename: str
+    size: int
+    sha256: str  # hex
+    source: str = ""
+    depends: str = ""
+    pre_depends: str = ""
+    provides: str = ""
+    multi_arch: str = ""
+    essential: bool = False
+    base_uri: str = ""
+    paragraph: Paragraph = field(default_factory=Paragraph, compare=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.base_uri.rstrip("/") + "/" + self.filename
+
+    @property
+    def source_name(self) -> str:
+        """The source package's name (``Source`` without its ``(version)``, or the package)."""
+        return self.source.split(" ", 1)[0] if self.source else self.package
+
+
+def _check_relpath(path: str, what: str) -> str:
+    if not path or path.startswith("/") or ".." in path.split("/") or "\\" in path:
+        raise RepositoryError(f"{what}: unsafe path {path!r}")
+    return path
+
+
+def parse_packages_index(
+    data: bytes | str, *, base_uri: str = "", source: str = "Packages"
+) -> list[PackageEntry]:
+    """Parse a (decompressed) Packages index into :class:`PackageEntry` values.
+
+    Every paragraph must have Package, Version, Architecture, Filename, Size
+    and SHA256, with a relative ``Filename`` without ``..``; otherwise
+    :class:`~suture.errors.PackageDBError` is raised naming ``source``. Pure:
+    give it bytes that were checked against a verified Release.
+    """
+    out: list[PackageEntry] = []
+    for para in parse_paragraphs(data, source=source):
+        try:
+            name = para["Package"]
+            size = int(para["Size"])
+            sha256 = para["SHA256"].lower()
+            entry = PackageEntry(
+                package=name,
+                version=para["Version"],
+                architecture=para["Architecture"],
+                filename=para["Filename"],
+                size=size,
+                sha256=sha256,
+                source=para.get("Source", "") or "",
+                depends=para.get("Depends", "") or "",
+                pre_depends=para.get("Pre-Depends", "") or "",
+                provides=para.get("Provides", "") or "",
+                multi_arch=para.get("Multi-Arch", "") or "",
+                essential=(para.get("Essential", "") or "").lower() == "yes",
+                base_uri=base_uri,
+                paragraph=para,
+            )
+        except KeyError as exc:
+            who = para.get("Package", "?")
+            raise PackageDBError(f"package {who}: no {exc.args[0]} field", path=source) \
+                from None
+        except ValueError:
+            raise PackageDBError(f"package {para.get('Package')}: bad Size", path=source) \
+                from None
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise PackageDBError(f"package {name}: malformed SHA256", path=source)
+        try:
+            _check_relpath(entry.filename, source)
+        except RepositoryError:
+            raise PackageDBError(f"package {name}: unsafe Filename {entry.filename!r}",
+                                 path=source) from None
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------- decompression
+
+
+def _new_decompressor(kind: str) -> Any:
+    if kind == "xz":
+        return lzma.LZMADecompressor()
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=31)
+    if kind == "bzip2":
+        return bz2.BZ2Decompressor()
+    raise ValueError(kind)
+
+
+def decompress_index(stream: IO[bytes], kind: str, *, limit: int = MAX_INDEX,
+                     what: str = "index") -> bytes:
+    """Decompress ``stream`` (``xz``, ``gzip``, ``bzip2`` or ``none``), at most ``limit`` bytes.
+
+    Concatenated streams are followed. Output over ``limit`` raises
+    :class:`~suture.errors.SizeMismatch` (a ceiling); a corrupt or truncated
+    stream raises :class:`~suture.distro.dpkg.repoerrors.RepositoryError`.
+    The caller owns ``stream``.
+    """
+    out = bytearray()
+    if kind == "none":
+        while chunk := stream.read(CHUNK):
+            out += chunk
+            if len(out) > limit:
+                raise SizeMismatch(what, limit, len(out), ceiling=True)
+        return bytes(out)
+    dec = _new_decompressor(kind)
+    try:
+        pending = b""
+        while True:
+            if not pending:
+                pending = stream.read(CHUNK)
+                if not pending:
+                    break
+            if dec.eof:
+                rest, pending = pending, b""
+                if rest.strip(b"\0"):
+                    dec = _new_decompressor(kind)
+                    pending = rest
+                continue
+            room = limit - len(out) + 1
+            if kind == "gzip":
+                data = dec.decompress(pending, room)
+                pending = dec.unconsumed_tail or (dec.unused_data if dec.eof else b"")
+            else:
+                data = dec.decompress(pending, max_length=room)
+                pending = dec.unused_data if dec.eof else b""
+                while not dec.eof and not dec.needs_input and len(out) + len(data) <= limit:
+                    data += dec.decompress(b"", max_length=limit - len(out) - len(data) + 1)
+            out += data
+            if len(out) > limit:
+                raise SizeMismatch(what, limit, len(out), ceiling=True)
+        if not dec.eof:
+            raise RepositoryError(f"{what}: truncated {kind} stream")
+    except (lzma.LZMAError, zlib.error, OSError, EOFError) as exc:
+        raise RepositoryError(f"{what}: corrupt {kind} stream ({exc})") from None
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- cache
+
+
+class AptCache:
+    """A content-addressed directory: ``sha256/<hex>`` files and ``refs/`` by URL.
+
+    Files are written to ``tmp/`` and renamed into place, so a reader never sees
+    a partial file. Safe to share between processes (last writer wins, with
+    equal content).
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256
+
+    def lookup(self, sha256: str, size: int | None = None) -> Path | None:
+        """The cached file with this digest (re-hashed now), or ``None``.
+
+        A cached file whose content no longer matches is deleted.
+        """
+        path = self.path(sha256)
+        try:
+            if size is not None and path.stat().st_size != size:
+                raise ValueError
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            if h.hexdigest() != sha256:
+                raise ValueError
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("cache: dropping corrupt %s", path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return path
+
+    def temp(self) -> tuple[IO[bytes], Path]:
+        tmpdir = self.root / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
+        return os.fdopen(fd, "w+b"), Path(name)
+
+    def commit(self, tmp: Path, sha256: str) -> Path:
+        dest = self.path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        return dest
+
+    def put(self, data: bytes) -> Path:
+        digest = hashlib.sha256(data).hexdigest()
+        f, tmp = self.temp()
+        with f:
+            f.write(data)
+        return self.commit(tmp, digest)
+
+    def _ref_path(self, url: str) -> Path:
+        return self.root / "refs" / (hashlib.sha256(url.encode()).hexdigest() + ".json")
+
+    def ref(self, url: str) -> dict[str, str] | None:
+        """What was last fetched from ``url``: ``{"sha256", "etag", "last_modified"}``."""
+        try:
+            data = json.loads(self._ref_path(url).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("url") != redact(url):
+            return None
+        return {k: str(v) for k, v in data.items() if isinstance(v, str)}
+
+    def set_ref(self, url: str, sha256: str, *, etag: str | None,
+                last_modified: str | None) -> None:
+        path = self._ref_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"url": redact(url), "sha256": sha256}  # no credentials on disk
+        if etag:
+            record["etag"] = etag
+        if last_modified:
+            record["last_modified"] = last_modified
+        f, tmp = self.temp()
+        with f:
+            f.write(json.dumps(record, sort_keys=True).encode())
+        os.replace(tmp, path)
+
+    def read_ref(self, url: str) -> bytes | None:
+        """The content last fetched from ``url`` (verified against its digest), or ``None``."""
+        ref = self.ref(url)
+        if ref is None or "sha256" not in ref:
+            return None
+        path = self.lookup(ref["sha256"])
+        return path.read_bytes() if path is not None else None
+
+
+# ---------------------------------------------------------------- fetcher
+
+
+@dataclass
+class _Got:
+    status: int
+    path: Path | None = None
+    sha256: str = ""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+              requests.exceptions.ContentDecodingError)
+
+
+class AptFetcher:
+    """Fetches from apt repositories into a content-addressed cache.
+
+    ``session`` defaults to a new :class:`requests.Session` (closed by
+    :meth:`close`; a session passed in is the caller's). ``verify`` is passed
+    on every request (a CA bundle path or a bool). ``retries`` bounds how many
+    times one download is resumed or retried after a dropped connection or a
+    5xx answer. ``now`` is the clock used for key expiry and Valid-Until.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | str,
+        *,
+        session: requests.Session | None = None,
+        offline: bool = False,
+        verify: bool | str = True,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_index: int = MAX_INDEX,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.cache = AptCache(cache_dir)
+        self._own_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self.offline = offline
+        self.verify = verify
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_index = max_index
+        self._now = now or (lambda: datetime.now(UTC))
+
+    def close(self) -> None:
+        if self._own_session:
+            self.session.close()
+
+    def __enter__(self) -> AptFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ HTTP
+
+    def _request(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise RepositoryError(f"{redact(url)}: unsupported URI scheme {scheme!r}",
+                                  url=redact(url))
+        hdrs = {"Accept-Encoding": "identity", **headers}
+        return self.session.get(url, headers=hdrs, stream=True, timeout=self.timeout,
+                                verify=self.verify, allow_redirects=True)
+
+    def _get(
+        self,
+        url: str,
+        what: str,
+        *,
+        size: int | None,
+        limit: int,
+        sha256: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Got:
+        """Download ``url`` into the cache, resuming with Range after a drop.
+
+        Returns the stored file and its digest, or ``status=304`` when a
+        conditional request was answered "not modified". Size (exact, or the
+        ceiling ``limit``) and ``sha256`` (when given) are checked while the
+        body streams; a file that fails a check is not kept.
+        """
+        safe = redact(url)
+        out, tmp = self.cache.temp()
+        try:
+            h = hashlib.sha256()
+            got = 0
+            failures = 0
+            ceiling = size if size is not None else limit
+            while True:
+                hdrs = dict(headers or {})
+                if got:
+                    hdrs = {"Range": f"bytes={got}-"}
+                try:
+                    resp = self._request(url, hdrs)
+                    with resp:
+                        status = resp.status_code
+                        if status == 304 and not got:
+                            return _Got(304)
+                        if status == 416 and got and size is not None:
+                            # Nothing left past what we have: the file is short.
+                            raise SizeMismatch(what, size, got)
+                        if status in (404, 410):
+                            raise RepositoryNotFound(f"{what}: {safe}: HTTP {status}",
+                                                     url=safe, status=status)
+                        if status >= 500:
+                            raise _Retry(f"HTTP {status}", status)
+                        if status >= 400 or status not in (200, 206):
+                            raise RepositoryHTTPError(f"{what}: {safe}: HTTP {status}",
+                                                      url=safe, status=status)
+                        if got and not (status == 206 and _range_start(resp) == got):
+                            log.info("%s: server ignored Range, restarting", safe)
+                            out.seek(0)
+                            out.truncate()
+                            h, got = hashlib.sha256(), 0
+                        elif not got and status == 206:
+                            raise RepositoryHTTPError(f"{what}: {safe}: unexpected HTTP 206",
+                                                      url=safe, status=status)
+                        etag = resp.headers.get("ETag")
+                        last_modified = resp.headers.get("Last-Modified")
+                        length = resp.headers.get("Content-Length")
+                        received = 0
+                        # Small reads: what was read before a drop is kept for the resume.
+                        for chunk in resp.iter_content(STREAM_CHUNK):
+                            got += len(chunk)
+                            received += len(chunk)
+                            if got > ceiling:
+                                raise SizeMismatch(what, ceiling, got, ceiling=size is None)
+                            h.update(chunk)
+                            out.write(chunk)
+                    if size is not None and got < size:
+                        if length is not None and length.isdigit() and int(length) == received:
+                            raise SizeMismatch(what, size, got)  # complete, and short
+                        raise _Retry(f"short body ({got} of {size} bytes)")
+                    break
+                except requests.RequestException as exc:
+                    if isinstance(exc, _RETRYABLE):
+                        failures += 1
+                        if failures <= self.retries:
+                            log.info("%s: %s, retry %d/%d from byte %d", safe,
+                                     type(exc).__name__, failures, self.retries, got)
+                            self._sleep(failures)
+                            continue
+                    raise RepositoryHTTPError(
+                        f"{what}: {safe}: {type(exc).__name__}"
+                        + (f" after {failures} attempts" if failures else ""),
+                        url=safe, status=None) from None
+                except _Retry as exc:
+                    failures += 1
+                    if failures > self.retries:
+                        raise RepositoryHTTPError(
+                            f"{what}: {safe}: giving up after {failures} attempts ({exc.reason})",
+                            url=safe, status=exc.status) from None
+                    log.info("%s: %s, retry %d/%d from byte %d", safe, exc.reason, failures,
+                             self.retries, got)
+                    self._sleep(failures)
+            digest = h.hexdigest()
+            if sha256 is not None and digest != sha256:
+                raise DigestMismatch(what, "sha256:" + sha256, "sha256:" + digest)
+            out.close()
+            return _Got(200, self.cache.commit(tmp, digest), digest, etag, last_modified)
+        finally:
+            out.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _sleep(self, failures: int) -> None:
+        if self.backoff:
+            time.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
+
+    def fetch_verified(self, url: str, sha256: str, size: int | None, what: str) -> Path:
+        """The cached file with ``sha256``; downloaded from ``url`` when not cached.
+
+        Offline, a miss raises :class:`~suture.distro.dpkg.repoerrors.OfflineCacheMiss`.
+        """
+        cached = self.cache.lookup(sha256, size)
+        if cached is not None:
+            log.debug("cache hit %s (%s)", what, sha256[:12])
+            return cached
+        if self.offline:
+            raise OfflineCacheMiss(f"{what} ({redact(url)}, sha256 {sha256})", url=redact(url))
+        got = self._get(url, what, size=size, limit=size or MAX_INDEX, sha256=sha256)
+        assert got.path is not None
+        return got.path
+
+    def fetch_meta(self, url: str, what: str, *, limit: int = MAX_RELEASE) -> bytes:
+        """A file whose digest is not known in advance (InRelease, Release, Release.gpg).
+
+        Kept in the cache by URL and revalidated with If-None-Match /
+        If-Modified-Since; offline, the last copy is used. The bytes returned
+        are unverified: check their signature.
+        """
+        safe = redact(url)
+        cached = self.cache.read_ref(url)
+        if self.offline:
+            if cached is None:
+                raise OfflineCacheMiss(f"{what} ({safe})", url=safe)
+            return cached
+        headers: dict[str, str] = {}
+        ref = self.cache.ref(url) if cached is not None else None
+        if ref:
+            if "etag" in ref:
+                headers["If-None-Match"] = ref["etag"]
+            if "last_modified" in ref:
+                headers["If-Modified-Since"] = ref["last_modified"]
+        got = self._get(url, what, size=None, limit=limit, headers=headers)
+        if got.status == 304 and cached is not None:
+            log.debug("%s: not modified", safe)
+            return cached
+        if got.path is None:  # a 304 we did not ask for
+            raise RepositoryHTTPError(f"{what}: {safe}: unexpected HTTP 304", url=safe,
+                                      status=304)
+        self.cache.set_ref(url, got.sha256, etag=got.etag, last_modified=got.last_modified)
+        return got.path.read_bytes()
+
+    # ------------------------------------------------------------ repositories
+
+    def fetch_release(
+        self,
+        uri: str,
+        suite: str,
+        keyring: Keyring,
+        *,
+        check_valid_until: bool = True,
+        check_suite: bool = True,
+    ) -> AptRepository:
+        """Fetch, verify and check the Release of ``uri`` ``suite``.
+
+        Tries ``InRelease`` and falls back to ``Release`` + ``Release.gpg`` when
+        it is missing. Refusals: signature errors, an expired Release (unless
+        ``check_valid_until=False``), a Release that is not ``suite`` (unless
+        ``check_suite=False``). A suite the server does not have raises
+        :class:`~suture.distro.dpkg.repoerrors.RepositoryNotFound` with a hint
+        (a Debian or Ubuntu suite that moved to an archive host, for example).
+        """
+        base = dist_url(uri, suite)
+        inrelease_url = base + "/InRelease"
+        now = self._now()
+        try:
+            data = self.fetch_meta(inrelease_url, "InRelease")
+            release = verify_release(keyring, inrelease=data, what=redact(inrelease_url),
+                                     now=now)
+            where = inrelease_url
+        except (RepositoryNotFound, OfflineCacheMiss) as first:
+            release_url = base + "/Release"
+            try:
+                data = self.fetch_meta(release_url, "Release")
+            except RepositoryNotFound:
+                raise RepositoryNotFound(
+                    f"{redact(uri)} has no suite {suite!r} (InRelease and Release: HTTP 404)",
+                    url=redact(inrelease_url), status=404, hint=_archive_hint(uri, suite),
+                ) from None
+            except OfflineCacheMiss:
+                raise first from None
+            try:
+                sig = self.fetch_meta(base + "/Release.gpg", "Release.gpg", limit=MAX_SIGNATURE)
+            except RepositoryNotFound:
+                raise NotSigned(f"{redact(release_url)}: no InRelease and no Release.gpg",
+                                url=redact(release_url)) from None
+            release = verify_release(keyring, release=data, release_gpg=sig,
+                                     what=redact(release_url), now=now)
+            where = release_url
+        check_release(release, suite=suite if check_suite else None, what=redact(where),
+                      now=now, check_valid_until=check_valid_until)
+        log.info("%s %s: verified, signed by %s", redact(uri), suite, ", ".join(release.signers))
+        return AptRepository(self, uri.rstrip("/"), suite, release, base)
+
+    def fetch_source(
+        self,
+        entry: SourceEntry,
+        keyring: Keyring,
+        *,
+        check_valid_until: bool | None = None,
+    ) -> AptRepository:
+        """:meth:`fetch_release` for a sources entry, honouring its ``check-valid-until``.
+
+        ``check_valid_until`` overrides the entry when not ``None``. The
+        entry's ``trusted=yes`` is *not* honoured: metadata is always verified.
+        """
+        if check_valid_until is None:
+            check_valid_until = entry.check_valid_until is not False
+        return self.fetch_release(entry.uri, entry.suite, keyring,
+                                  check_valid_until=check_valid_until)
+
+    def fetch_deb(self, entry: PackageEntry) -> Path:
+        """The ``.deb`` of ``entry`` in the cache, downloaded if needed.
+
+        Size and SHA256 are checked while streaming (and again on a cache hit);
+        a dropped connection is resumed with Range. The returned path is inside
+        the cache: read it, do not move or change it.
+        """
+        if not entry.base_uri:
+            raise RepositoryError(f"{entry.package}: entry has no repository URI")
+        _check_relpath(entry.filename, entry.package)
+        return self.fetch_verified(entry.url, entry.sha256, entry.size,
+                                   f"{entry.package}_{entry.version}_{entry.architecture}.deb")
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _range_start(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Range", "")
+    if not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def dist_url(uri: str, suite: str) -> str:
+    """Where a suite's Release files live: ``<uri>/dists/<suite>``, or ``<uri>/<suite>`` if flat."""
+    uri = uri.rstrip("/")
+    if suite.endswith("/"):
+        flat = suite.rstrip("/")
+        return uri if flat in ("", ".") else f"{uri}/{flat}"
+    return f"{uri}/dists/{suite}"
+
+
+def _archive_hint(uri: str, suite: str) -> str:
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    for domain, hint in _ARCHIVED_HINTS.items():
+        if host == domain or host.endswith("." + domain):
+            path = parts.path.strip("/") or "debian"
+            return hint.format(suite=suite, uri=redact(uri), path=path)
+    return f"check that {redact(uri)} serves suite {suite!r}"
+
+
+# ---------------------------------------------------------------- one repository
+
+
+@dataclass
+class AptRepository:
+    """One suite of one repository whose Release has been verified.
+
+    ``url`` is the directory holding the Release (``<uri>/dists/<suite>``).
+    """
+
+    fetcher: AptFetcher
+    uri: str
+    suite: str
+    release: Release
+    url: str
+
+    def index_variants(self, name: str) -> list[tuple[ReleaseFile, str]]:
+        """The listed variants of index ``name`` (e.g. ``main/binary-amd64/Packages``),
+        best compression first, with their compression kind."""
+        files = self.release.files
+        return [(files[name + ext], kind) for ext, kind in _COMPRESSIONS if name + ext in files]
+
+    def fetch_index(self, name: str) -> bytes:
+        """The decompressed content of index ``name``, verified against the Release.
+
+        The compressed file is checked (size and SHA256) as it downloads; the
+        decompressed bytes are bounded by the fetcher's ``max_index`` and, when
+        the Release lists the uncompressed file too, checked against that and
+        kept in the cache (a later call skips the decompression). With
+        ``Acquire-By-Hash: yes`` the ``by-hash/SHA256/`` URL is tried first.
+        A listed variant the server lacks (404) falls back to the next one.
+        """
+        _check_relpath(name, "index")
+        variants = self.index_variants(name)
+        if not variants:
+            raise IndexNotListed(f"{redact(self.url)}: Release lists no SHA256 for {name}",
+                                 url=redact(self.url))
+        plain = self.release.files.get(name)
+        if plain is not None:
+            # A decompressed copy kept by an earlier call (checked against the Release).
+            kept = self.fetcher.cache.lookup(plain.sha256, plain.size)
+            if kept is not None:
+                return kept.read_bytes()
+        missing: RepositoryNotFound | None = None
+        for entry, kind in variants:
+            try:
+                path = self._fetch_listed(entry)
+            except RepositoryNotFound as exc:
+                missing = exc
+                continue
+            with path.open("rb") as f:
+                data = decompress_index(f, kind, limit=self.fetcher.max_index,
+                                        what=f"{self.url}/{entry.path}")
+            if plain is not None and kind != "none":
+                if len(data) != plain.size:
+                    raise SizeMismatch(f"{name} (decompressed)", plain.size, len(data))
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != plain.sha256:
+                    raise DigestMismatch(f"{name} (decompressed)", "sha256:" + plain.sha256,
+                                         "sha256:" + digest)
+                self.fetcher.cache.put(data)
+            return data
+        assert missing is not None
+        raise missing
+
+    def _fetch_listed(self, entry: ReleaseFile) -> Path:
+        url = f"{self.url}/{entry.path}"
+        what = f"{self.suite}/{entry.path}"
+        cached = self.fetcher.cache.lookup(entry.sha256, entry.size)
+        if cached is not None:
+            return cached
+        if self.release.acquire_by_hash and not self.fetcher.offline:
+            by_hash = f"{self.url}/{posixpath.dirname(entry.path)}/by-hash/SHA256/{entry.sha256}"
+            try:
+                return self.fetcher.fetch_verified(by_hash, entry.sha256, entry.size, what)
+            except RepositoryNotFound:
+                log.info("%s: no by-hash copy, using %s", what, redact(url))
+        return self.fetcher.fetch_verified(url, entry.sha256, entry.size, what)
+
+    def fetch_packages(self, component: str, architecture: str) -> bytes:
+        """The verified, decompressed ``<component>/binary-<arch>/Packages``.
+
+        For a flat repository ``component`` is ignored (``Packages`` at its root).
+        """
+        return self.fetch_index(self._packages_name(component, architecture))
+
+    def _packages_name(self, component: str, architecture: str) -> str:
+        if self.suite.endswith("/"):
+            return "Packages"
+        return f"{component}/binary-{architecture}/Packages"
+
+    def packages(self, component: str, architecture: str) -> list[PackageEntry]:
+        """:meth:`fetch_packages` parsed; entries carry this repository's URI."""
+        name = self._packages_name(component, architecture)
+        return parse_packages_index(self.fetch_index(name), base_uri=self.uri,
+                                    source=f"{redact(self.url)}/{name}")
+
+    def fetch_deb(self, entry: PackageEntry) -> Path:
+        """:meth:`AptFetcher.fetch_deb`; an entry without ``base_uri`` gets this repository's."""
+        if not entry.base_uri:
+            entry = replace(entry, base_uri=self.uri)
+        return self.fetcher.fetch_deb(entry)
+
+
+# ---------------------------------------------------------------- trust anchors
+
+TRUSTED_GPG = "etc/apt/trusted.gpg"
+TRUSTED_GPG_D = "etc/apt/trusted.gpg.d/"
+
+
+def default_keyring(files: Mapping[str, bytes]) -> Keyring:
+    """apt's default trust: ``trusted.gpg`` and ``trusted.gpg.d/*.gpg`` / ``*.asc``.
+
+    ``files`` maps root-relative (or absolute) paths to content, as read from
+    an image or a host.
+    """
+    by_path = {p.lstrip("/"): d for p, d in files.items()}
+    names = [TRUSTED_GPG] if TRUSTED_GPG in by_path else []
+    names += sorted(p for p in by_path if p.startswith(TRUSTED_GPG_D)
+                    and "/" not in p[len(TRUSTED_GPG_D):] and p.endswith((".gpg", ".asc")))
+    return Keyring.from_bytes(*(by_path[n] for n in names), names=["/" + n for n in names])
+
+
+def keyring_for(entry: SourceEntry, files: Mapping[str, bytes], *,
+                extra: Keyring | None = None) -> Keyring:
+    """The keys apt would trust for ``entry``, from the files of an image.
+
+    An inline ``Signed-By`` key block is used alone; ``Signed-By`` paths are
+    read from ``files`` (a missing one raises
+    :class:`~suture.distro.dpkg.repoerrors.KeyringError`); ``Signed-By``
+    fingerprints select from the default keyring; without ``Signed-By`` the
+    default keyring (:func:`default_keyring`) is used. ``extra`` (keys the
+    user names) is added in every case.
+    """
+    by_path = {p.lstrip("/"): d for p, d in files.items()}
+    if entry.signed_by_key is not None:
+        keyring = Keyring.from_bytes(entry.signed_by_key, names=[f"{entry.origin} Signed-By"])
+    elif entry.signed_by:
+        paths = [s for s in entry.signed_by if "/" in s]
+        fingerprints = [s for s in entry.signed_by if "/" not in s]
+        blobs: list[bytes] = []
+        for p in paths:
+            if p.lstrip("/") not in by_path:
+                raise KeyringError(f"{entry.origin}: Signed-By keyring {p} not found")
+            blobs.append(by_path[p.lstrip("/")])
+        # Fingerprints select keys from the files named, or from the default keyring.
+        keyring = Keyring.from_bytes(*blobs, names=paths) if paths else default_keyring(by_path)
+        if fingerprints:
+            keyring = keyring.restrict(fingerprints)
+    else:
+        keyring = default_keyring(by_path)
+    return keyring + extra if extra is not None else keyring
+
+
+def keyring_paths(entries: Iterable[SourceEntry]) -> tuple[list[str], list[str]]:
+    """Root-relative paths and prefixes to read from an image to build keyrings."""
+    paths = {TRUSTED_GPG}
+    for e in entries:
+        paths.update(s.lstrip("/") for s in e.signed_by if "/" in s)
+    return sorted(paths), [TRUSTED_GPG_D]
+
+
+__all__ = [
+    "AptCache",
+    "AptFetcher",
+    "AptRepository",
+    "PackageEntry",
+    "decompress_index",
+    "default_keyring",
+    "dist_url",
+    "keyring_for",
+    "keyring_paths",
+    "parse_packages_index",
+    "redact",
+]

@@ -1,0 +1,148 @@
+"""Errors raised while reading apt configuration and apt repositories.
+
+All are :class:`~suture.errors.SutureError` subclasses with the fields a caller
+may act on. Checksum failures of downloaded files are the shared
+:class:`~suture.errors.DigestMismatch` and :class:`~suture.errors.SizeMismatch`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from suture.errors import SutureError
+
+
+class SourcesError(SutureError):
+    """An apt sources file (one-line or deb822) that does not parse."""
+
+    def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line = line
+
+
+class RepositoryError(SutureError):
+    """A repository that cannot be used: unreachable, malformed or refused.
+
+    ``url`` is the file that was being fetched or checked, when there is one.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+
+
+class RepositoryHTTPError(RepositoryError):
+    """The server answered with an error status (``status``) or not at all (``None``)."""
+
+    def __init__(
+        self, message: str, *, url: str, status: int | None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, url=url, hint=hint)
+        self.status = status
+
+
+class RepositoryNotFound(RepositoryHTTPError):
+    """A 404/410 for a file the repository should have (for example a suite that moved)."""
+
+
+class OfflineCacheMiss(RepositoryError):
+    """Offline mode was asked for and the cache does not hold ``missing``."""
+
+    def __init__(self, missing: str, *, url: str | None = None) -> None:
+        super().__init__(
+            f"offline: {missing} is not in the cache",
+            url=url,
+            hint="run once with network access to fill the cache, or drop offline mode",
+        )
+        self.missing = missing
+
+
+class IndexNotListed(RepositoryError):
+    """The Release file lists no SHA256 for the index that was asked for."""
+
+
+class MalformedRelease(RepositoryError):
+    """A Release/InRelease whose structure or fields do not parse."""
+
+
+class ReleaseExpired(RepositoryError):
+    """A Release whose ``Valid-Until`` has passed (a possible replay of stale metadata)."""
+
+    def __init__(self, url: str, valid_until: datetime, now: datetime) -> None:
+        super().__init__(
+            f"{url}: Release expired at {valid_until.isoformat()} (now {now.isoformat()})",
+            url=url,
+            hint="for an archived snapshot, disable the Valid-Until check "
+            "(like apt's Check-Valid-Until=false)",
+        )
+        self.valid_until = valid_until
+        self.now = now
+
+
+class ReleaseMismatch(RepositoryError):
+    """A Release whose Suite and Codename are not the suite that was asked for."""
+
+    def __init__(self, url: str, asked: str, suite: str, codename: str) -> None:
+        super().__init__(
+            f"{url}: asked for suite {asked!r} but the Release says "
+            f"Suite {suite!r}, Codename {codename!r}",
+            url=url,
+        )
+        self.asked = asked
+        self.suite = suite
+        self.codename = codename
+
+
+class SignatureError(RepositoryError):
+    """Repository metadata whose OpenPGP signature cannot be trusted.
+
+    ``issuers`` are the fingerprints (or key ids) the signatures name.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        issuers: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, hint=hint)
+        self.issuers = issuers
+
+
+class NotSigned(SignatureError):
+    """Data that is not a well-formed signed message (or has text outside the signed part)."""
+
+
+class BadSignature(SignatureError):
+    """A signature by a trusted key that does not verify (tampered data), or a weak one."""
+
+
+class UnknownKey(SignatureError):
+    """No signature was made by a key in the trusted keyrings."""
+
+
+class ExpiredKey(SignatureError):
+    """The only signatures by trusted keys were made with keys that have expired."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        issuers: tuple[str, ...] = (),
+        expired_at: datetime | None = None,
+    ) -> None:
+        super().__init__(message, url=url, issuers=issuers)
+        self.expired_at = expired_at
+
+
+class RevokedKey(SignatureError):
+    """The only signatures by trusted keys were made with revoked keys."""
+
+
+class KeyringError(SignatureError):
+    """A keyring that cannot be read as OpenPGP certificates."""
