@@ -1,0 +1,767 @@
+"""Running maintainer scripts in a sandbox over the image root, and capturing their effect.
+
+:func:`run_scripts` materialises the image with the patch entries written over it
+in a temporary directory, runs the :class:`~suture.distro.scripts.ScriptJob` values
+in order inside a sandbox, and returns what the scripts changed as layer entries
+(to be merged over the patch entries). Nothing is ever skipped silently: a job that
+is not run is returned in :attr:`ScriptOutcome.not_run` with the reason.
+
+Sandboxes
+    ``bwrap`` (bubblewrap): the root is bind-mounted read-write as ``/``, with a
+    fresh ``/dev``, ``/proc``, and tmpfs ``/tmp`` and ``/run``; new IPC, PID, UTS,
+    network (no network at all) and cgroup namespaces; an empty environment. As
+    root, no user namespace is made (scripts must be able to ``chown`` to any id)
+    and the capabilities are cut to those a ``docker build`` step has, minus
+    ``CAP_MKNOD``. As a normal user, a user namespace maps the caller to root.
+
+    ``chroot`` (root only, the fallback): ``chroot ROOT SCRIPT``. Weaker isolation:
+    no namespaces (the script shares the host's network, PIDs and IPC, with all of
+    root's capabilities), and nothing is mounted, so there is no ``/proc`` and no
+    ``/dev`` in the root (scripts that need them fail). Mounting nothing also means
+    the temporary root can always be removed without touching the host.
+
+    ``none``: nothing runs; every job is reported as ``scripts disabled``.
+
+    ``auto``: ``bwrap`` if it works here (probed once per process), else ``chroot``
+    when running as root, else nothing runs and every job says why.
+
+A script is executed directly, as dpkg does (``execvp``): its ``#!`` line names
+the interpreter, a script without one is run by ``/bin/sh``, and a script that is
+not executable fails. Before running, the interpreter is looked up in the image; if
+it is missing (distroless images have no shell) the job is reported, not run.
+Scripts of the image's architecture only are run: if it differs from the host's,
+every job is reported. Services are never started: ``/usr/sbin/policy-rc.d``
+(exit 101) is present while scripts run, unless the image has its own.
+
+Environment: only ``PATH``, ``HOME=/root``, ``LC_ALL=C`` and
+``DEBIAN_FRONTEND=noninteractive``; for scripts under ``var/lib/dpkg/`` also what
+dpkg sets (``DPKG_MAINTSCRIPT_PACKAGE``, ``DPKG_MAINTSCRIPT_NAME`` from the file
+name, ``DPKG_MAINTSCRIPT_ARCH`` from the package's status entry, ``DPKG_ROOT``,
+``DPKG_ADMINDIR``, and ``DPKG_RUNNING_VERSION`` when the root's status file lists
+dpkg); then the job's own ``env``, which wins. The working directory is ``/``, the
+umask 022, stdin empty.
+
+Each script gets ``SCRIPT_TIMEOUT`` seconds and ``MAX_SCRIPT_OUTPUT`` bytes of
+output; a script that exits non-zero, is killed, times out or talks too much
+raises :class:`ScriptError` and nothing is returned.
+
+What counts as a change
+    The tree is snapshotted (``lstat`` of every path, without following symlinks)
+    after the patch entries are written and before the first script, and again
+    after the last. A path is changed when its type, permission bits, owner, group,
+    extended attributes (``security.selinux`` ignored: it is the host's label),
+    symlink target or file size differ. A regular file whose cheap fields are
+    equal but whose mtime, ctime or inode differ may have been rewritten (even in
+    place with its mtime restored: the ctime still moves), so its contents are
+    compared with a digest taken at snapshot time; files over ``PREHASH_LIMIT``
+    bytes are not digested beforehand and are reported as changed in that case
+    (a cost bound: such rewrites are rare and carrying an unchanged file is safe).
+    So a file rewritten with identical contents is not a change, and neither is a
+    read (atime). Directories compare on type, mode, owner and xattrs only: their
+    times move whenever an entry is added or removed, and extraction does not keep
+    them. ``tmp/``, ``var/tmp/``, ``run/``, ``dev/``, ``proc/`` and ``sys/`` are
+    never looked at, nor are two files whose contents depend on the host and the
+    clock: ``var/cache/ldconfig/aux-cache`` (inode numbers and ctimes; ldconfig
+    ignores stale entries) and ``var/log/alternatives.log`` (timestamps).
+
+Entries returned
+    Sorted by path. Regular files carry their data as bytes (the temporary root is
+    gone when this returns); files of the result that share an inode become one
+    file and hard links to it; device nodes and sockets that scripts create are
+    left out (logged). Mode, owner, group and xattrs are as on disk. Times: a path
+    whose contents (or link target) the scripts wrote, and every directory, gets
+    ``mtime=None``, so the layer writer gives it ``SOURCE_DATE_EPOCH`` (or 0) and
+    identical inputs give identical entries; a path whose metadata alone changed
+    keeps its earlier mtime. A removed path becomes a whiteout, only at the top of
+    a removed tree. Run as a normal user, files owned by the caller are reported as
+    owned by root (they were root's inside the sandbox).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from suture.distro.dpkg.control import parse_status
+from suture.distro.scripts import ScriptJob
+from suture.errors import LayerError, SutureError, UsageError
+from suture.oci.extract import extract_image, resolve_in_root
+from suture.oci.fs import normalize
+from suture.oci.image import Image
+from suture.oci.layer import (
+    BLOCK,
+    CHAR,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    OPAQUE,
+    SYMLINK,
+    WHITEOUT_PREFIX,
+    Entry,
+    default_mtime,
+    sort_key,
+)
+
+log = logging.getLogger(__name__)
+
+SANDBOXES = ("auto", "bwrap", "chroot", "none")
+SCRIPT_TIMEOUT = 300.0
+MAX_SCRIPT_OUTPUT = 16 << 20  # stdout + stderr of one script
+MAX_RESULT_BYTES = 1 << 30  # file contents the scripts may add or change, in all
+PREHASH_LIMIT = 4 << 20
+MAX_STATUS = 64 << 20
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXCLUDED = frozenset({"tmp", "var/tmp", "run", "dev", "proc", "sys",
+                      # Host-specific, so never the same twice: ldconfig's cache of the
+                      # inode numbers and ctimes of libraries (a stale one is harmless),
+                      # and update-alternatives' timestamped log.
+                      "var/cache/ldconfig/aux-cache", "var/log/alternatives.log"})
+_POLICY_BODY = b"#!/bin/sh\n# suture: services are not started while patching an image\nexit 101\n"
+_TAIL = 4096
+# What a `docker build` step may do, without CAP_MKNOD (no device nodes in layers).
+_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW",
+         "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+         "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
+_HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+              "i386": "386", "i486": "386", "i586": "386", "i686": "386", "armv5l": "arm",
+              "armv6l": "arm", "armv7l": "arm", "armv8l": "arm", "ppc64le": "ppc64le",
+              "s390x": "s390x", "riscv64": "riscv64", "mips64": "mips64le",
+              "loongarch64": "loong64"}
+_DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64", "386": "i386", "ppc64le": "ppc64el",
+                "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el",
+                "loong64": "loong64"}
+
+
+class ScriptError(SutureError):
+    """A maintainer script that failed: non-zero exit, killed, timed out or too verbose.
+
+    ``exit_code`` is ``None`` when the script did not exit by itself; ``detail`` is
+    the last line of its stderr (or stdout), or what went wrong.
+    """
+
+    def __init__(self, job: ScriptJob, *, exit_code: int | None, detail: str,
+                 how: str | None = None) -> None:
+        what = how or (f"exited with code {exit_code}" if exit_code is not None
+                       else "did not finish")
+        super().__init__(f"maintainer script {job.describe()} {what}: {detail}",
+                         hint="nothing was written; --sandbox none patches without "
+                              "running maintainer scripts (and reports them)")
+        self.package = job.package
+        self.script = job.script
+        self.exit_code = exit_code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ScriptOutcome:
+    """What running the scripts did.
+
+    ``entries``: what the scripts changed, relative to the image plus the patch
+    entries, sorted by path (merge them over the patch entries). ``ran``: the
+    ``describe()`` of each job run, in order. ``not_run``: ``(describe(), reason)``
+    of each job that was not.
+    """
+
+    entries: list[Entry]
+    ran: list[str]
+    not_run: list[tuple[str, str]]
+
+
+def host_architecture() -> str:
+    """This machine's architecture as OCI names it (``amd64``, ``arm64``...)."""
+    machine = platform.machine().lower()
+    return _HOST_ARCH.get(machine, machine)
+
+
+def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[ScriptJob], *,
+                workdir: Path | None = None, sandbox: str = "auto",
+                timeout: float = SCRIPT_TIMEOUT) -> ScriptOutcome:
+    """Run ``jobs`` in order over ``image`` with ``patch_entries`` written on top.
+
+    The root is built in a temporary directory under ``workdir`` (the system's
+    temporary directory if ``None``) and always removed before returning. With no
+    jobs nothing is extracted. Raises :class:`ScriptError` if a script fails (and
+    returns nothing), :class:`UsageError` for an unknown ``sandbox`` or one asked
+    for by name that cannot work here, :class:`LayerError` for unsafe entries.
+    """
+    if sandbox not in SANDBOXES:
+        raise UsageError(f"unknown sandbox {sandbox!r} (one of {', '.join(SANDBOXES)})")
+    if not jobs:
+        return ScriptOutcome([], [], [])
+    if sandbox == "none":
+        return _none_run(jobs, "scripts disabled")
+    host = host_architecture()
+    image_platform = image.platform
+    if image_platform is None:
+        return _none_run(jobs, "image architecture unknown")
+    if image_platform.architecture != host:
+        return _none_run(jobs, f"image architecture {image_platform.architecture} differs "
+                               f"from host {host}")
+    kind, why = _choose_sandbox(sandbox)
+    if kind is None:
+        return _none_run(jobs, why)
+    tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
+    try:
+        root = tmp / "root"
+        extract_image(image, root)
+        _write_entries(root, patch_entries)
+        return _run_in(root, kind, jobs, _debian_arch(image_platform.architecture,
+                                                      image_platform.variant), timeout)
+    finally:
+        _remove_tree(tmp)
+
+
+def _none_run(jobs: Sequence[ScriptJob], reason: str) -> ScriptOutcome:
+    for job in jobs:
+        log.warning("not running %s: %s", job.describe(), reason)
+    return ScriptOutcome([], [], [(job.describe(), reason) for job in jobs])
+
+
+def _debian_arch(arch: str, variant: str | None) -> str:
+    if arch == "arm":
+        return "armhf" if variant in (None, "v7", "v8") else "armel"
+    return _DEBIAN_ARCH.get(arch, arch)
+
+
+# --------------------------------------------------------------------------- sandbox choice
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _namespace_args() -> list[str]:
+    args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if _as_root():
+        args += ["--cap-drop", "ALL"]
+        for cap in _CAPS:
+            args += ["--cap-add", cap]
+    else:
+        args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    return args
+
+
+@functools.cache
+def _probe_bwrap() -> str | None:
+    """``None`` if bubblewrap can make our sandbox here, else why not (probed once)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bwrap is not installed"
+    true = shutil.which("true") or "/bin/true"
+    cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+           *_namespace_args(), "--", true]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap does not start: {exc}"
+    if proc.returncode != 0:
+        return "bwrap does not work here: " + _last_line(proc.stderr.encode(), "no output")
+    return None
+
+
+def _choose_sandbox(requested: str) -> tuple[str | None, str]:
+    """The sandbox to use, or ``None`` and why no script can run."""
+    chroot_ok = _as_root() and shutil.which("chroot") is not None
+    if requested == "bwrap":
+        why = _probe_bwrap()
+        if why is not None:
+            raise UsageError(f"sandbox 'bwrap' is not usable here: {why}",
+                             hint="use --sandbox auto, chroot (as root) or none")
+        return "bwrap", ""
+    if requested == "chroot":
+        if not chroot_ok:
+            raise UsageError("sandbox 'chroot' needs root and the chroot command",
+                             hint="use --sandbox auto, bwrap or none")
+        return "chroot", ""
+    why = _probe_bwrap()
+    if why is None:
+        return "bwrap", ""
+    if chroot_ok:
+        log.warning("%s; running maintainer scripts under chroot (no namespaces, "
+                    "no /proc or /dev)", why)
+        return "chroot", ""
+    return None, f"no sandbox available ({why}; chroot needs root)"
+
+
+# --------------------------------------------------------------------------- the root
+
+def _remove_existing(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+
+
+def _write_entries(root: Path, entries: Sequence[Entry]) -> None:
+    """Write ``entries`` over ``root`` as one more layer would be applied.
+
+    Whiteouts and opaque markers act first (they hide what is below, not what the
+    same layer holds); then directories before what they hold; hard links last.
+    """
+    as_root = _as_root()
+    writes: list[tuple[str, Entry]] = []
+    for entry in entries:
+        path = normalize(entry.path)
+        if not path:
+            continue
+        parent, _, base = path.rpartition("/")
+        if base == OPAQUE:
+            directory = resolve_in_root(root, parent, follow_last=True)
+            if directory.is_dir() and not directory.is_symlink():
+                for child in directory.iterdir():
+                    _remove_existing(child)
+        elif base.startswith(WHITEOUT_PREFIX):
+            victim = resolve_in_root(root, normalize(f"{parent}/{base[len(WHITEOUT_PREFIX):]}"))
+            _remove_existing(victim)
+        else:
+            writes.append((path, entry))
+    writes.sort(key=lambda pe: (pe[1].kind == HARDLINK, sort_key(pe[0])))
+    try:
+        for path, entry in writes:
+            _write_entry(root, path, entry, as_root)
+    except OSError as exc:
+        raise LayerError(f"cannot write patch entries into the script root: {exc}") from None
+
+
+def _write_entry(root: Path, path: str, entry: Entry, as_root: bool) -> None:
+    target = resolve_in_root(root, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.kind == DIR:
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.unlink()
+        target.mkdir(exist_ok=True)
+    elif entry.kind in (CHAR, BLOCK):
+        return  # device nodes are not materialised (as in extract_image)
+    else:
+        _remove_existing(target)
+        if entry.kind == FILE:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(entry.data, bytes | bytearray):
+                    out.write(entry.data)
+                elif entry.data is not None:
+                    with entry.data() as stream:
+                        shutil.copyfileobj(stream, out, 1 << 20)
+        elif entry.kind == SYMLINK:
+            os.symlink(entry.linkname, target)
+            if as_root:
+                os.lchown(target, entry.uid, entry.gid)
+            return
+        elif entry.kind == HARDLINK:
+            source = resolve_in_root(root, normalize(entry.linkname))
+            if not os.path.lexists(source) or (source.is_dir() and not source.is_symlink()):
+                raise LayerError(f"hard link {path!r} to missing {entry.linkname!r}", path=path)
+            os.link(source, target, follow_symlinks=False)
+            return
+        elif entry.kind == FIFO:
+            os.mkfifo(target, 0o600)
+        else:
+            raise LayerError(f"unknown entry kind {entry.kind!r}", path=path)
+    if as_root:
+        os.lchown(target, entry.uid, entry.gid)
+        for name, value in entry.xattrs.items():
+            try:
+                os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as exc:
+                log.debug("xattr %s on %s not set: %s", name, path, exc)
+    os.chmod(target, entry.mode & 0o7777)
+    when = entry.mtime if entry.mtime is not None else default_mtime()
+    os.utime(target, (when, when), follow_symlinks=False)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` entirely, making read-only directories writable as needed."""
+
+    def retry(func: Callable[..., object], failed: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(failed), 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+            func(failed)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", failed, exc)
+
+    if not path.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    dev: int
+    ino: int
+    nlink: int
+    target: str
+    xattrs: tuple[tuple[str, bytes], ...]
+    digest: str | None = None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHAR
+    if stat.S_ISBLK(mode):
+        return BLOCK
+    return "socket"
+
+
+def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False))
+                            for n in names if n != "security.selinux"))
+    except OSError:
+        return ()
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _snapshot(root: Path, *, prehash: bool) -> dict[str, _Node]:
+    """Every path under ``root`` but the excluded ones, by root-relative path."""
+    nodes: dict[str, _Node] = {}
+    stack: list[tuple[str, str]] = [("", str(root))]
+    while stack:
+        rel_dir, host_dir = stack.pop()
+        with os.scandir(host_dir) as it:
+            for de in it:
+                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                if rel in EXCLUDED:
+                    continue
+                st = de.stat(follow_symlinks=False)
+                kind = _kind(st.st_mode)
+                digest = None
+                if prehash and kind == FILE and st.st_size <= PREHASH_LIMIT:
+                    digest = _digest(de.path)
+                nodes[rel] = _Node(
+                    kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                    st.st_size if kind == FILE else 0, st.st_mtime_ns, st.st_ctime_ns,
+                    st.st_dev, st.st_ino, st.st_nlink,
+                    os.readlink(de.path) if kind == SYMLINK else "", _xattrs(de.path), digest)
+                if kind == DIR:
+                    stack.append((rel, de.path))
+    return nodes
+
+
+def _contents_changed(root: Path, rel: str, before: _Node, after: _Node) -> bool:
+    """Whether a path present before and after, of the same kind, has new contents."""
+    if after.kind == SYMLINK:
+        return before.target != after.target
+    if after.kind != FILE:
+        return False
+    if before.size != after.size:
+        return True
+    if (before.mtime_ns, before.ctime_ns, before.ino) == (after.mtime_ns, after.ctime_ns,
+                                                           after.ino):
+        return False
+    if before.digest is None:
+        return True  # too large to have been digested: assume rewritten
+    return _digest(str(root / rel)) != before.digest
+
+
+def _diff(root: Path, before: dict[str, _Node], after: dict[str, _Node]) -> list[Entry]:
+    """Entries for what changed from ``before`` to ``after`` (see the module docstring)."""
+    euid, egid = os.geteuid(), os.getegid()
+    as_root = euid == 0
+
+    def owner(node: _Node) -> tuple[int, int]:
+        if as_root:
+            return node.uid, node.gid
+        return (0 if node.uid == euid else node.uid), (0 if node.gid == egid else node.gid)
+
+    entries: list[Entry] = []
+    first_link: dict[tuple[int, int], str] = {}
+    total = 0
+    for rel in sorted(after, key=sort_key):
+        node = after[rel]
+        old = before.get(rel)
+        if old is not None and old.kind == node.kind:
+            meta = (old.mode, old.uid, old.gid, old.xattrs) != (node.mode, node.uid, node.gid,
+                                                                 node.xattrs)
+            rewritten = _contents_changed(root, rel, old, node)
+            if not meta and not rewritten:
+                continue
+        else:
+            rewritten = True
+        uid, gid = owner(node)
+        xattrs = dict(node.xattrs)
+        mtime = None if rewritten or old is None or node.kind == DIR else \
+            old.mtime_ns // 1_000_000_000
+        if node.kind == DIR:
+            entries.append(Entry(rel, DIR, node.mode, uid, gid, None, xattrs=xattrs))
+        elif node.kind == SYMLINK:
+            entries.append(Entry(rel, SYMLINK, 0o777, uid, gid, mtime, linkname=node.target,
+                                 xattrs=xattrs))
+        elif node.kind == FIFO:
+            entries.append(Entry(rel, FIFO, node.mode, uid, gid, mtime, xattrs=xattrs))
+        elif node.kind == FILE:
+            key = (node.dev, node.ino)
+            if node.nlink > 1 and key in first_link:
+                entries.append(Entry(rel, HARDLINK, node.mode, uid, gid, mtime,
+                                     linkname=first_link[key]))
+                continue
+            first_link[key] = rel
+            total += node.size
+            if total > MAX_RESULT_BYTES:
+                raise SutureError(f"maintainer scripts changed more than {MAX_RESULT_BYTES} "
+                                  "bytes of files; refusing to build such a layer")
+            data = (root / rel).read_bytes()
+            entries.append(Entry(rel, FILE, node.mode, uid, gid, mtime, len(data), data=data,
+                                 xattrs=xattrs))
+        else:
+            log.warning("maintainer scripts made %s %s: left out of the layer", node.kind, rel)
+    for rel in sorted(before.keys() - after.keys(), key=sort_key):
+        parent = rel.rpartition("/")[0]
+        if not parent or (parent in after and after[parent].kind == DIR):
+            entries.append(Entry.whiteout(rel))
+    entries.sort(key=lambda e: sort_key(e.path))
+    return entries
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass(frozen=True)
+class _DpkgFacts:
+    running_version: str | None
+    architectures: dict[str, str]  # package name (and name:arch) -> architecture
+
+
+def _read_dpkg_facts(root: Path) -> _DpkgFacts:
+    status = resolve_in_root(root, "var/lib/dpkg/status", follow_last=True)
+    try:
+        if not status.is_file() or status.stat().st_size > MAX_STATUS:
+            return _DpkgFacts(None, {})
+        packages = parse_status(status.read_bytes())
+    except (OSError, SutureError) as exc:
+        log.debug("dpkg status not read: %s", exc)
+        return _DpkgFacts(None, {})
+    version = None
+    arches: dict[str, str] = {}
+    for pkg in packages:
+        if not pkg.has_files:
+            continue
+        if pkg.name == "dpkg":
+            version = pkg.version
+        arches.setdefault(pkg.name, pkg.architecture)
+        arches[f"{pkg.name}:{pkg.architecture}"] = pkg.architecture
+    return _DpkgFacts(version, arches)
+
+
+def _job_env(job: ScriptJob, dpkg: _DpkgFacts, image_arch: str) -> dict[str, str]:
+    env = {"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root", "LC_ALL": "C"}
+    if job.path.startswith("var/lib/dpkg/"):
+        name = job.package.partition(":")[0]
+        base = job.path.rpartition("/")[2]
+        script_name = base.rpartition(".")[2] if "." in base else job.script
+        env.update({
+            "DPKG_MAINTSCRIPT_PACKAGE": name,
+            "DPKG_MAINTSCRIPT_NAME": script_name,
+            "DPKG_MAINTSCRIPT_ARCH": dpkg.architectures.get(job.package, image_arch),
+            "DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT": "1",
+            "DPKG_ADMINDIR": "/var/lib/dpkg",
+            "DPKG_ROOT": "",
+            "DPKG_COLORS": "never",
+        })
+        if dpkg.running_version:
+            env["DPKG_RUNNING_VERSION"] = dpkg.running_version
+    env.update(dict(job.env))
+    return env
+
+
+def _interpreter(script: Path) -> str:
+    """The interpreter the kernel (or execvp's fallback) will use for ``script``."""
+    with script.open("rb") as fh:
+        first = fh.readline(256)
+    if first.startswith(b"#!"):
+        words = first[2:].decode("utf-8", "replace").split()
+        if words:
+            return words[0]
+    return "/bin/sh"
+
+
+def _why_not(root: Path, job: ScriptJob) -> str | None:
+    """Why ``job`` cannot run in ``root``, or ``None`` if it can."""
+    script = resolve_in_root(root, job.path, follow_last=True)
+    shell = resolve_in_root(root, "bin/sh", follow_last=True)
+    if not script.is_file():
+        if not shell.is_file():
+            return "no /bin/sh in the image"
+        return f"no /{job.path} in the image (nothing to run)"
+    interpreter = _interpreter(script)
+    found = resolve_in_root(root, interpreter, follow_last=True)
+    if not found.is_file():
+        return f"no {interpreter} in the image"
+    return None
+
+
+def _install_policy(root: Path) -> Path | None:
+    sbin = resolve_in_root(root, "usr/sbin", follow_last=True)
+    policy = sbin / "policy-rc.d"
+    if not sbin.is_dir() or policy.exists() or policy.is_symlink():
+        return None
+    policy.write_bytes(_POLICY_BODY)
+    policy.chmod(0o755)
+    return policy
+
+
+def _remove_policy(policy: Path | None) -> None:
+    if policy is None or policy.is_symlink() or not policy.is_file():
+        return
+    if policy.read_bytes() == _POLICY_BODY:
+        policy.unlink()
+
+
+def _run_in(root: Path, kind: str, jobs: Sequence[ScriptJob], image_arch: str,
+            timeout: float) -> ScriptOutcome:
+    dpkg = _read_dpkg_facts(root)
+    before = _snapshot(root, prehash=True)
+    ran: list[str] = []
+    not_run: list[tuple[str, str]] = []
+    policy = _install_policy(root)
+    try:
+        for job in jobs:
+            why = _why_not(root, job)
+            if why is not None:
+                log.warning("not running %s: %s", job.describe(), why)
+                not_run.append((job.describe(), why))
+                continue
+            env = _job_env(job, dpkg, image_arch)
+            argv = ["/" + normalize(job.path), *job.args]
+            log.info("running %s (%s)", job.describe(), kind)
+            _run_one(job, _command(kind, root, env, argv), env if kind == "chroot" else {},
+                     timeout)
+            ran.append(job.describe())
+    finally:
+        _remove_policy(policy)
+    after = _snapshot(root, prehash=False)
+    return ScriptOutcome(_diff(root, before, after), ran, not_run)
+
+
+def _command(kind: str, root: Path, env: dict[str, str], argv: list[str]) -> list[str]:
+    if kind == "chroot":
+        return [shutil.which("chroot") or "chroot", str(root), *argv]
+    cmd = [shutil.which("bwrap") or "bwrap", "--bind", str(root), "/", "--dev", "/dev",
+           "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", *_namespace_args(),
+           "--chdir", "/", "--clearenv"]
+    for name, value in sorted(env.items()):
+        cmd += ["--setenv", name, value]
+    return [*cmd, "--", *argv]
+
+
+class _Output:
+    """Drains the script's pipes, keeping the tails, and kills it past the output limit."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.total = 0
+        self.too_much = False
+        self.tails = {"stdout": bytearray(), "stderr": bytearray()}
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._drain, args=(stream, name), daemon=True)
+                        for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+        for t in self.threads:
+            t.start()
+
+    def _drain(self, stream: IO[bytes] | None, name: str) -> None:
+        if stream is None:
+            return
+        fd = stream.fileno()
+        tail = self.tails[name]
+        while chunk := os.read(fd, 1 << 16):
+            with self._lock:
+                self.total += len(chunk)
+                if self.total > MAX_SCRIPT_OUTPUT and not self.too_much:
+                    self.too_much = True
+                    _kill_group(self.proc)
+            tail += chunk
+            del tail[:-_TAIL]
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("script %s: %s", name, chunk[-1000:].decode("utf-8", "replace"))
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(10)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _last_line(data: bytes | bytearray, default: str) -> str:
+    lines = [ln.strip() for ln in bytes(data).decode("utf-8", "replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:300] if lines else default
+
+
+def _run_one(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float) -> None:
+    """Run one sandboxed command; raise :class:`ScriptError` unless it exits 0."""
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, cwd="/",
+                                start_new_session=True, umask=0o022)
+    except OSError as exc:
+        raise ScriptError(job, exit_code=None, detail=str(exc), how="could not start") from None
+    output = _Output(proc)
+    timed_out = False
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        code = proc.wait()
+    finally:
+        _kill_group(proc)  # whatever it left behind in its session
+        output.join()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    last = _last_line(output.tails["stderr"], "") or _last_line(output.tails["stdout"],
+                                                                 "no output")
+    if timed_out:
+        raise ScriptError(job, exit_code=None, detail=last, how=f"timed out after {timeout:g} s")
+    if output.too_much:
+        raise ScriptError(job, exit_code=None, detail=last,
+                          how=f"wrote more than {MAX_SCRIPT_OUTPUT} bytes of output")
+    if code < 0:
+        raise ScriptError(job, exit_code=None, detail=last, how=f"was killed by signal {-code}")
+    if code != 0:
+        raise ScriptError(job, exit_code=code, detail=last)
