@@ -64,6 +64,46 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
     _add_registry_options(inspect)
 
+    patch = sub.add_parser("patch", help="patch the OS packages of an image")
+    patch.add_argument("-i", "--image", required=True, metavar="IMAGE",
+                       help="the image to patch (any reference form)")
+    patch.add_argument("-r", "--report", metavar="FILE",
+                       help="scanner report: patch only what it names (default: update all)")
+    patch.add_argument("--scanner", default="trivy", choices=["trivy"],
+                       help="the report's format (default: trivy)")
+    patch.add_argument("-t", "--tag", metavar="TAG|REF",
+                       help="tag (or full reference) of the patched image")
+    patch.add_argument("--tag-suffix", default="patched", metavar="SUFFIX",
+                       help="without -t: tag the result <source tag>-SUFFIX (default: patched)")
+    patch.add_argument("--dest", metavar="REF", help="write the patched image here")
+    patch.add_argument("--push", action="store_true",
+                       help="push a registry source's result to its repository")
+    patch.add_argument("--platform", metavar="OS/ARCH[/VARIANT][,...]",
+                       help="patch only these platforms of an index (others carried over)")
+    patch.add_argument("--result", metavar="FILE", help="write the JSON result here")
+    patch.add_argument("--dry-run", action="store_true",
+                       help="print the plan; download and write nothing")
+    patch.add_argument("--ignore-errors", action="store_true",
+                       help="patch what can be patched when some packages or platforms fail")
+    patch.add_argument("--timeout", default="30m", metavar="DURATION",
+                       help="bound the whole run, e.g. 90s, 10m, 1h (default: 30m)")
+    patch.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="verified index and package cache (default: "
+                            "$XDG_CACHE_HOME/suture or ~/.cache/suture)")
+    patch.add_argument("--offline", action="store_true",
+                       help="use only the cache; say what is missing")
+    patch.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
+                       help="replace an archive URI prefix with a mirror (repeatable)")
+    patch.add_argument("--keyring", action="append", default=[], type=Path, metavar="FILE",
+                       help="also trust the OpenPGP keys in FILE (.gpg or .asc; repeatable)")
+    patch.add_argument("--no-host-keyrings", action="store_true",
+                       help="never fall back to this host's distribution keyrings")
+    patch.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
+                       help="how to run maintainer scripts (default: auto)")
+    patch.add_argument("--compression", default="gzip", choices=["gzip", "zstd"],
+                       help="patch layer compression (default: gzip)")
+    _add_registry_options(patch)
+
     copy = sub.add_parser("copy", help="copy an image between registries, layouts and archives")
     copy.add_argument("source", metavar="SOURCE")
     copy.add_argument("destination", metavar="DESTINATION")
@@ -159,7 +199,142 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy}
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    scale = units.get(value[-1:])
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise UsageError(f"--timeout {text!r}: expected a duration like 90s, 10m or 1h") from None
+    if seconds <= 0:
+        raise UsageError(f"--timeout {text!r} must be positive")
+    return seconds
+
+
+def _read_report(path: str, scanner: str) -> Any:
+    from suture.reports import parse_trivy
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"report {path}: no such file")
+    return parse_trivy(file.read_bytes())
+
+
+def _patch_options(args: argparse.Namespace) -> Any:
+    import time
+
+    from suture.patch.model import PatchOptions
+
+    env = os.environ
+    cache = args.cache_dir or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "suture"
+    mirrors = {}
+    for item in args.mirror:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise UsageError(f"--mirror {item!r}: expected FROM=TO")
+        mirrors[src] = dst
+    keyrings = []
+    for path in args.keyring:
+        if not path.is_file():
+            raise UsageError(f"--keyring {path}: no such file")
+        keyrings.append(path.read_bytes())
+    reports = {"*": _read_report(args.report, args.scanner)} if args.report else {}
+    epoch = env.get("SOURCE_DATE_EPOCH", "")
+    created = None
+    if epoch.isdigit():
+        import datetime
+
+        created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    return PatchOptions(
+        reports=reports,
+        platforms=tuple(_platforms(args.platform) or ()),
+        cache_dir=cache,
+        offline=args.offline,
+        mirrors=mirrors,
+        keyrings=tuple(keyrings),
+        host_keyrings=not args.no_host_keyrings,
+        sandbox=args.sandbox,
+        ignore_errors=args.ignore_errors,
+        dry_run=args.dry_run,
+        transport=_options(args),
+        compression=args.compression,
+        created=created,
+        deadline=time.monotonic() + parse_duration(args.timeout),
+    )
+
+
+def _print_plan(result: Any) -> None:
+    for outcome in result.platforms:
+        print(f"platform {outcome.platform or '-'}: {outcome.status} {outcome.message}")
+        if outcome.plan is None:
+            continue
+        for u in outcome.plan.updates:
+            why = u.reason + (f" ({', '.join(u.vulnerabilities)})" if u.vulnerabilities else "")
+            print(f"  {u.name:28} {u.from_version or '(new)':>24} -> {u.to_version:24} {why}")
+        for s in outcome.plan.skipped:
+            print(f"  {s.name:28} skipped: {s.reason} {s.detail}".rstrip())
+        for f in outcome.plan.failures:
+            print(f"  {f.name:28} FAILED: {f.message}")
+        for note in outcome.plan.notes:
+            print(f"  note: {note}")
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from suture.patch import destination_for, patch, summary_lines
+    from suture.transports import as_reference
+
+    options = _patch_options(args)
+    source = as_reference(args.image)
+    dest = as_reference(args.dest) if args.dest else None
+    tag = args.tag
+    if tag and ("/" in tag or ":" in tag or "@" in tag):
+        if dest is not None:
+            raise UsageError("give either --dest or a full reference in -t, not both")
+        dest, tag = as_reference(tag), None
+    if args.push and dest is not None and not dest.is_registry:
+        raise UsageError("--push needs a registry destination")
+    destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
+                                  push=args.push)
+    result = patch(source, destination, options)
+    if args.dry_run:
+        _print_plan(result)
+    else:
+        print("\n".join(summary_lines(result)))
+        if result.target_reference:
+            print(f"wrote {result.target_reference} {result.target_digest}")
+        for outcome in result.platforms:
+            for script, reason in outcome.scripts_not_run:
+                print(f"warning: {outcome.platform}: not run: {script}: {reason}",
+                      file=sys.stderr)
+    if args.result:
+        _write_json_atomic(Path(args.result), result.to_json())
+    if result.failed:
+        first = next(o for o in result.platforms if o.status == "error")
+        print(f"suture: error: {first.platform or 'image'}: {first.message}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _write_json_atomic(path: Path, doc: Any) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy, "patch": cmd_patch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

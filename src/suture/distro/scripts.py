@@ -27,4 +27,5 @@ class ScriptJob:
     env: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"{self.package} {self.script} {' '.join(self.args)}".strip()
+        args = self.args[1:] if self.args[:1] == (self.script,) else self.args
+        return f"{self.package} {self.script} {' '.join(args)}".strip()

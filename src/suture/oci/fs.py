@@ -96,8 +96,10 @@ def resolve(path: str, symlinks: dict[str, str]) -> str:
 class _Scan:
     """One top-down pass over the layers, collecting wanted paths and all symlinks."""
 
-    def __init__(self, wanted: Callable[[str], bool], max_file: int) -> None:
+    def __init__(self, wanted: Callable[[str], bool], max_file: int,
+                 with_data: Callable[[str], bool] | None = None) -> None:
         self.wanted = wanted
+        self.with_data = with_data or wanted
         self.max_file = max_file
         self.found: dict[str, FileEntry] = {}
         self.symlinks: dict[str, str] = {}
@@ -161,7 +163,7 @@ class _Scan:
                         self.symlinks[path] = member.linkname
                     if kind == "symlink" or self.wanted(path):
                         data = None
-                        if kind == "file" and self.wanted(path):
+                        if kind == "file" and self.with_data(path):
                             if member.size > self.max_file:
                                 raise LayerError(f"{path} is {member.size} bytes, over the "
                                                  f"{self.max_file} byte limit", layer=digest)
@@ -179,13 +181,15 @@ class _Scan:
 
 
 def scan_files(image: Image, wanted: Callable[[str], bool], *,
-               max_file: int = MAX_FILE) -> tuple[dict[str, FileEntry], dict[str, str]]:
+               max_file: int = MAX_FILE, with_data: Callable[[str], bool] | None = None,
+               ) -> tuple[dict[str, FileEntry], dict[str, str]]:
     """One pass over ``image``'s layers: the merged entries of wanted paths, and all symlinks.
 
     Paths are root-relative (``etc/os-release``). Symlinked directories are not
-    followed here: see :func:`read_files`.
+    followed here: see :func:`read_files`. Regular files get their contents when
+    ``with_data`` (default: ``wanted``) says so.
     """
-    scan = _Scan(wanted, max_file)
+    scan = _Scan(wanted, max_file, with_data)
     for layer in reversed(image.layers):
         scan.layer(layer)
     return {p: e for p, e in scan.found.items() if wanted(p)}, scan.symlinks
@@ -208,6 +212,7 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
     # Map of real path -> the asked names it answers.
     pending: dict[str, list[str]] = {p: [p] for p in asked}
     pending_prefixes: dict[str, str] = {p: p for p in asked_prefixes}
+    known_absent: set[str] = set()  # paths a pass looked for and did not find
     for _round in range(MAX_SYMLINK_HOPS):
         if not pending and not pending_prefixes:
             break
@@ -225,20 +230,20 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
         next_prefixes: dict[str, str] = {}
         for real, names in pending.items():
             target = resolve(real, symlinks)
-            entry = found.get(real)
+            entry = found.get(target)
             if entry is not None and entry.kind == "hardlink":
                 target = resolve(entry.linkname, symlinks)
-                if target in found and found[target].kind != "hardlink":
-                    entry = found[target]
-                else:
-                    next_pending.setdefault(target, []).extend(names)
-                    continue
-            if target != real:
+                entry = found.get(target)
+            if entry is None and target != real and target not in known_absent:
+                # Resolved somewhere this pass did not look: one more pass.
                 next_pending.setdefault(target, []).extend(names)
                 continue
-            if entry is not None and entry.kind != "symlink":
+            if entry is not None and entry.kind not in ("symlink", "hardlink"):
                 for name in names:
                     result[name] = entry
+            elif entry is not None and target not in known_absent:
+                next_pending.setdefault(target, []).extend(names)
+        known_absent |= {p for p in real_paths if p not in found}
         for real_prefix, asked_prefix in pending_prefixes.items():
             target = resolve(real_prefix.rstrip("/"), symlinks) + "/"
             if target != real_prefix:
@@ -249,6 +254,15 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
                     result[asked_prefix + path[len(real_prefix):]] = entry
         pending, pending_prefixes = next_pending, next_prefixes
     return result
+
+
+def read_tree(image: Image, with_data: Callable[[str], bool], *,
+              max_file: int = MAX_FILE) -> dict[str, FileEntry]:
+    """Every path of the merged view (metadata), with the contents of regular files
+    ``with_data`` selects: one pass over the layers, nothing resolved."""
+    found, _links = scan_files(image, lambda _path: True, max_file=max_file,
+                               with_data=with_data)
+    return found
 
 
 def read_file(image: Image, path: str, *, max_file: int = MAX_FILE) -> bytes:

@@ -1,0 +1,249 @@
+"""Patching: one image, or every platform of an index, into one new layer each.
+
+:func:`patch` is what ``suture patch`` runs: open the source, patch each selected
+platform (:func:`patch_image`), write the result to the destination (unless
+nothing changed or it is a dry run) and return a :class:`PatchResult`.
+
+The core never branches on the package family: an engine per family (see
+:mod:`suture.patch.engines`) plans and builds the layer entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from suture.errors import SutureError, UsageError
+from suture.inspect import (
+    BASE_DIGEST_KEY,
+    BASE_LAYERS_KEY,
+    PATCHED_KEY,
+    inspect_image,
+    select_images,
+)
+from suture.oci.image import Artifact, Image, ImageIndex
+from suture.oci.layer import Entry, write_layer
+from suture.oci.mutate import (
+    AddedLayer,
+    append_layers,
+    drop_layers,
+    replace_children,
+    with_annotations,
+    with_labels,
+)
+from suture.patch.engines import engine_for
+from suture.patch.merge import merge_entries, read_layer_entries
+from suture.patch.model import (
+    ERROR,
+    PATCHED,
+    SKIPPED,
+    UP_TO_DATE,
+    PatchOptions,
+    PatchResult,
+    PlatformOutcome,
+)
+from suture.reports.model import Report, ReportError
+from suture.transports import open_artifact, write_artifact
+from suture.transports.reference import Reference
+
+log = logging.getLogger(__name__)
+
+
+class PatchTimeout(SutureError):
+    """The run went past ``--timeout``."""
+
+
+def check_deadline(options: PatchOptions, stage: str) -> None:
+    if options.deadline is not None and time.monotonic() > options.deadline:
+        raise PatchTimeout(f"timed out before {stage}", hint="raise --timeout")
+
+
+def _check_report(report: Report, os_id: str, version: str, arch: str | None) -> None:
+    family = report.os_family.lower()
+    if family != os_id.lower():
+        raise ReportError(f"the report is for {family} {report.os_version}, the image is "
+                          f"{os_id} {version}")
+    if report.os_version and version and not (
+        report.os_version == version or report.os_version.startswith(version + ".")
+        or version.startswith(report.os_version + ".")
+    ):
+        raise ReportError(f"the report is for {family} {report.os_version}, the image is "
+                          f"{os_id} {version}")
+    if report.architecture and arch and report.architecture != arch:
+        raise ReportError(f"the report is for architecture {report.architecture}, the image "
+                          f"is {arch}")
+
+
+def _scratch_dir(options: PatchOptions, workdir: Path) -> Path:
+    """Where to materialise a root for scripts: memory-backed /dev/shm when the user
+    named no work directory and it has room (it is several times faster than disk)."""
+    import os
+    import shutil
+
+    shm = Path("/dev/shm")
+    if (options.workdir is None and shm.is_dir() and os.access(shm, os.W_OK)
+            and shutil.disk_usage(shm).free > 4 << 30):
+        return shm
+    return workdir
+
+
+def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformOutcome:
+    """Patch one single-platform image. Never raises for a per-image problem: the
+    outcome's status is ``error`` and its message says why."""
+    outcome = PlatformOutcome(image.platform, ERROR, image.digest)
+    try:
+        _patch_image(image, options, workdir, outcome)
+    except SutureError as exc:
+        outcome.status = ERROR
+        outcome.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
+        outcome.image = None
+    return outcome
+
+
+def _patch_image(image: Image, options: PatchOptions, workdir: Path,
+                 outcome: PlatformOutcome) -> None:
+    check_deadline(options, "inspection")
+    inspection = inspect_image(image)
+    if inspection.os is not None:
+        outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
+    if inspection.package_db is None:
+        raise SutureError("no package database found in the image (nothing suture can patch)")
+    engine = engine_for(inspection.package_db.family)
+    mark = inspection.patched
+    base = drop_layers(image, mark.base_layers) if mark else image
+    base_digest = mark.base_digest if mark else image.digest
+    report = options.report_for(image.platform)
+    if report is not None:
+        arch = image.platform.architecture if image.platform else None
+        _check_report(report, outcome.os_family, outcome.os_version, arch)
+    check_deadline(options, "planning")
+    work = engine.prepare(image, inspection, options)
+    plan = engine.plan(work, report.os_findings() if report is not None else None)
+    outcome.plan = plan
+    if plan.failures and not options.ignore_errors:
+        raise SutureError("cannot patch: " + "; ".join(f"{f.name}: {f.message}"
+                                                       for f in plan.failures))
+    if not plan.updates:
+        outcome.status = UP_TO_DATE
+        outcome.message = "no updates needed"
+        return
+    if options.dry_run:
+        outcome.status = SKIPPED
+        outcome.message = "dry run: nothing written"
+        return
+    check_deadline(options, "downloads")
+    debs = engine.fetch(work, plan)
+    check_deadline(options, "building the layer")
+    build = engine.build(work, plan, debs)
+    entries = build.entries
+    if mark and len(image.layers) > mark.base_layers:
+        previous: list[Entry] = []
+        for layer in image.layers[mark.base_layers:]:
+            previous = merge_entries(previous, read_layer_entries(layer))
+        entries = merge_entries(previous, entries)
+    if build.jobs:
+        from suture.patch.scripts import run_scripts
+
+        check_deadline(options, "maintainer scripts")
+        scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
+                              workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
+        outcome.scripts_ran = list(scripts.ran)
+        outcome.scripts_not_run = list(scripts.not_run)
+        entries = merge_entries(entries, scripts.entries)
+    blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
+    with blob.open("wb") as out:
+        info = write_layer(entries, out, compression=options.compression)
+    names = ", ".join(f"{u.name} {u.to_version}" for u in plan.updates)
+    added = AddedLayer(info, lambda: blob.open("rb"),
+                       history={"created_by": f"suture patch: {names}"[:4000],
+                                "comment": "suture"})
+    patched = append_layers(base, [added], created=options.created)
+    marks = {BASE_DIGEST_KEY: base_digest, BASE_LAYERS_KEY: str(len(base.layers)),
+             PATCHED_KEY: "true"}
+    patched = with_annotations(with_labels(patched, marks), marks)
+    outcome.status = PATCHED
+    outcome.layer = info
+    outcome.image = patched
+    outcome.message = f"{len(plan.updates)} package(s) updated"
+
+
+def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
+                   ) -> tuple[Artifact | None, list[PlatformOutcome]]:
+    """Patch every selected platform; return the new artifact (None if nothing changed).
+
+    Platforms are patched in parallel. With an index, platforms not selected and
+    non-image entries (attestations) are carried over byte for byte.
+    """
+    images = select_images(artifact, list(options.platforms) or None)
+    if not images:
+        raise UsageError("the image index holds no runnable image")
+    with ThreadPoolExecutor(max_workers=min(4, len(images))) as pool:
+        outcomes = list(pool.map(lambda im: patch_image(im, options, workdir), images))
+    failed = [o for o in outcomes if o.status == ERROR]
+    if failed and not options.ignore_errors:
+        return None, outcomes
+    changed = {o.source_digest: o.image for o in outcomes
+               if o.status == PATCHED and o.image is not None}
+    if not changed:
+        return None, outcomes
+    if isinstance(artifact, Image):
+        return changed.get(artifact.digest), outcomes
+    assert isinstance(artifact, ImageIndex)
+    return replace_children(artifact, changed), outcomes
+
+
+def destination_for(source: Reference, *, tag: str | None, suffix: str = "patched",
+                    dest: Reference | None = None, push: bool = False) -> Reference:
+    """Where the patched image goes (see the README): ``dest`` when given; else the
+    source's place under the new tag (``-t``, or ``<tag>-<suffix>``)."""
+    if dest is not None:
+        return dest
+    new_tag = tag or (f"{source.tag}-{suffix}" if source.tag else suffix)
+    if source.is_registry:
+        if push:
+            return source.with_tag(new_tag)
+        name = (source.repository or "image").rsplit("/", 1)[-1]
+        return Reference("oci", path=str(Path.cwd() / f"{name}-suture"), tag=new_tag)
+    if source.transport == "oci":
+        return source.with_tag(new_tag)
+    assert source.path is not None
+    path = Path(source.path)
+    sibling = path.with_name(f"{path.stem}-{new_tag}{path.suffix or '.tar'}")
+    if source.transport == "docker-archive":
+        named = source.with_tag(new_tag) if source.name else Reference(
+            "docker-archive", "localhost", "suture/patched", new_tag, None, str(sibling))
+        return Reference("docker-archive", named.registry, named.repository, new_tag,
+                         None, str(sibling))
+    return Reference(source.transport, tag=new_tag, path=str(sibling))
+
+
+def patch(source: Reference, destination: Reference, options: PatchOptions) -> PatchResult:
+    """Patch ``source`` and write it to ``destination`` (unless up to date or dry run)."""
+    artifact = open_artifact(source, options.transport)
+    options.cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="suture-", dir=options.workdir) as tmp:
+        new, outcomes = patch_artifact(artifact, options, Path(tmp))
+        result = PatchResult(str(source), artifact.digest, None, None, outcomes)
+        if new is None or options.dry_run:
+            return result
+        check_deadline(options, "writing the image")
+        digest = write_artifact(new, destination, options.transport)
+        result.target_reference = str(destination)
+        result.target_digest = digest
+    return result
+
+
+def summary_lines(result: PatchResult) -> Iterable[str]:
+    """The human summary table: platform, status, updates, vulnerabilities, layer size."""
+    yield f"{'PLATFORM':16} {'STATUS':11} {'UPDATED':>7} {'VULNS':>5} {'LAYER':>10}  MESSAGE"
+    for o in result.platforms:
+        updated = len(o.plan.updates) if o.plan and o.status == PATCHED else 0
+        vulns = len({v for u in o.plan.updates for v in u.vulnerabilities}) \
+            if o.plan and o.status == PATCHED else 0
+        size = f"{o.layer.size / 1e6:.1f} MB" if o.layer else "-"
+        yield (f"{o.platform or '-'!s:16} {o.status:11} {updated:>7} {vulns:>5} "
+               f"{size:>10}  {o.message}")

@@ -1,0 +1,242 @@
+"""The dpkg engine: Debian and Ubuntu images, regular, slim and distroless.
+
+prepare: read the dpkg database and the image's apt configuration out of the
+layers, find the repositories (adding the release's security and updates suites
+when the image lacks them), verify their Release files against the image's own
+keyrings (plus the user's, plus this host's distribution keyrings as a reported
+fallback for images that carry none) and load their Packages indexes.
+plan: the resolver decides. fetch: verified .debs into the cache, in parallel.
+build: unpack natively into layer entries and rewrite the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from suture.distro.dpkg.control import InstalledPackage, parse_status
+from suture.distro.dpkg.release import Keyring
+from suture.distro.dpkg.repo import (
+    AptFetcher,
+    PackageEntry,
+    keyring_for,
+    keyring_paths,
+)
+from suture.distro.dpkg.repoerrors import RepositoryError
+from suture.distro.dpkg.sources import (
+    SOURCES_DIR,
+    SOURCES_LIST,
+    SourceEntry,
+    add_standard_suites,
+    apply_mirrors,
+    parse_sources_files,
+)
+from suture.errors import PackageDBError, SutureError
+from suture.inspect import Inspection
+from suture.oci.fs import FileEntry, read_file, read_tree
+from suture.oci.image import Image
+from suture.patch.engines import Build
+from suture.patch.model import PatchOptions
+from suture.plan import Plan
+from suture.reports.model import Finding
+
+log = logging.getLogger(__name__)
+
+STATUS = "var/lib/dpkg/status"
+STATUS_D = "var/lib/dpkg/status.d/"
+INFO = "var/lib/dpkg/info/"
+ARCH_FILE = "var/lib/dpkg/arch"
+HOST_KEYRINGS = (Path("/usr/share/keyrings/debian-archive-keyring.gpg"),
+                 Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg"))
+_DEB_ARCH = {"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "386": "i386",
+             "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64",
+             "mips64le": "mips64el"}
+
+
+@dataclass
+class DpkgState:
+    image: Image
+    inspection: Inspection
+    options: PatchOptions
+    files: dict[str, FileEntry]
+    installed: list[InstalledPackage]
+    architecture: str
+    foreign: tuple[str, ...]
+    distroless: bool
+    candidates: list[PackageEntry] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fetcher: AptFetcher | None = None
+
+
+def deb_architecture(image: Image) -> str:
+    platform = image.platform
+    if platform is None:
+        raise SutureError("the image config names no architecture")
+    arch = platform.architecture
+    if arch == "arm" and platform.variant in ("v5", "v6"):
+        return "armel"
+    return _DEB_ARCH.get(arch, arch)
+
+
+_DATA_PREFIXES = ("var/lib/dpkg/", "etc/", "usr/share/keyrings/")
+
+
+def _wants_data(path: str) -> bool:
+    return path.startswith(_DATA_PREFIXES)
+
+
+def _data(files: dict[str, FileEntry], path: str) -> bytes | None:
+    entry = files.get(path)
+    return entry.data if entry is not None else None
+
+
+class DpkgEngine:
+    family = "dpkg"
+
+    # -------------------------------------------------------------- prepare
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions) -> DpkgState:
+        # One pass: every path's metadata (apply needs the tree), and the contents of
+        # the dpkg database, of etc/ (apt config, keyrings, conffiles) and of keyrings.
+        files = read_tree(image, _wants_data)
+        status = _data(files, STATUS)
+        distroless = status is None
+        installed: list[InstalledPackage] = []
+        if status is not None:
+            installed = parse_status(status, source="/" + STATUS)
+        else:
+            for path in sorted(files):
+                if path.startswith(STATUS_D) and not path.endswith(".md5sums"):
+                    data = files[path].data or b""
+                    installed.extend(parse_status(data, source="/" + path))
+            if not installed:
+                raise PackageDBError("no installed packages", path="/" + STATUS)
+        arch = deb_architecture(image)
+        foreign_text = (_data(files, ARCH_FILE) or b"").decode(errors="replace").split()
+        foreign = tuple(a for a in foreign_text if a != arch)
+        state = DpkgState(image, inspection, options, files, installed, arch, foreign,
+                          distroless)
+        self._load_repositories(state)
+        return state
+
+    def _source_entries(self, state: DpkgState) -> list[SourceEntry]:
+        files = state.files
+        source_files = {p: f.data for p, f in files.items() if f.data is not None and (
+            p == SOURCES_LIST or (p.startswith(SOURCES_DIR) and p.endswith((".list", ".sources"))))}
+        entries = [e for e in parse_sources_files(source_files) if e.is_binary]
+        os_release = state.inspection.os
+        if os_release is None:
+            raise SutureError("the image has no os-release: cannot tell its distribution")
+        entries, added = add_standard_suites(entries, os_release.id, os_release.codename,
+                                             architecture=state.architecture)
+        if added:
+            state.notes.append("added suites missing from the image's apt sources: " +
+                               ", ".join(f"{e.uri} {e.suite}" for e in added))
+        if not entries:
+            raise SutureError(f"no apt repositories for {os_release.id} "
+                              f"{os_release.version_id}")
+        if state.options.mirrors:
+            entries = apply_mirrors(entries, state.options.mirrors)
+        return entries
+
+    def _keyring(self, state: DpkgState, entry: SourceEntry) -> Keyring:
+        files = {p: f.data for p, f in state.files.items() if f.data is not None}
+        extra = Keyring.from_bytes(*state.options.keyrings) if state.options.keyrings else None
+        paths, _prefixes = keyring_paths([entry])
+        missing = [p for p in paths if p not in files and p != "etc/apt/trusted.gpg"]
+        try:
+            keyring = keyring_for(entry, files, extra=extra)
+        except SutureError:
+            if not missing:
+                raise
+            keyring = extra or Keyring.from_bytes()
+        if len(keyring) == 0 and state.options.host_keyrings:
+            host = [p for p in HOST_KEYRINGS if p.is_file()]
+            if host:
+                keyring = Keyring.from_bytes(*(p.read_bytes() for p in host),
+                                             names=[str(p) for p in host])
+                note = ("the image has no apt keyring: verified with this host's "
+                        + ", ".join(str(p) for p in host))
+                if note not in state.notes:
+                    state.notes.append(note)
+        if len(keyring) == 0:
+            raise SutureError(f"no trusted keys for {entry.uri} {entry.suite}",
+                              hint="pass --keyring FILE with the archive's signing keys")
+        return keyring
+
+    def _load_repositories(self, state: DpkgState) -> None:
+        options = state.options
+        verify: bool | str = True
+        if options.transport.registry.ca_file is not None:
+            verify = str(options.transport.registry.ca_file)
+        state.fetcher = AptFetcher(options.cache_dir / "apt", offline=options.offline,
+                                   verify=verify)
+        arches = (state.architecture, *state.foreign)
+        for entry in self._source_entries(state):
+            keyring = self._keyring(state, entry)
+            repo = state.fetcher.fetch_source(entry, keyring)
+            wanted = entry.architectures or arches
+            components = entry.components or ("main",)
+            for component in components:
+                for arch in wanted:
+                    if arch not in arches:
+                        continue
+                    try:
+                        state.candidates.extend(repo.packages(component, arch))
+                    except RepositoryError as exc:
+                        if "lists no" in str(exc):
+                            log.info("%s %s: %s", entry.suite, component, exc)
+                            continue
+                        raise
+
+    # ----------------------------------------------------------------- plan
+    def plan(self, state: DpkgState, findings: list[Finding] | None) -> Plan:
+        from suture.plan.dpkg import plan_dpkg
+
+        return plan_dpkg(state.installed, state.candidates, findings,
+                         architecture=state.architecture,
+                         foreign_architectures=state.foreign, notes=tuple(state.notes))
+
+    # ---------------------------------------------------------------- fetch
+    def fetch(self, state: DpkgState, plan: Plan) -> dict[str, Path]:
+        assert state.fetcher is not None
+        by_key = {(c.package, c.version, c.architecture): c for c in state.candidates}
+        fetcher = state.fetcher
+
+        def one(update: object) -> tuple[str, Path]:
+            from suture.plan import Update
+
+            assert isinstance(update, Update)
+            entry = by_key[(update.name, update.to_version, update.architecture)]
+            return f"{update.name}:{update.architecture}", fetcher.fetch_deb(entry)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return dict(pool.map(one, plan.updates))
+
+    # ---------------------------------------------------------------- build
+    def build(self, state: DpkgState, plan: Plan, packages: dict[str, Path]) -> Build:
+        from suture.distro.dpkg.apply import apply_updates, conffile_paths, database_paths
+
+        paths, prefixes = database_paths()
+        files = {p: e.data for p, e in state.files.items() if e.data is not None and (
+            p in paths or p.startswith(prefixes))}
+        by_key = {(p.name, p.architecture): p for p in state.installed}
+        updates = []
+        for u in plan.updates:
+            installed = by_key.get((u.name, u.architecture)) or (
+                by_key.get((u.name, "all")) if u.architecture == "all" else None)
+            updates.append((installed if u.from_version is not None else None,
+                            packages[f"{u.name}:{u.architecture}"]))
+        conffiles: dict[str, bytes | None] = {}
+        for path in conffile_paths(files, updates):
+            entry = state.files.get(path)
+            if entry is None or entry.kind != "file":
+                conffiles[path] = None
+            elif entry.data is not None:
+                conffiles[path] = entry.data
+            else:
+                conffiles[path] = read_file(state.image, path)
+        result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
+        state.notes.extend(result.notes)
+        return Build(result.entries, result.jobs, result.scratch)

@@ -1,0 +1,57 @@
+"""The package-family engines, looked up by family name.
+
+An engine reads what it needs from the image, plans, fetches and builds the
+layer entries; the patch core calls these four steps and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from suture.distro.scripts import ScriptJob
+from suture.errors import SutureError
+from suture.inspect import Inspection
+from suture.oci.image import Image
+from suture.oci.layer import Entry
+from suture.patch.model import PatchOptions
+from suture.plan import Plan
+from suture.reports.model import Finding
+
+
+@dataclass(frozen=True)
+class Build:
+    """The patch layer's entries, the scripts to run over them, and ``scratch``:
+    files the scripts need (old maintainer scripts) that never go in the layer."""
+
+    entries: list[Entry]
+    jobs: list[ScriptJob]
+    scratch: list[Entry] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    family: str
+
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions) -> Any:
+        """Read the package database and repositories: the state the other steps use."""
+        ...
+
+    def plan(self, state: Any, findings: list[Finding] | None) -> Plan: ...
+
+    def fetch(self, state: Any, plan: Plan) -> dict[str, Path]:
+        """Verified package files by package name (from the cache or the network)."""
+        ...
+
+    def build(self, state: Any, plan: Plan, packages: dict[str, Path]) -> Build:
+        """The entries of the patch layer, and the scripts to run over it."""
+        ...
+
+
+def engine_for(family: str) -> Engine:
+    if family == "dpkg":
+        from suture.patch.dpkg import DpkgEngine
+
+        return DpkgEngine()
+    raise SutureError(f"patching {family} images is not supported yet",
+                      hint="suture patches Debian and Ubuntu (dpkg) images today")

@@ -1,0 +1,220 @@
+"""`suture patch` on images built from the real Debian archive (a release's point suite
+only, so -security and -updates hold real newer packages), checked against outcomes:
+versions in the written database, `dpkg --verify` and `apt-get check` clean in the
+patched root unpacked by umoci, programs that run, and the distribution's own apt-get."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suture.devtools.debian_image import image_from_layers
+from suture.devtools.rootfs import diff_entries, distroless_entries
+from suture.distro.dpkg.control import parse_status
+from suture.oci.fs import read_files
+from suture.oci.image import Image
+from suture.oci.layer import Entry
+from suture.oci.model import Platform
+from suture.transports import open_artifact, write_artifact
+
+pytestmark = [pytest.mark.network, pytest.mark.tools]
+AMD64 = Platform.parse("linux/amd64")
+
+
+def suture(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "suture", *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def _layout(tmp: Path, layers: list[Path | list[Entry]], tag: str) -> str:
+    work = tmp / f"work-{tag}"
+    work.mkdir()
+    image = image_from_layers(layers, AMD64, work)
+    ref = f"oci:{tmp}/layout:{tag}"
+    write_artifact(image, ref)
+    return ref
+
+
+def _patch(ref: str, tmp: Path, *extra: str) -> dict[str, Any]:
+    result = tmp / f"result-{len(list(tmp.glob('result-*')))}.json"
+    proc = suture("patch", "-i", ref, "--result", str(result), *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc: dict[str, Any] = json.loads(result.read_text())
+    return doc
+
+
+def _unpack(ref: str, dest: Path) -> Path:
+    """The rootfs as umoci (not suture) unpacks it."""
+    layout, _, tag = ref[len("oci:"):].rpartition(":")
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(dest)], check=True,
+                   capture_output=True)
+    return dest / "rootfs"
+
+
+def _installed_versions(image: Image) -> dict[str, str]:
+    files = read_files(image, ["var/lib/dpkg/status"], prefixes=["var/lib/dpkg/status.d"])
+    out = {}
+    for path, entry in files.items():
+        if not path.endswith(".md5sums") and entry.data is not None:
+            out.update({p.name: p.version for p in parse_status(entry.data)})
+    return out
+
+
+def _check_root(root: Path) -> None:
+    verify = subprocess.run(["dpkg", f"--root={root}", "--verify"], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout + verify.stderr
+    check = subprocess.run(["chroot", str(root), "apt-get", "check"], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_two_layer_image_patched_end_to_end(tmp_path: Path, bookworm_rootfs: Path,
+                                           bookworm_openssl_rootfs: Path) -> None:
+    upper = diff_entries(bookworm_rootfs, bookworm_openssl_rootfs)
+    ref = _layout(tmp_path, [bookworm_rootfs, upper], "two")
+    doc = _patch(ref, tmp_path)
+    [platform] = doc["platforms"]
+    assert platform["status"] == "patched", platform
+    assert doc["target"]["reference"] == ref + "-patched"
+    patched = open_artifact(ref + "-patched")
+    assert isinstance(patched, Image)
+    assert patched.digest == doc["target"]["digest"] == platform["digest"]
+    assert len(patched.layers) == 3
+    versions = _installed_versions(patched)
+    for update in platform["updates"]:
+        assert versions[update["name"]] == update["to"], update
+        assert update["from"] != update["to"]
+    root = _unpack(ref + "-patched", tmp_path / "bundle")
+    _check_root(root)
+    run = subprocess.run(["chroot", str(root), "openssl", "version"], capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.startswith("OpenSSL 3.")
+    if "openssl" in {u["name"] for u in platform["updates"]}:
+        new = next(u["to"] for u in platform["updates"] if u["name"] == "openssl")
+        assert new.split("-")[0] in run.stdout
+    # Patching the same input again gives the same image.
+    again = _patch(ref, tmp_path, "--dest", f"oci:{tmp_path}/again:x")
+    assert again["target"]["digest"] == doc["target"]["digest"]
+    # Patching the patched image: nothing to do, nothing written, exit 0.
+    up = _patch(ref + "-patched", tmp_path)
+    assert up["target"] is None and up["platforms"][0]["status"] == "up-to-date"
+    assert not Path(f"{tmp_path}/layout").joinpath("x").exists()
+
+
+def test_distroless_status_d_image(tmp_path: Path, bookworm_rootfs: Path) -> None:
+    ref = _layout(tmp_path, [distroless_entries(bookworm_rootfs)], "distroless")
+    doc = _patch(ref, tmp_path)
+    [platform] = doc["platforms"]
+    assert platform["status"] == "patched", platform
+    patched = open_artifact(ref + "-patched")
+    assert isinstance(patched, Image)
+    versions = _installed_versions(patched)
+    md5_files = read_files(patched, [f"var/lib/dpkg/status.d/{u['name']}.md5sums"
+                                     for u in platform["updates"]])
+    assert len(md5_files) == len(platform["updates"])
+    sums = {}
+    for update in platform["updates"]:
+        assert versions[update["name"]] == update["to"]
+        data = md5_files[f"var/lib/dpkg/status.d/{update['name']}.md5sums"].data or b""
+        for line in data.decode().splitlines():
+            digest, path = line.split(None, 1)
+            sums[path] = digest
+    # Every file the new md5sums name is in the image with that content (one pass).
+    contents = read_files(patched, list(sums))
+    assert set(contents) == set(sums)
+    for path, digest in sums.items():
+        assert hashlib.md5(contents[path].data or b"").hexdigest() == digest, path
+    assert "var/lib/dpkg/status" not in read_files(patched, ["var/lib/dpkg/status"])
+
+
+def test_trixie_dry_run_then_patch(tmp_path: Path, trixie_rootfs: Path) -> None:
+    ref = _layout(tmp_path, [trixie_rootfs], "trixie")
+    dry = suture("patch", "-i", ref, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not Path(f"{tmp_path}/layout/index.json").read_text().count("trixie-patched")
+    doc = _patch(ref, tmp_path)
+    status = doc["platforms"][0]["status"]
+    assert status in ("patched", "up-to-date")
+    if status == "patched":
+        for update in doc["platforms"][0]["updates"]:
+            assert update["name"] in dry.stdout
+        _check_root(_unpack(ref + "-patched", tmp_path / "bundle"))
+
+
+# --- fidelity: the distribution's own apt-get in a chroot of the same image ------------
+
+# Paths where apt-get's result legitimately differs from suture's: apt's own state,
+# caches and logs, dpkg's backup files, and caches keyed by inode and time.
+ORACLE_IGNORED = (
+    "var/lib/apt/lists/", "var/cache/apt/", "var/log/", "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/config.dat-old", "var/cache/debconf/templates.dat-old",
+    "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old", "var/lib/dpkg/statoverride-old",
+    "var/lib/dpkg/available", "var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend",
+    "var/lib/dpkg/triggers/Lock", "var/lib/dpkg/triggers/Unincorp", "var/lib/apt/extended_states",
+    "etc/apt/sources.list", "etc/resolv.conf", "dev/", "proc/", "tmp/", "run/",
+    "var/lib/dpkg/tmp.ci/", "var/lib/dpkg/updates/",
+)
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if rel.startswith(ORACLE_IGNORED) or (rel + "/").startswith(ORACLE_IGNORED):
+                continue
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", oct(st.st_mode), st.st_uid, st.st_gid)
+            elif stat.S_ISREG(st.st_mode):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                out[rel] = ("file", oct(st.st_mode), st.st_uid, st.st_gid, digest)
+            else:
+                out[rel] = ("other", oct(st.st_mode))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap runs the oracle chroot")
+def test_fidelity_with_apt_get_upgrade(tmp_path: Path, bookworm_rootfs: Path) -> None:
+    ref = _layout(tmp_path, [bookworm_rootfs], "fidelity")
+    doc = _patch(ref, tmp_path)
+    [platform] = doc["platforms"]
+    assert platform["status"] == "patched"
+    ours = _unpack(ref + "-patched", tmp_path / "ours")
+    theirs = _unpack(ref, tmp_path / "theirs")
+    sources = theirs / "etc/apt/sources.list"
+    sources.write_text(sources.read_text() +
+                       "deb http://deb.debian.org/debian-security bookworm-security main\n"
+                       "deb http://deb.debian.org/debian bookworm-updates main\n")
+    shutil.copy("/etc/resolv.conf", theirs / "etc/resolv.conf")
+    script = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq "
+              "-o Dpkg::Options::=--force-confold upgrade")
+    proc = subprocess.run(["bwrap", "--bind", str(theirs), "/", "--dev", "/dev", "--proc",
+                           "/proc", "--die-with-parent", "/bin/sh", "-c",
+                           script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    apt_versions = {p.name: p.version for p in
+                    parse_status((theirs / "var/lib/dpkg/status").read_bytes())}
+    for update in platform["updates"]:
+        assert apt_versions[update["name"]] == update["to"]
+    a, b = _tree(ours), _tree(theirs)
+    original = _tree(_unpack(ref, tmp_path / "original"))
+    changed = [p for p in a if a[p] != original.get(p)]
+    assert len(a) > 5000 and len(changed) > len(platform["updates"])
+    only_ours = sorted(set(a) - set(b))
+    only_apt = sorted(set(b) - set(a))
+    differ = sorted(p for p in set(a) & set(b) if a[p] != b[p])
+    assert (only_ours, only_apt, differ) == ([], [], [])
