@@ -88,7 +88,7 @@ def test_sandbox_none_reports_every_job(tmp_path: Path) -> None:
     image = make_image([Entry.file("bin/sh", b"", mode=0o755)])
     outcome = run_scripts(image, [], [DEMO_JOB, LDCONFIG_JOB], workdir=tmp_path, sandbox="none")
     assert outcome.not_run == [("demo postinst configure 1.0", "scripts disabled"),
-                               ("libc-bin triggered triggered ldconfig", "scripts disabled")]
+                               ("libc-bin triggered ldconfig", "scripts disabled")]
     assert outcome.ran == [] and outcome.entries == []
 
 
