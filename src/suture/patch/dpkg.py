@@ -35,7 +35,7 @@ from suture.distro.dpkg.sources import (
 )
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
-from suture.oci.fs import FileEntry, read_file, read_tree
+from suture.oci.fs import FileEntry, read_files, read_tree
 from suture.oci.image import Image
 from suture.patch.engines import Build
 from suture.patch.model import PatchOptions
@@ -229,14 +229,20 @@ class DpkgEngine:
             updates.append((installed if u.from_version is not None else None,
                             packages[f"{u.name}:{u.architecture}"]))
         conffiles: dict[str, bytes | None] = {}
+        follow: list[str] = []
         for path in conffile_paths(files, updates):
             entry = state.files.get(path)
-            if entry is None or entry.kind != "file":
-                conffiles[path] = None
-            elif entry.data is not None:
+            if entry is not None and entry.kind == "file" and entry.data is not None:
                 conffiles[path] = entry.data
+            elif entry is None or entry.kind == "dir":
+                conffiles[path] = None
             else:
-                conffiles[path] = read_file(state.image, path)
+                follow.append(path)  # a symlink, a hard link, or a file outside etc/
+        if follow:
+            found = read_files(state.image, follow)
+            for path in follow:
+                hit = found.get(path)
+                conffiles[path] = hit.data if hit is not None else None
         result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
         state.notes.extend(result.notes)
         return Build(result.entries, result.jobs, result.scratch)

@@ -32,7 +32,9 @@ also over a real Debian image with real packages). What was checked there:
   new conffile finds a different file in place); a file equal to the new
   one is not rewritten; dropped conffiles stay on disk and in the list,
   marked ``obsolete``; ``remove-on-upgrade`` ones are removed, or renamed
-  ``.dpkg-old`` when changed, and stay recorded with that flag;
+  ``.dpkg-old`` when changed, and stay recorded with that flag; a conffile
+  that is a symlink gets the new version as ``<link>.dpkg-new`` and nothing
+  else changes (dpkg 1.21 looks for the ``.dpkg-new`` by the link's target);
 * the database: the whole ``status`` (the new stanzas with dpkg's field
   order and normalisation, ``Status: install ok installed`` even for a held
   package, everything sorted by package name), and per package
@@ -500,7 +502,6 @@ class _Update:
     conffiles: list[Conffile] = field(default_factory=list)  # new, with md5 of the new file
     list_paths: list[str] = field(default_factory=list)  # the new .list, root-relative
     removed: list[str] = field(default_factory=list)  # old paths not in the new version
-    installed_conffiles: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> Key:
@@ -635,8 +636,15 @@ def _conffile_action(old_hash: str | None, current: bytes | None, new: bytes) ->
 # --------------------------------------------------------------------------- stanzas
 
 
-def _status_stanza(control: Paragraph, status: str, conffiles: Sequence[Conffile]) -> Paragraph:
-    """The stanza dpkg writes for an installed package: known fields in its order, normalised."""
+def _status_stanza(control: Paragraph, status: str, conffiles: Sequence[Conffile], *,
+                   source: str = "control") -> Paragraph:
+    """The stanza dpkg writes for an installed package: known fields in its order, normalised.
+
+    Booleans (``Essential``, ``Protected``) only when ``yes``; ``Multi-Arch``
+    and ``Priority`` lower-cased, ``Multi-Arch: no`` left out; the version
+    without a zero epoch; relation fields re-spelt (``a (>= 1), b | c``);
+    fields dpkg does not know after ``Description``, as the package gives them.
+    """
     values: dict[str, str] = {}
     extra: list[tuple[str, str]] = []
     known = {f.lower(): f for f in _KNOWN_FIELDS}
@@ -665,7 +673,7 @@ def _status_stanza(control: Paragraph, status: str, conffiles: Sequence[Conffile
             try:
                 value = format_relations(parse_relations(value))
             except PackageFormatError as exc:
-                raise PackageDBError(f"{canonical}: {exc.message}", path="control") from None
+                raise PackageDBError(f"{canonical}: {exc.message}", path=source) from None
             if not value:
                 continue
         values[canonical] = value
@@ -902,7 +910,6 @@ class _Applier:
         action = _conffile_action(old_hash, current, new)
         if action == "install":
             self.entries[located] = self._owner_entry(member, located, path, update.name)
-            update.installed_conffiles.append("/" + path)
         elif action == "dist":
             self.kept.append("/" + path)
             dist = located + ".dpkg-dist"
@@ -1035,7 +1042,7 @@ class _Applier:
                 stanza = update.control.paragraph.copy()
             else:
                 stanza = _status_stanza(update.control.paragraph, "install ok installed",
-                                        update.conffiles)
+                                        update.conffiles, source=f"{update.deb}: control")
             stanzas[update.key] = stanza
         if self.db.kind == "status":
             self._write_status(stanzas)
@@ -1303,7 +1310,7 @@ class _Applier:
         deferred trigger queue: ``postinst triggered "NAMES"`` per package.
         Trigger activations are replayed as dpkg records them: a package's
         ``activate`` directives (old and new at unpack, new at configure),
-        every path it unpacks and removes, conffiles installed at configure;
+        every path it unpacks and removes, its conffiles again at configure;
         only packages not in the middle of being updated receive them.
         """
         if self.db.kind != "status":
@@ -1363,8 +1370,9 @@ class _Applier:
         for update in self._configure_order():
             for trigger, _ in update.triggers_new.activates:
                 run.activate(trigger)
-            for path in update.installed_conffiles:
-                run.activate_path(path)
+            for conffile in update.conffiles:  # dpkg activates each as it settles it
+                if not conffile.obsolete and not conffile.remove_on_upgrade:
+                    run.activate_path(conffile.path)
             if "postinst" in update.control.files:
                 jobs.append(ScriptJob(update.owner, "postinst",
                                       f"{INFO}/{update.infoname}.postinst",

@@ -21,7 +21,7 @@ no files are read or written here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from suture.errors import PackageDBError
@@ -32,6 +32,7 @@ __all__ = [
     "TriggerRun",
     "format_explicit_interests",
     "format_file_interests",
+    "is_file_trigger",
     "parse_explicit_interests",
     "parse_file_interests",
     "parse_triggers",
@@ -232,10 +233,3 @@ class TriggerRun:
                 out.append((owner, " ".join(names)))
         return out
 
-
-def owners_of(interests: Iterable[Interest]) -> Mapping[str, list[Interest]]:
-    """Interests grouped by owner, in order."""
-    out: dict[str, list[Interest]] = {}
-    for interest in interests:
-        out.setdefault(interest.owner, []).append(interest)
-    return out
