@@ -218,3 +218,29 @@ def test_fidelity_with_apt_get_upgrade(tmp_path: Path, bookworm_rootfs: Path) ->
     only_apt = sorted(set(b) - set(a))
     differ = sorted(p for p in set(a) & set(b) if a[p] != b[p])
     assert (only_ours, only_apt, differ) == ([], [], [])
+
+
+@pytest.mark.registry
+def test_registry_source_patched_and_pushed(tmp_path: Path, bookworm_rootfs: Path,
+                                            registry: Any) -> None:
+    ref = _layout(tmp_path, [bookworm_rootfs], "reg")
+    remote = f"127.0.0.1:{registry.port}/debian/bookworm:12"
+    proc = suture("copy", ref, f"docker://{remote}")
+    assert proc.returncode == 0, proc.stderr
+    # Without --push the result goes to a local layout the output names.
+    local = subprocess.run([sys.executable, "-m", "suture", "patch", "-i", remote],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert local.returncode == 0, local.stderr
+    assert f"oci:{tmp_path}/bookworm-suture:12-patched" in local.stdout
+    doc = _patch(remote, tmp_path, "--push")
+    assert doc["target"]["reference"] == f"127.0.0.1:{registry.port}/debian/bookworm:12-patched"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{doc['target']['reference']}"], capture_output=True,
+                         check=True).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == doc["target"]["digest"]
+    pushed = json.loads(raw)
+    original = open_artifact(remote)
+    assert isinstance(original, Image)
+    assert [layer["digest"] for layer in pushed["layers"]][:1] == [
+        d.digest for d in original.manifest.layers]
+    assert len(pushed["layers"]) == 2
