@@ -244,3 +244,51 @@ def test_registry_source_patched_and_pushed(tmp_path: Path, bookworm_rootfs: Pat
     assert [layer["digest"] for layer in pushed["layers"]][:1] == [
         d.digest for d in original.manifest.layers]
     assert len(pushed["layers"]) == 2
+
+
+def test_trivy_report_and_openvex(tmp_path: Path, bookworm_rootfs: Path) -> None:
+    from tests.test_vex import validate_openvex
+
+    ref = _layout(tmp_path, [bookworm_rootfs], "report")
+    planned = _patch(ref, tmp_path, "--dry-run")
+    updates = planned["platforms"][0]["updates"]
+    assert planned["target"] is None and len(updates) >= 2
+    chosen = updates[:2]
+    report = {
+        "SchemaVersion": 2, "ArtifactName": ref, "ArtifactType": "container_image",
+        "Metadata": {"OS": {"Family": "debian", "Name": "12.12"},
+                     "ImageConfig": {"architecture": "amd64", "os": "linux"}},
+        "Results": [{"Target": "image (debian 12.12)", "Class": "os-pkgs", "Type": "debian",
+                     "Vulnerabilities": [
+                         {"VulnerabilityID": f"CVE-2099-{n:04d}", "PkgName": u["name"],
+                          "InstalledVersion": u["from"], "FixedVersion": u["to"],
+                          "Status": "fixed", "Severity": "HIGH"}
+                         for n, u in enumerate(chosen)]}],
+    }
+    (tmp_path / "trivy.json").write_text(json.dumps(report))
+    doc = _patch(ref, tmp_path, "-r", str(tmp_path / "trivy.json"), "-o",
+                 str(tmp_path / "vex.json"))
+    [platform] = doc["platforms"]
+    assert platform["status"] == "patched"
+    by_name = {u["name"]: u for u in platform["updates"]}
+    for n, u in enumerate(chosen):
+        assert by_name[u["name"]]["to"] == u["to"]
+        assert by_name[u["name"]]["vulnerabilities"] == [f"CVE-2099-{n:04d}"]
+    assert all(u["reason"] in ("report", "dependency") for u in platform["updates"])
+    vex = json.loads((tmp_path / "vex.json").read_text())
+    validate_openvex(vex)
+    names = [s["vulnerability"]["name"] for s in vex["statements"]]
+    assert names == ["CVE-2099-0000", "CVE-2099-0001"]
+    digest_hex = doc["target"]["digest"].split(":")[1]
+    for statement, u in zip(vex["statements"], chosen, strict=True):
+        [product] = statement["products"]
+        assert product["@id"].startswith(f"pkg:oci/layout@sha256%3A{digest_hex}")
+        assert any(f"/{u['name']}@" in s["@id"] for s in product["subcomponents"])
+    # A report for another distribution is refused, naming both, and nothing is written.
+    report["Metadata"]["OS"] = {"Family": "alpine", "Name": "3.20.1"}
+    (tmp_path / "alpine.json").write_text(json.dumps(report))
+    proc = suture("patch", "-i", ref, "-r", str(tmp_path / "alpine.json"), "--dest",
+                  f"oci:{tmp_path}/never:x")
+    assert proc.returncode == 1
+    assert "alpine" in proc.stderr and "debian" in proc.stderr
+    assert not (tmp_path / "never").exists()

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--platform", metavar="OS/ARCH[/VARIANT][,...]",
                        help="patch only these platforms of an index (others carried over)")
     patch.add_argument("--result", metavar="FILE", help="write the JSON result here")
+    patch.add_argument("-o", "--output", metavar="FILE",
+                       help="write an OpenVEX document of the fixed vulnerabilities here")
+    patch.add_argument("--format", default="openvex", choices=["openvex"],
+                       help="format of --output (default: openvex)")
+    patch.add_argument("--vex-author", metavar="NAME",
+                       help="author of the VEX document (default: $COPA_VEX_AUTHOR or suture)")
     patch.add_argument("--dry-run", action="store_true",
                        help="print the plan; download and write nothing")
     patch.add_argument("--ignore-errors", action="store_true",
@@ -312,11 +318,51 @@ def cmd_patch(args: argparse.Namespace) -> int:
                       file=sys.stderr)
     if args.result:
         _write_json_atomic(Path(args.result), result.to_json())
+    if args.output and result.target_reference:
+        author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
+        _write_json_atomic(Path(args.output), _vex(result, author))
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
         print(f"suture: error: {first.platform or 'image'}: {first.message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _vex(result: Any, author: str) -> dict[str, object]:
+    import datetime
+
+    from suture.transports import as_reference
+    from suture.vex import VexProduct, build_openvex, oci_purl
+
+    target = as_reference(result.target_reference)
+    if target.is_registry:
+        name = (target.repository or "image").rsplit("/", 1)[-1]
+        repository_url: str | None = target.name
+    else:
+        name = Path(target.path or "image").name.split(".")[0] or "image"
+        repository_url = None
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    now = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch.isdigit()
+           else datetime.datetime.now(datetime.UTC))
+    products = []
+    all_updates = []
+    for o in result.platforms:
+        if o.status != "patched" or o.image is None or o.plan is None:
+            continue
+        arch = o.platform.architecture if o.platform else None
+        purl = oci_purl(name, o.image.digest, repository_url=repository_url, arch=arch)
+        distro = f"{o.os_family}-{o.os_version}" if o.os_version else o.os_family
+        products.append(VexProduct(purl, o.plan.updates, o.os_family, distro))
+        all_updates.append((o.plan.updates, o.os_family, distro))
+    if result.target_digest and len(result.platforms) > 1:
+        index_purl = oci_purl(name, result.target_digest, repository_url=repository_url)
+        for updates, family, distro in all_updates:
+            products.append(VexProduct(index_purl, updates, family, distro))
+    from suture import __version__
+
+    return build_openvex(products, author=author,
+                         timestamp=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         tooling=f"suture {__version__}")
 
 
 def _write_json_atomic(path: Path, doc: Any) -> None:

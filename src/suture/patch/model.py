@@ -68,7 +68,7 @@ class PlatformOutcome:
 
     def to_json(self) -> dict[str, Any]:
         updates = []
-        if self.plan is not None and self.status == PATCHED:
+        if self.plan is not None and self.status != ERROR:
             updates = [{"name": u.name, "type": "deb", "from": u.from_version,
                         "to": u.to_version, "vulnerabilities": list(u.vulnerabilities),
                         "reason": u.reason} for u in self.plan.updates]

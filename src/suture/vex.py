@@ -1,0 +1,92 @@
+"""OpenVEX documents (v0.2.0) saying which vulnerabilities a patched image fixes.
+
+Built from the plan's updates only: one statement per vulnerability with status
+``fixed``, naming each patched image (per platform manifest, and the index when
+there is one) as a product, with the upgraded packages as package-URL
+subcomponents at their new versions, so ``trivy --vex`` can suppress the findings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from suture.plan import Update
+
+CONTEXT = "https://openvex.dev/ns/v0.2.0"
+
+
+@dataclass(frozen=True)
+class VexProduct:
+    """A patched image: its package URL and the updates in it.
+
+    ``distro`` is the purl ``distro`` qualifier (``debian-12``); ``namespace`` the
+    purl namespace of its packages (``debian``, ``ubuntu``); ``architecture`` the
+    packages' architecture for ``arch`` (per update when ``all``).
+    """
+
+    purl: str
+    updates: tuple[Update, ...]
+    namespace: str
+    distro: str
+
+
+def _enc(text: str) -> str:
+    return quote(text, safe="~.-_")
+
+
+def oci_purl(name: str, digest: str, *, repository_url: str | None = None,
+             arch: str | None = None) -> str:
+    """``pkg:oci/<name>@sha256%3A<hex>[?arch=..&repository_url=..]`` (purl spec encoding)."""
+    qualifiers = []
+    if arch:
+        qualifiers.append(f"arch={_enc(arch)}")
+    if repository_url:
+        qualifiers.append(f"repository_url={quote(repository_url, safe='/.-_~:')}")
+    tail = ("?" + "&".join(qualifiers)) if qualifiers else ""
+    return f"pkg:oci/{_enc(name.lower())}@{_enc(digest)}{tail}"
+
+
+def deb_purl(update: Update, namespace: str, distro: str) -> str:
+    """``pkg:deb/<namespace>/<name>@<version>?arch=<arch>&distro=<distro>``."""
+    return (f"pkg:deb/{_enc(namespace)}/{_enc(update.name)}@{_enc(update.to_version)}"
+            f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
+
+
+def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str,
+                  tooling: str) -> dict[str, object]:
+    """The OpenVEX document for ``products``; deterministic for the same input.
+
+    ``timestamp`` is RFC 3339 with a time zone (the caller's clock). Products
+    without vulnerability identifiers in their updates produce no statements.
+    """
+    by_vuln: dict[str, dict[str, set[str]]] = {}
+    for product in products:
+        for update in product.updates:
+            sub = deb_purl(update, product.namespace, product.distro)
+            for vuln in update.vulnerabilities:
+                by_vuln.setdefault(vuln, {}).setdefault(product.purl, set()).add(sub)
+    statements = []
+    for vuln in sorted(by_vuln):
+        statements.append({
+            "vulnerability": {"name": vuln},
+            "timestamp": timestamp,
+            "products": [
+                {"@id": purl, "subcomponents": [{"@id": s} for s in sorted(subs)]}
+                for purl, subs in sorted(by_vuln[vuln].items())
+            ],
+            "status": "fixed",
+        })
+    body = json.dumps(statements, sort_keys=True).encode()
+    return {
+        "@context": CONTEXT,
+        "@id": "https://openvex.dev/docs/public/vex-" + hashlib.sha256(body).hexdigest(),
+        "author": author,
+        "timestamp": timestamp,
+        "version": 1,
+        "tooling": tooling,
+        "statements": statements,
+    }

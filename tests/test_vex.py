@@ -1,0 +1,63 @@
+"""OpenVEX output: valid against the official schema (vendored in tests/data), date-times
+checked, one statement per vulnerability, products and subcomponents as package URLs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from suture.plan import Update
+from suture.vex import VexProduct, build_openvex, deb_purl, oci_purl
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "openvex_json_schema.json").read_text())
+
+
+def validate_openvex(doc: Any) -> None:
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    assert "date-time" in checker.checkers  # rfc3339-validator is installed
+    jsonschema.validate(doc, SCHEMA, format_checker=checker)
+
+
+def _update(name: str, version: str, *vulns: str) -> Update:
+    return Update(name, "amd64", "1.0", version, name, "report", tuple(vulns))
+
+
+def test_document_is_valid_and_grouped_by_vulnerability() -> None:
+    amd = VexProduct(oci_purl("app", "sha256:" + "a" * 64,
+                              repository_url="registry.example/team/app", arch="amd64"),
+                     (_update("openssl", "3.0.13-1~deb12u1", "CVE-2024-1", "CVE-2024-2"),
+                      _update("libssl3", "3.0.13-1~deb12u1", "CVE-2024-1"),
+                      _update("tzdata", "2026f-0+deb12u1")),
+                     "debian", "debian-12")
+    doc = build_openvex([amd], author="ci@example", timestamp="2026-11-25T10:00:00Z",
+                        tooling="suture test")
+    validate_openvex(doc)
+    assert doc["@context"] == "https://openvex.dev/ns/v0.2.0"
+    statements: list[dict[str, Any]] = doc["statements"]  # type: ignore[assignment]
+    assert [s["vulnerability"]["name"] for s in statements] == ["CVE-2024-1", "CVE-2024-2"]
+    assert all(s["status"] == "fixed" for s in statements)
+    first = statements[0]["products"][0]
+    assert first["@id"] == ("pkg:oci/app@sha256%3A" + "a" * 64 +
+                            "?arch=amd64&repository_url=registry.example/team/app")
+    assert [s["@id"] for s in first["subcomponents"]] == [
+        "pkg:deb/debian/libssl3@3.0.13-1~deb12u1?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/openssl@3.0.13-1~deb12u1?arch=amd64&distro=debian-12"]
+    again = build_openvex([amd], author="ci@example", timestamp="2026-11-25T10:00:00Z",
+                          tooling="suture test")
+    assert again == doc
+
+
+def test_purl_encoding() -> None:
+    update = Update("libfoo+bar", "amd64", None, "1:2.0+dfsg-1", "foo", "dependency")
+    assert deb_purl(update, "debian", "debian-12") == (
+        "pkg:deb/debian/libfoo%2Bbar@1%3A2.0%2Bdfsg-1?arch=amd64&distro=debian-12")
+
+
+def test_schema_rejects_a_timestamp_without_zone() -> None:
+    doc = build_openvex([], author="a", timestamp="2026-11-25T10:00:00", tooling="t")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_openvex(doc)
