@@ -254,7 +254,7 @@ def test_trivy_report_and_openvex(tmp_path: Path, bookworm_rootfs: Path) -> None
     updates = planned["platforms"][0]["updates"]
     assert planned["target"] is None and len(updates) >= 2
     chosen = updates[:2]
-    report = {
+    report: dict[str, Any] = {
         "SchemaVersion": 2, "ArtifactName": ref, "ArtifactType": "container_image",
         "Metadata": {"OS": {"Family": "debian", "Name": "12.12"},
                      "ImageConfig": {"architecture": "amd64", "os": "linux"}},
