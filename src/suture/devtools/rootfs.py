@@ -15,12 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from suture.oci.fs import normalize
-from suture.oci.layer import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
-
-_KIND = {tarfile.REGTYPE: FILE, tarfile.AREGTYPE: FILE, tarfile.DIRTYPE: DIR,
-         tarfile.SYMTYPE: SYMLINK, tarfile.LNKTYPE: HARDLINK, tarfile.CHRTYPE: CHAR,
-         tarfile.BLKTYPE: BLOCK, tarfile.FIFOTYPE: FIFO}
+from suture.oci.fs import member_entry
+from suture.oci.layer import DIR, HARDLINK, Entry
 
 
 @dataclass(frozen=True)
@@ -35,23 +31,12 @@ def _items(tar_path: Path) -> dict[str, _Item]:
     out: dict[str, _Item] = {}
     with tarfile.open(tar_path) as tar:
         for member in tar:
-            path = normalize(member.name)
-            kind = _KIND.get(member.type)
-            if not path or kind is None:
+            entry = member_entry(tar, member)
+            if entry is None:
                 continue
-            data = None
-            digest = ""
-            if kind == FILE:
-                fobj = tar.extractfile(member)
-                data = fobj.read() if fobj is not None else b""
-                digest = hashlib.sha256(data).hexdigest()
-            linkname = normalize(member.linkname) if kind == HARDLINK else member.linkname
-            xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
-                      for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-            entry = Entry(path, kind, member.mode, member.uid, member.gid, int(member.mtime),
-                          member.size if kind == FILE else 0, linkname, data, xattrs,
-                          member.devmajor, member.devminor)
-            out[path] = _Item(entry, digest, data)
+            data = entry.data if isinstance(entry.data, bytes) else None
+            digest = hashlib.sha256(data).hexdigest() if data is not None else ""
+            out[entry.path] = _Item(entry, digest, data)
     return out
 
 

@@ -18,11 +18,9 @@ import tarfile
 from pathlib import Path
 
 from suture.errors import LayerError
-from suture.oci.fs import normalize
+from suture.oci.fs import normalize, resolve_links
 from suture.oci.image import Image, Layer
 from suture.oci.layer import OPAQUE, WHITEOUT_PREFIX
-
-MAX_LINK_HOPS = 40
 
 
 def resolve_in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
@@ -32,28 +30,12 @@ def resolve_in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
     ``root``, ``..`` clamped at ``root``); the last component is followed only with
     ``follow_last``. The result is always under ``root``.
     """
-    todo = [p for p in rel.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = root.joinpath(*done, part)
-        is_last = not todo
-        if (not is_last or follow_last) and candidate.is_symlink():
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise LayerError(f"too many levels of symbolic links in {rel!r}", path=rel)
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        done.append(part)
-    return root.joinpath(*done)
+    def readlink(path: str) -> str | None:
+        candidate = root / path
+        return os.readlink(candidate) if candidate.is_symlink() else None
+
+    resolved = resolve_links(rel, readlink, follow_last=follow_last)
+    return root.joinpath(*resolved.split("/")) if resolved else root
 
 
 def _remove(path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from suture.errors import LayerError, NotFound
 from suture.oci.image import Image, Layer
-from suture.oci.layer import OPAQUE, WHITEOUT_PREFIX
+from suture.oci.layer import FILE, HARDLINK, OPAQUE, WHITEOUT_PREFIX, Entry
 
 MAX_FILE = 64 << 20
 MAX_SYMLINK_HOPS = 40
@@ -48,6 +48,29 @@ class FileEntry:
     data: bytes | None = None  # regular files that were asked for, under the ceiling
 
 
+def member_entry(tar: tarfile.TarFile, member: tarfile.TarInfo, *,
+                 layer: str | None = None) -> Entry | None:
+    """A tar member as an :class:`Entry`, regular file contents read into memory.
+
+    ``None`` for what is not a filesystem entry (the root ``./`` itself); unsafe
+    names raise :class:`LayerError`. The caller bounds sizes.
+    """
+    path = normalize(member.name, layer=layer)
+    kind = _KINDS.get(member.type)
+    if not path or kind is None:
+        return None
+    data = None
+    if kind == FILE:
+        fobj = tar.extractfile(member)
+        data = fobj.read() if fobj is not None else b""
+    xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
+              for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+    linkname = normalize(member.linkname, layer=layer) if kind == HARDLINK else member.linkname
+    return Entry(path, kind, member.mode, member.uid, member.gid, int(member.mtime),
+                 member.size if kind == FILE else 0, linkname, data, xattrs,
+                 member.devmajor, member.devminor)
+
+
 def normalize(name: str, *, layer: str | None = None) -> str:
     """A tar member name as a root-relative path; ``..`` components are refused."""
     stripped = name.lstrip("/")
@@ -65,10 +88,13 @@ def _ancestors(path: str) -> Iterable[str]:
         yield "/".join(parts[:i])
 
 
-def resolve(path: str, symlinks: dict[str, str]) -> str:
-    """Resolve ``path`` through ``symlinks`` (path -> target) inside the root.
+def resolve_links(path: str, readlink: Callable[[str], str | None], *,
+                  follow_last: bool = True) -> str:
+    """Resolve ``path`` inside a root where ``readlink(p)`` gives the target of the symlink
+    at root-relative ``p`` (``None`` when ``p`` is not one).
 
-    Absolute targets start at the image root; ``..`` never climbs above it.
+    Absolute targets start again at the root; ``..`` never climbs above it (as in a
+    chroot). The last component is followed only with ``follow_last``.
     """
     todo = [p for p in path.split("/") if p not in ("", ".")]
     done: list[str] = []
@@ -79,8 +105,7 @@ def resolve(path: str, symlinks: dict[str, str]) -> str:
             if done:
                 done.pop()
             continue
-        candidate = "/".join([*done, part])
-        target = symlinks.get(candidate)
+        target = readlink("/".join([*done, part])) if (todo or follow_last) else None
         if target is None:
             done.append(part)
             continue
@@ -91,6 +116,11 @@ def resolve(path: str, symlinks: dict[str, str]) -> str:
             done = []
         todo = [p for p in target.split("/") if p not in ("", ".")] + todo
     return "/".join(done)
+
+
+def resolve(path: str, symlinks: dict[str, str]) -> str:
+    """Resolve ``path`` through ``symlinks`` (path -> target) inside the root."""
+    return resolve_links(path, symlinks.get)
 
 
 class _Scan:

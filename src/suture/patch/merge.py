@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import tarfile
 
-from suture.oci.fs import normalize
+from suture.errors import LayerError
+from suture.oci.fs import member_entry
 from suture.oci.image import Layer
 from suture.oci.layer import (
-    BLOCK,
-    CHAR,
-    DIR,
-    FIFO,
-    FILE,
-    HARDLINK,
     OPAQUE,
-    SYMLINK,
     WHITEOUT_PREFIX,
     Entry,
 )
-
-_KIND = {tarfile.REGTYPE: FILE, tarfile.AREGTYPE: FILE, tarfile.DIRTYPE: DIR,
-         tarfile.SYMTYPE: SYMLINK, tarfile.LNKTYPE: HARDLINK, tarfile.CHRTYPE: CHAR,
-         tarfile.BLKTYPE: BLOCK, tarfile.FIFOTYPE: FIFO}
 
 MAX_PATCH_LAYER = 2 << 30
 
@@ -37,26 +27,13 @@ def read_layer_entries(layer: Layer) -> list[Entry]:
     total = 0
     with layer.open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
-            path = normalize(member.name, layer=layer.digest)
-            kind = _KIND.get(member.type)
-            if not path or kind is None:
-                continue
-            data = None
-            if kind == FILE:
-                total += member.size
-                if total > MAX_PATCH_LAYER:
-                    from suture.errors import LayerError
-
-                    raise LayerError("previous patch layer is too large to rebuild",
-                                     layer=layer.digest)
-                fobj = tar.extractfile(member)
-                data = fobj.read() if fobj is not None else b""
-            xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
-                      for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-            linkname = normalize(member.linkname) if kind == HARDLINK else member.linkname
-            out.append(Entry(path, kind, member.mode, member.uid, member.gid,
-                             int(member.mtime), member.size if kind == FILE else 0,
-                             linkname, data, xattrs, member.devmajor, member.devminor))
+            total += member.size if member.isfile() else 0
+            if total > MAX_PATCH_LAYER:
+                raise LayerError("previous patch layer is too large to rebuild",
+                                 layer=layer.digest)
+            entry = member_entry(tar, member, layer=layer.digest)
+            if entry is not None:
+                out.append(entry)
     return out
 
 

@@ -12,6 +12,12 @@ from typing import Any
 REPORT, UPDATE_ALL, DEPENDENCY = "report", "update-all", "dependency"
 
 
+def _to_json(value: Update | Skip | Failure) -> dict[str, Any]:
+    out = asdict(value)
+    out["vulnerabilities"] = list(value.vulnerabilities)
+    return out
+
+
 @dataclass(frozen=True)
 class Update:
     """One package to install at ``to_version`` (``from_version`` None: newly installed).
@@ -35,9 +41,7 @@ class Update:
     base_uri: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["vulnerabilities"] = list(self.vulnerabilities)
-        return out
+        return _to_json(self)
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,7 @@ class Skip:
     vulnerabilities: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["vulnerabilities"] = list(self.vulnerabilities)
-        return out
+        return _to_json(self)
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,7 @@ class Failure:
     vulnerabilities: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["vulnerabilities"] = list(self.vulnerabilities)
-        return out
+        return _to_json(self)
 
 
 @dataclass(frozen=True)
