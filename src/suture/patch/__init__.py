@@ -238,7 +238,8 @@ def patch(source: Reference, destination: Reference, options: PatchOptions) -> P
 
 
 def summary_lines(result: PatchResult) -> Iterable[str]:
-    """The human summary table: platform, status, updates, vulnerabilities, layer size."""
+    """The human summary table: platform, status, updates, vulnerabilities, layer size;
+    then the plans' notes (suites added, host keyrings used...), one line each."""
     yield f"{'PLATFORM':16} {'STATUS':11} {'UPDATED':>7} {'VULNS':>5} {'LAYER':>10}  MESSAGE"
     for o in result.platforms:
         updated = len(o.plan.updates) if o.plan and o.status == PATCHED else 0
@@ -247,3 +248,6 @@ def summary_lines(result: PatchResult) -> Iterable[str]:
         size = f"{o.layer.size / 1e6:.1f} MB" if o.layer else "-"
         yield (f"{o.platform or '-'!s:16} {o.status:11} {updated:>7} {vulns:>5} "
                f"{size:>10}  {o.message}")
+    for o in result.platforms:
+        for note in o.plan.notes if o.plan else ():
+            yield f"note: {o.platform or '-'}: {note}"
