@@ -250,8 +250,6 @@ def test_chiseled_image_with_mirror_and_keyring(apt_repo: AptRepo, gpg_keys: Gpg
         "etc/apt/sources.list": None, KEYRING: None}
 
 
-@pytest.mark.xfail(strict=True, reason="status.d images get no maintainer-script jobs: a new "
-                   "postinst is dropped without being reported (suture.distro.dpkg.apply)")
 def test_status_d_image_reports_scripts_not_run(apt_repo: AptRepo, gpg_keys: GpgKeys,
                                                 tmp_path: Path) -> None:
     archive, v1 = _archive(apt_repo, gpg_keys, tmp_path)

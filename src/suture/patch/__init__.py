@@ -140,6 +140,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     check_deadline(options, "building the layer")
     build = engine.build(work, plan, debs)
     entries = build.entries
+    outcome.scripts_not_run = list(build.not_run)
     if mark and len(image.layers) > mark.base_layers:
         previous: list[Entry] = []
         for layer in image.layers[mark.base_layers:]:
@@ -152,7 +153,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
                               workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
         outcome.scripts_ran = list(scripts.ran)
-        outcome.scripts_not_run = list(scripts.not_run)
+        outcome.scripts_not_run += scripts.not_run
         entries = merge_entries(entries, scripts.entries)
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:

@@ -24,7 +24,7 @@ from suture.distro.dpkg.repo import (
     keyring_for,
     keyring_paths,
 )
-from suture.distro.dpkg.repoerrors import RepositoryError
+from suture.distro.dpkg.repoerrors import RepositoryError, SignatureError
 from suture.distro.dpkg.sources import (
     SOURCES_DIR,
     SOURCES_LIST,
@@ -175,7 +175,15 @@ class DpkgEngine:
         arches = (state.architecture, *state.foreign)
         for entry in self._source_entries(state):
             keyring = self._keyring(state, entry)
-            repo = state.fetcher.fetch_source(entry, keyring)
+            try:
+                repo = state.fetcher.fetch_source(entry, keyring)
+            except SignatureError as exc:
+                if any("this host's" in note for note in state.notes):
+                    raise SignatureError(
+                        f"{exc} (the image has no apt keyring; this host's archive keyring "
+                        "was tried)", hint="pass --keyring FILE with the archive's signing "
+                        "keys") from None
+                raise
             wanted = entry.architectures or arches
             components = entry.components or ("main",)
             for component in components:
@@ -245,4 +253,4 @@ class DpkgEngine:
                 conffiles[path] = hit.data if hit is not None else None
         result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
         state.notes.extend(result.notes)
-        return Build(result.entries, result.jobs, result.scratch)
+        return Build(result.entries, result.jobs, result.scratch, result.not_run)

@@ -22,12 +22,14 @@ from suture.reports.model import Finding
 
 @dataclass(frozen=True)
 class Build:
-    """The patch layer's entries, the scripts to run over them, and ``scratch``:
-    files the scripts need (old maintainer scripts) that never go in the layer."""
+    """The patch layer's entries, the scripts to run over them, ``scratch``: files the
+    scripts need (old maintainer scripts) that never go in the layer, and ``not_run``:
+    scripts the family knows cannot be run, to be reported."""
 
     entries: list[Entry]
     jobs: list[ScriptJob]
     scratch: list[Entry] = field(default_factory=list)
+    not_run: list[tuple[str, str]] = field(default_factory=list)  # (script, why not)
 
 
 class Engine(Protocol):

@@ -85,6 +85,7 @@ class PlatformOutcome:
                        "size": self.layer.size} if self.layer is not None else None),
             "scripts": {"ran": self.scripts_ran,
                         "notRun": [{"script": s, "reason": r} for s, r in self.scripts_not_run]},
+            "notes": list(self.plan.notes) if self.plan else [],
             "message": self.message,
         }
 

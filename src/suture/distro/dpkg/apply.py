@@ -212,7 +212,8 @@ class DpkgApplyResult:
     layer. ``packages``: the new stanzas of the updated packages, parsed back
     from what was written. ``kept_conffiles``: absolute paths of conffiles left
     as the user changed them. ``notes``: anything done differently from what
-    a caller might expect, one sentence each.
+    a caller might expect, one sentence each. ``not_run``: the maintainer scripts dpkg
+    would have run but that cannot be run here (status.d images), with the reason.
     """
 
     entries: list[Entry]
@@ -221,6 +222,7 @@ class DpkgApplyResult:
     packages: list[InstalledPackage] = field(default_factory=list)
     kept_conffiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_run: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -791,6 +793,7 @@ class _Applier:
         self.db_entries: dict[str, Entry] = {}
         self.kept: list[str] = []
         self.notes: list[str] = []
+        self.not_run: list[tuple[str, str]] = []
         self.replaced_keys = {_key(u.previous) for u in todo if u.previous is not None}
         self.taken: dict[Key, set[str]] = {}  # other packages' paths taken over (Replaces)
         self._written_dirs: set[str] = set()
@@ -809,7 +812,8 @@ class _Applier:
         log.debug("dpkg apply: %d packages, %d entries, %d jobs", len(self.todo), len(entries),
                   len(jobs))
         return DpkgApplyResult(entries=entries, jobs=jobs, scratch=scratch, packages=packages,
-                               kept_conffiles=self.kept, notes=self.notes)
+                               kept_conffiles=self.kept, notes=self.notes,
+                               not_run=self.not_run)
 
     # ----------------------------------------------------------------- unpacking
 
@@ -1314,7 +1318,15 @@ class _Applier:
         only packages not in the middle of being updated receive them.
         """
         if self.db.kind != "status":
-            if any(u.control.scripts for u in self.todo):
+            reason = "status.d image: no dpkg database to run maintainer scripts against"
+            for u in self.todo:
+                for script in ("preinst", "postinst"):
+                    if script in u.control.scripts:
+                        action = "configure" if script == "postinst" else (
+                            "upgrade" if u.previous is not None else "install")
+                        old = f" {u.previous.version}" if u.previous is not None else ""
+                        self.not_run.append((f"{u.owner} {script} {action}{old}", reason))
+            if self.not_run:
                 self.notes.append("status.d image: maintainer scripts are not run "
                                   "(the image has no dpkg database to run them against)")
             return []
