@@ -201,3 +201,21 @@ def test_copy_and_inspect_through_token_registry(tmp_path: Path, token_registry:
     assert proc.returncode == 1
     line = one_error_line(proc)
     assert "wrong-password" not in line and "unauthorized" in line.lower()
+
+
+def test_patch_timeout_and_bad_flags(tmp_path: Path) -> None:
+    write_artifact(sample_image(), f"oci:{tmp_path}/l:v1")
+    before = (tmp_path / "l" / "index.json").read_bytes()
+    proc = run("patch", "-i", f"oci:{tmp_path}/l:v1", "--timeout", "0.001s",
+               "--result", str(tmp_path / "r.json"))
+    assert proc.returncode == 1
+    assert "timed out" in one_error_line(proc)
+    assert (tmp_path / "l" / "index.json").read_bytes() == before
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["target"] is None and result["platforms"][0]["status"] == "error"
+    for bad in (["--timeout", "soon"], ["--mirror", "nonsense"], ["-r", "/nonexistent.json"],
+                ["--keyring", "/nonexistent.gpg"]):
+        proc = run("patch", "-i", f"oci:{tmp_path}/l:v1", *bad)
+        assert proc.returncode == 2, bad
+        one_error_line(proc)
+    assert (tmp_path / "l" / "index.json").read_bytes() == before
