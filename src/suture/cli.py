@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never fall back to this host's distribution keyrings")
     patch.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
                        help="how to run maintainer scripts (default: auto)")
+    patch.add_argument("--progress", default="auto", choices=["auto", "plain", "quiet"],
+                       help="stage lines on stderr: auto (on a terminal), plain, quiet")
     patch.add_argument("--compression", default="gzip", choices=["gzip", "zstd"],
                        help="patch layer compression (default: gzip)")
     _add_registry_options(patch)
@@ -270,7 +272,18 @@ def _patch_options(args: argparse.Namespace) -> Any:
         compression=args.compression,
         created=created,
         deadline=time.monotonic() + parse_duration(args.timeout),
+        progress=_progress(args.progress),
     )
+
+
+def _progress(mode: str) -> Any:
+    if mode == "quiet" or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+
+    def say(message: str) -> None:
+        print(f"suture: {message}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _print_plan(result: Any) -> None:

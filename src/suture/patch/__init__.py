@@ -57,6 +57,12 @@ class PatchTimeout(SutureError):
     """The run went past ``--timeout``."""
 
 
+def _say(options: PatchOptions, image: Image, message: str) -> None:
+    if options.progress is not None:
+        platform = image.platform or "image"
+        options.progress(f"{platform}: {message}")
+
+
 def check_deadline(options: PatchOptions, stage: str) -> None:
     if options.deadline is not None and time.monotonic() > options.deadline:
         raise PatchTimeout(f"timed out before {stage}", hint="raise --timeout")
@@ -121,6 +127,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         arch = image.platform.architecture if image.platform else None
         _check_report(report, outcome.os_family, outcome.os_version, arch)
     check_deadline(options, "planning")
+    _say(options, image, "reading repositories")
     work = engine.prepare(image, inspection, options)
     plan = engine.plan(work, report.os_findings() if report is not None else None)
     outcome.plan = plan
@@ -136,8 +143,12 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         outcome.message = "dry run: nothing written"
         return
     check_deadline(options, "downloads")
+    total = sum(u.size for u in plan.updates)
+    _say(options, image, f"fetching {len(plan.updates)} packages ({total / 1e6:.1f} MB, "
+         "cached ones are not downloaded again)")
     debs = engine.fetch(work, plan)
     check_deadline(options, "building the layer")
+    _say(options, image, "unpacking packages and updating the package database")
     build = engine.build(work, plan, debs)
     entries = build.entries
     outcome.scripts_not_run = list(build.not_run)
@@ -150,11 +161,13 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         from suture.patch.scripts import run_scripts
 
         check_deadline(options, "maintainer scripts")
+        _say(options, image, f"running {len(build.jobs)} maintainer scripts in a sandbox")
         scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
                               workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
         outcome.scripts_ran = list(scripts.ran)
         outcome.scripts_not_run += scripts.not_run
         entries = merge_entries(entries, scripts.entries)
+    _say(options, image, "writing the patch layer")
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:
         info = write_layer(entries, out, compression=options.compression)
