@@ -18,13 +18,16 @@ from pathlib import Path
 
 from suture.distro.dpkg.control import InstalledPackage, parse_status
 from suture.distro.dpkg.release import Keyring
+from suture.distro.dpkg.relevant import relevant_stanzas
 from suture.distro.dpkg.repo import (
     AptFetcher,
     PackageEntry,
     keyring_for,
     keyring_paths,
+    parse_packages_index,
+    redact,
 )
-from suture.distro.dpkg.repoerrors import RepositoryError, SignatureError
+from suture.distro.dpkg.repoerrors import IndexNotListed, SignatureError
 from suture.distro.dpkg.sources import (
     SOURCES_DIR,
     SOURCES_LIST,
@@ -173,6 +176,7 @@ class DpkgEngine:
         state.fetcher = AptFetcher(options.cache_dir / "apt", offline=options.offline,
                                    verify=verify)
         arches = (state.architecture, *state.foreign)
+        indexes: list[tuple[str, str, bytes]] = []
         for entry in self._source_entries(state):
             keyring = self._keyring(state, entry)
             try:
@@ -185,18 +189,22 @@ class DpkgEngine:
                         "keys") from None
                 raise
             wanted = entry.architectures or arches
-            components = entry.components or ("main",)
-            for component in components:
+            for component in entry.components or ("main",):
                 for arch in wanted:
                     if arch not in arches:
                         continue
                     try:
-                        state.candidates.extend(repo.packages(component, arch))
-                    except RepositoryError as exc:
-                        if "lists no" in str(exc):
-                            log.info("%s %s: %s", entry.suite, component, exc)
-                            continue
-                        raise
+                        data = repo.fetch_packages(component, arch)
+                    except IndexNotListed as exc:
+                        log.info("%s %s: %s", entry.suite, component, exc)
+                        continue
+                    indexes.append((repo.uri, f"{redact(repo.url)} {component}/{arch}", data))
+        # Only what a resolution can reach from the installed packages is parsed: memory
+        # and time follow the image's size, not the archive's.
+        relevant = relevant_stanzas([data for _, _, data in indexes],
+                                    {p.name for p in state.installed})
+        for (uri, where, _), data in zip(indexes, relevant, strict=True):
+            state.candidates.extend(parse_packages_index(data, base_uri=uri, source=where))
 
     # ----------------------------------------------------------------- plan
     def plan(self, state: DpkgState, findings: list[Finding] | None) -> Plan:
