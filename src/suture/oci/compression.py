@@ -11,7 +11,7 @@ import types
 import zlib
 from typing import IO, Any, BinaryIO
 
-from suture.errors import LayerError
+from suture.errors import LayerError, SutureError
 
 _gz: types.ModuleType
 try:  # pragma: no cover - exercised when isal is installed, which it is by default
@@ -26,57 +26,65 @@ CHUNK = 1 << 20
 
 
 class _DecompressingReader(io.RawIOBase, BinaryIO):
-    """Streams the decompressed bytes of ``raw``; owns and closes ``raw``."""
+    """Streams the decompressed bytes of ``raw``; owns and closes ``raw``.
+
+    No call produces more than ``CHUNK`` bytes of output, however well the input
+    compresses (a decompression bomb costs time bounded by the caller's ceiling,
+    never memory). Concatenated gzip members are read as one stream.
+    """
 
     def __init__(self, raw: IO[bytes], kind: str) -> None:
         super().__init__()
         self._raw = raw
         self._kind = kind
-        self._buf = b""
+        self._pending = b""  # compressed input not yet fed to the decoder
         self._eof = False
-        self._dec: Any
+        self._dec: Any = None
+        self._zstd: Any = None
         if kind == "gzip":
             self._dec = _gz.decompressobj(wbits=31)
         else:
             import zstandard
 
-            self._dec = zstandard.ZstdDecompressor().decompressobj()
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
 
     def readable(self) -> bool:
         return True
 
-    def _fill(self) -> None:
-        while not self._buf and not self._eof:
-            chunk = self._raw.read(CHUNK)
-            try:
-                if not chunk:
+    def _gzip(self, size: int) -> bytes:
+        while True:
+            if not self._pending and not self._eof:
+                self._pending = self._raw.read(CHUNK)
+                if not self._pending:
                     self._eof = True
-                    if self._kind == "gzip":
-                        if not self._dec.eof:
-                            raise LayerError("truncated gzip stream")
-                        self._buf = self._dec.flush()
-                    return
-                if self._kind == "gzip" and self._dec.eof:
-                    # A concatenated gzip member: start a new decoder over what is left.
-                    rest = self._dec.unused_data + chunk
-                    self._dec = _gz.decompressobj(wbits=31)
-                    chunk = rest
-                self._buf = self._dec.decompress(chunk)
-                if self._kind == "gzip" and self._dec.eof and self._dec.unused_data:
-                    rest = self._dec.unused_data
-                    if rest.strip(b"\0"):
-                        self._dec = _gz.decompressobj(wbits=31)
-                        self._buf += self._dec.decompress(rest)
-            except LayerError:
-                raise
-            except Exception as exc:  # zlib.error, isal error, zstd.ZstdError
-                raise LayerError(f"corrupt {self._kind} stream: {exc}") from None
+            if self._dec.eof:
+                rest = self._dec.unused_data + self._pending
+                if not rest.strip(b"\0"):
+                    if self._eof:
+                        return b""
+                    self._pending = b""
+                    continue
+                self._dec = _gz.decompressobj(wbits=31)  # the next gzip member
+                self._pending = rest
+            if not self._pending:
+                if self._eof:
+                    raise LayerError("truncated gzip stream")
+                continue
+            out = self._dec.decompress(self._pending, size)
+            self._pending = self._dec.unconsumed_tail
+            if out:
+                return bytes(out)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        self._fill()
-        n = min(len(buffer), len(self._buf))
-        memoryview(buffer).cast("B")[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
+        size = min(len(buffer), CHUNK)
+        try:
+            data = self._gzip(size) if self._dec is not None else self._zstd.read(size)
+        except SutureError:
+            raise  # our own: a digest or size problem of the compressed stream, or truncation
+        except Exception as exc:  # zlib.error, isal error, zstd.ZstdError
+            raise LayerError(f"corrupt {self._kind} stream: {exc}") from None
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
         return n
 
     def close(self) -> None:
