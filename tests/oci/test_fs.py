@@ -132,3 +132,12 @@ def test_truncated_layer_is_a_layer_error() -> None:
                       Platform.parse("linux/amd64"))
     with pytest.raises(LayerError):
         read_files(image, ["a"])
+
+
+def test_symlinked_directory_without_its_own_entry() -> None:
+    # "usr/lib" has no tar entry of its own; "lib -> usr/lib" still resolves under it.
+    image = _raw_layer_image([_link("lib", "usr/lib"), _file("usr/lib/apk/db/installed", b"P:x")])
+    files = read_files(image, ["lib/apk/db/installed"], prefixes=["lib/apk"])
+    assert files["lib/apk/db/installed"].data == b"P:x"
+    assert files["lib/apk/db/installed"].path == "usr/lib/apk/db/installed"
+    assert read_files(image, ["lib/missing"], prefixes=["lib/nothing"]) == {}

@@ -219,10 +219,16 @@ def scan_files(image: Image, wanted: Callable[[str], bool], *,
     followed here: see :func:`read_files`. Regular files get their contents when
     ``with_data`` (default: ``wanted``) says so.
     """
+    scan = _scan(image, wanted, max_file, with_data)
+    return {p: e for p, e in scan.found.items() if wanted(p)}, scan.symlinks
+
+
+def _scan(image: Image, wanted: Callable[[str], bool], max_file: int,
+          with_data: Callable[[str], bool] | None = None) -> _Scan:
     scan = _Scan(wanted, max_file, with_data)
     for layer in reversed(image.layers):
         scan.layer(layer)
-    return {p: e for p, e in scan.found.items() if wanted(p)}, scan.symlinks
+    return scan
 
 
 def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = (),
@@ -243,6 +249,7 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
     pending: dict[str, list[str]] = {p: [p] for p in asked}
     pending_prefixes: dict[str, str] = {p: p for p in asked_prefixes}
     known_absent: set[str] = set()  # paths a pass looked for and did not find
+    existing: set[str] = set()  # every path of the merged view, from the first pass
     for _round in range(MAX_SYMLINK_HOPS):
         if not pending and not pending_prefixes:
             break
@@ -253,9 +260,12 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
                    real_prefixes: tuple[str, ...] = real_prefixes) -> bool:
             return path in real_paths or path.startswith(real_prefixes)
 
-        found, links = scan_files(image, wanted, max_file=max_file)
+        scan = _scan(image, wanted, max_file)
+        found = {p: e for p, e in scan.found.items() if wanted(p)}
         if symlinks is None:
-            symlinks = links
+            symlinks = scan.symlinks
+            # Every path of the merged view: a target outside it needs no second pass.
+            existing = scan.claimed
         next_pending: dict[str, list[str]] = {}
         next_prefixes: dict[str, str] = {}
         for real, names in pending.items():
@@ -264,7 +274,8 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
             if entry is not None and entry.kind == "hardlink":
                 target = resolve(entry.linkname, symlinks)
                 entry = found.get(target)
-            if entry is None and target != real and target not in known_absent:
+            if entry is None and target != real and target not in known_absent and (
+                    target in existing):
                 # Resolved somewhere this pass did not look: one more pass.
                 next_pending.setdefault(target, []).extend(names)
                 continue
@@ -277,7 +288,10 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
         for real_prefix, asked_prefix in pending_prefixes.items():
             target = resolve(real_prefix.rstrip("/"), symlinks) + "/"
             if target != real_prefix:
-                next_prefixes[target] = asked_prefix
+                # A directory may exist only implicitly, through what lies under it.
+                if target.rstrip("/") in existing or any(p.startswith(target)
+                                                         for p in existing):
+                    next_prefixes[target] = asked_prefix
                 continue
             for path, entry in found.items():
                 if path.startswith(real_prefix) and entry.kind != "symlink":
