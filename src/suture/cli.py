@@ -415,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("suture: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Disk full, permission denied, a path that is a directory: one line, no traceback.
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"suture: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
 
