@@ -40,28 +40,13 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import measured_suture
+
 SHM = Path("/dev/shm")
 INCLUDE = ("openssl", "ca-certificates", "curl")
 # Runs the rest of the command line with a private, empty tmpfs on /dev/shm.
 _PRIVATE_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                 'mount -t tmpfs -o size=64g,mode=1777 bench-shm /dev/shm && exec "$0" "$@"']
-
-
-def measured_suture() -> str:
-    """Which suture is measured: its source directory, and the git commit when that is a
-    checkout (``+dirty`` with uncommitted changes under src/)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("suture")
-    where = Path(spec.origin).parent if spec is not None and spec.origin else Path("?")
-    git = ["git", "-C", str(where)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False)
-    if head.returncode != 0:
-        return f"suture from {where} (not a git checkout)"
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True,
-                           text=True, check=False).stdout.strip()
-    return f"suture from {where} at {head.stdout.strip()}{'+dirty' if dirty else ''}"
 
 
 def _child_build(layout: Path, tags: list[str], file_kib: int, work: Path) -> None:
