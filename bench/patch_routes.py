@@ -282,15 +282,18 @@ class Deb:
 
 def planned_debs(ref: str, cache: Path) -> list[Deb]:
     """The .debs suture's plan chose, from the warm cache (no network)."""
-    from suture.inspect import inspect_image
-    from suture.patch.engines import engine_for
+    from suture.inspect import inspect_image, wants_detection_data
+    from suture.oci.fs import read_tree
+    from suture.patch.engines import engine_for, wants_data
     from suture.patch.model import PatchOptions
 
     image = open_artifact(ref)
     assert isinstance(image, Image)
-    inspection = inspect_image(image)
+    tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    inspection = inspect_image(image, tree)
     engine = engine_for("dpkg")
-    state = engine.prepare(image, inspection, PatchOptions(cache_dir=cache, offline=True))
+    state = engine.prepare(image, inspection, PatchOptions(cache_dir=cache, offline=True),
+                           tree)
     plan = engine.plan(state, None)
     return [Deb(u.base_uri.rstrip("/") + "/" + u.filename, u.sha256, u.size)
             for u in plan.updates]

@@ -6,12 +6,14 @@ more only to follow symlinks); an image is never extracted.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from suture.distro.detect import OSRelease, PackageDB, detect_os, detect_package_db, wanted_paths
 from suture.errors import PlatformError
-from suture.oci.fs import read_files
+from suture.oci.fs import FileEntry, read_files, resolve
 from suture.oci.image import Artifact, Image, ImageIndex
 from suture.oci.model import Descriptor, Platform
 
@@ -64,9 +66,44 @@ def read_patch_mark(image: Image) -> PatchMark | None:
     return None
 
 
-def inspect_image(image: Image) -> Inspection:
+def detection_files(tree: Mapping[str, FileEntry]) -> dict[str, FileEntry]:
+    """From a whole-tree read (:func:`suture.oci.fs.read_tree`), the entries detection
+    reads, keyed as asked, with symlinks resolved inside the image."""
     paths, prefixes = wanted_paths()
-    files = read_files(image, paths, prefixes=prefixes)
+    links = {p: e.linkname for p, e in tree.items() if e.kind == "symlink"}
+    out: dict[str, FileEntry] = {}
+    for path in paths:
+        entry = tree.get(resolve(path, links))
+        if entry is not None and entry.kind == "file":
+            out[path] = entry
+    for prefix in prefixes:
+        real = resolve(prefix.rstrip("/"), links) + "/"
+        for path, entry in tree.items():
+            if path.startswith(real) and entry.kind == "file":
+                out[prefix + path[len(real):]] = entry
+    return out
+
+
+@functools.cache
+def _detection_paths() -> tuple[frozenset[str], tuple[str, ...]]:
+    paths, prefixes = wanted_paths()
+    return frozenset(paths), tuple(prefixes)
+
+
+def wants_detection_data(path: str) -> bool:
+    """Whether detection needs the contents of ``path`` (for :func:`read_tree`)."""
+    paths, prefixes = _detection_paths()
+    return path in paths or path.startswith(prefixes)
+
+
+def inspect_image(image: Image, tree: Mapping[str, FileEntry] | None = None) -> Inspection:
+    """Inspect ``image``; with ``tree`` (a whole-tree read that holds the contents
+    :func:`wants_detection_data` names) the layers are not read again."""
+    if tree is not None:
+        files = detection_files(tree)
+    else:
+        paths, prefixes = wanted_paths()
+        files = read_files(image, paths, prefixes=prefixes)
     return Inspection(
         platform=image.platform,
         digest=image.digest,

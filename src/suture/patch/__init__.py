@@ -24,7 +24,9 @@ from suture.inspect import (
     PATCHED_KEY,
     inspect_image,
     select_images,
+    wants_detection_data,
 )
+from suture.oci.fs import read_tree
 from suture.oci.image import Artifact, Image, ImageIndex
 from suture.oci.layer import Entry, write_layer
 from suture.oci.mutate import (
@@ -35,7 +37,7 @@ from suture.oci.mutate import (
     with_annotations,
     with_labels,
 )
-from suture.patch.engines import engine_for
+from suture.patch.engines import engine_for, wants_data
 from suture.patch.merge import merge_entries, read_layer_entries
 from suture.patch.model import (
     ERROR,
@@ -113,7 +115,10 @@ def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformO
 def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                  outcome: PlatformOutcome) -> None:
     check_deadline(options, "inspection")
-    inspection = inspect_image(image)
+    # One pass over the layers serves inspection and the engine: every path's metadata,
+    # and the contents of what either reads.
+    tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    inspection = inspect_image(image, tree)
     if inspection.os is not None:
         outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
     if inspection.package_db is None:
@@ -128,7 +133,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         _check_report(report, outcome.os_family, outcome.os_version, arch)
     check_deadline(options, "planning")
     _say(options, image, "reading repositories")
-    work = engine.prepare(image, inspection, options)
+    work = engine.prepare(image, inspection, options, tree)
     plan = engine.plan(work, report.os_findings() if report is not None else None)
     outcome.plan = plan
     if plan.failures and not options.ignore_errors:

@@ -12,6 +12,7 @@ build: unpack natively into layer entries and rewrite the database.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from suture.distro.dpkg.sources import (
 )
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
-from suture.oci.fs import FileEntry, read_files, read_tree
+from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
 from suture.patch.engines import Build
 from suture.patch.model import PatchOptions
@@ -86,7 +87,7 @@ def deb_architecture(image: Image) -> str:
 _DATA_PREFIXES = ("var/lib/dpkg/", "etc/", "usr/share/keyrings/")
 
 
-def _wants_data(path: str) -> bool:
+def wants_data(path: str) -> bool:
     return path.startswith(_DATA_PREFIXES)
 
 
@@ -99,10 +100,11 @@ class DpkgEngine:
     family = "dpkg"
 
     # -------------------------------------------------------------- prepare
-    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions) -> DpkgState:
-        # One pass: every path's metadata (apply needs the tree), and the contents of
-        # the dpkg database, of etc/ (apt config, keyrings, conffiles) and of keyrings.
-        files = read_tree(image, _wants_data)
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
+                tree: Mapping[str, FileEntry]) -> DpkgState:
+        # The tree holds every path's metadata (apply needs it) and the contents of the
+        # dpkg database, of etc/ (apt config, keyrings, conffiles) and of keyrings.
+        files = dict(tree)
         status = _data(files, STATUS)
         distroless = status is None
         installed: list[InstalledPackage] = []

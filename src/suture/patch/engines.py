@@ -6,6 +6,7 @@ layer entries; the patch core calls these four steps and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 from suture.distro.scripts import ScriptJob
 from suture.errors import SutureError
 from suture.inspect import Inspection
+from suture.oci.fs import FileEntry
 from suture.oci.image import Image
 from suture.oci.layer import Entry
 from suture.patch.model import PatchOptions
@@ -35,8 +37,12 @@ class Build:
 class Engine(Protocol):
     family: str
 
-    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions) -> Any:
-        """Read the package database and repositories: the state the other steps use."""
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
+                tree: Mapping[str, FileEntry]) -> Any:
+        """Read the package database and repositories: the state the other steps use.
+
+        ``tree`` is every path of the merged view, with the contents of the files
+        :func:`wants_data` names."""
         ...
 
     def plan(self, state: Any, findings: list[Finding] | None) -> Plan: ...
@@ -48,6 +54,13 @@ class Engine(Protocol):
     def build(self, state: Any, plan: Plan, packages: dict[str, Path]) -> Build:
         """The entries of the patch layer, and the scripts to run over it."""
         ...
+
+
+def wants_data(path: str) -> bool:
+    """Whether any engine needs the contents of ``path`` from the tree read."""
+    from suture.patch.dpkg import wants_data as dpkg_wants
+
+    return dpkg_wants(path)
 
 
 def engine_for(family: str) -> Engine:
