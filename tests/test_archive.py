@@ -25,21 +25,13 @@ from suture.oci.image import BlobSource, Image, ImageIndex
 from suture.oci.layer import Entry
 from suture.oci.model import canonical_json
 from suture.transports import open_artifact, write_artifact
-from tests.fixtures.images import make_image, make_index, sample_image
+from tests.fixtures.images import layer_tars, make_image, make_index, sample_image
 from tests.fixtures.oci_tools import failing_image
 
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
-
-def tars(image: Image) -> list[bytes]:
-    """The uncompressed tar of every layer (verified against its diff_id)."""
-    out = []
-    for layer in image.layers:
-        with layer.open_tar() as stream:
-            out.append(stream.read())
-    return out
 
 
 def make_tar(path: Path, members: dict[str, bytes | tuple[str, str]]) -> None:
@@ -61,7 +53,7 @@ def docker_members(image: Image, *, style: str, tags: list[str],
     """The members of a docker save archive of ``image`` in one of its historic shapes."""
     members: dict[str, bytes | tuple[str, str]] = {}
     layer_names = []
-    for i, data in enumerate(tars(image)):
+    for i, data in enumerate(layer_tars(image)):
         if gzip_layers:
             data = gzip.compress(data, mtime=0)
         if style == "legacy":  # docker < 25: <id>/layer.tar
@@ -96,7 +88,7 @@ def test_oci_archive_round_trip(tmp_path: Path, image: Image, two_platforms: Ima
         assert open_artifact(f"oci-archive:{path}").digest == art.digest
     back = open_artifact(f"oci-archive:{tmp_path / (image.digest[7:19] + '.tar')}:t")
     assert isinstance(back, Image)
-    assert tars(back) == tars(image)
+    assert layer_tars(back) == layer_tars(image)
     assert back.config_bytes == image.config_bytes
     path = tmp_path / f"{two_platforms.digest[7:19]}.tar"
     index = open_artifact(f"oci-archive:{path}")
@@ -104,7 +96,7 @@ def test_oci_archive_round_trip(tmp_path: Path, image: Image, two_platforms: Ima
     for desc in two_platforms.manifests:
         child = index.child(desc)
         assert isinstance(child, Image)
-        assert tars(child) == tars(two_platforms.child(desc))  # type: ignore[arg-type]
+        assert layer_tars(child) == layer_tars(two_platforms.child(desc))  # type: ignore[arg-type]
 
 
 def test_oci_archive_layout_members(tmp_path: Path, image: Image) -> None:
@@ -145,7 +137,7 @@ def test_oci_archive_read_while_rewritten(tmp_path: Path, image: Image) -> None:
     write_artifact(image, f"oci-archive:{path}:t")
     back = open_artifact(f"oci-archive:{path}:t")
     write_artifact(sample_image("other"), f"oci-archive:{path}:t")  # renamed over it
-    assert isinstance(back, Image) and tars(back) == tars(image)
+    assert isinstance(back, Image) and layer_tars(back) == layer_tars(image)
 
 
 def test_compressed_archive_file(tmp_path: Path, image: Image) -> None:
@@ -154,7 +146,7 @@ def test_compressed_archive_file(tmp_path: Path, image: Image) -> None:
     packed = tmp_path / "a.tar.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     back = open_artifact(f"docker-archive:{packed}")
-    assert isinstance(back, Image) and tars(back) == tars(image)
+    assert isinstance(back, Image) and layer_tars(back) == layer_tars(image)
 
 
 # --- docker-archive -------------------------------------------------------------------
@@ -169,7 +161,7 @@ def test_docker_archive_round_trip(tmp_path: Path, image: Image) -> None:
     assert back.media_type == mt.DOCKER_MANIFEST
     assert back.config_bytes == image.config_bytes
     assert back.diff_ids == image.diff_ids
-    assert tars(back) == tars(image)
+    assert layer_tars(back) == layer_tars(image)
     # Stored uncompressed: each layer blob is its diff_id.
     assert [d.digest for d in back.manifest.layers] == image.diff_ids
     assert {d.media_type for d in back.manifest.layers} == {mt.DOCKER_LAYER_TAR}
@@ -190,7 +182,7 @@ def test_docker_schema2_image_round_trips(tmp_path: Path) -> None:
     assert oci.raw_manifest == image.raw_manifest
     write_artifact(oci, f"docker-archive:{tmp_path / 'd.tar'}:a:b")
     back = open_artifact(f"docker-archive:{tmp_path / 'd.tar'}:a:b")
-    assert isinstance(back, Image) and tars(back) == tars(image)
+    assert isinstance(back, Image) and layer_tars(back) == layer_tars(image)
     assert isinstance(back.source, BlobSource) and isinstance(oci.source, BlobSource)
 
 
@@ -226,7 +218,7 @@ def test_docker_archive_with_several_images(tmp_path: Path) -> None:
     a = open_artifact(f"docker-archive:{path}:foo/one:t")
     b = open_artifact(f"docker-archive:{path}:foo/two:t")
     assert isinstance(a, Image) and isinstance(b, Image)
-    assert tars(a) == tars(one) and tars(b) == tars(two)
+    assert layer_tars(a) == layer_tars(one) and layer_tars(b) == layer_tars(two)
     assert a.diff_ids == one.diff_ids and b.diff_ids == two.diff_ids
 
 
@@ -241,7 +233,7 @@ def test_docker_archive_compressed_layers(tmp_path: Path, image: Image, style: s
     stored = [v for k, v in members.items() if "layer" in k or (
         k.startswith("blobs/") and v != image.config_bytes)]
     assert [d.digest for d in back.manifest.layers] == [sha(v) for v in stored]  # type: ignore[arg-type]
-    assert tars(back) == tars(image)
+    assert layer_tars(back) == layer_tars(image)
     # Written back out, the layers are stored uncompressed again.
     out = tmp_path / "again.tar"
     write_artifact(back, f"docker-archive:{out}:x:y")
@@ -258,7 +250,7 @@ def test_docker_archive_zstd_image(tmp_path: Path) -> None:
     write_artifact(zimg, f"docker-archive:{path}:z:t")
     back = open_artifact(f"docker-archive:{path}")
     assert isinstance(back, Image)
-    assert back.diff_ids == zimg.diff_ids and tars(back) == tars(zimg)
+    assert back.diff_ids == zimg.diff_ids and layer_tars(back) == layer_tars(zimg)
     assert [d.digest for d in back.manifest.layers] == zimg.diff_ids
 
 
@@ -284,7 +276,7 @@ def test_docker_archive_links_followed(tmp_path: Path, image: Image, link: str) 
     path = tmp_path / "d.tar"
     make_tar(path, linked)
     back = open_artifact(f"docker-archive:{path}")
-    assert isinstance(back, Image) and tars(back) == tars(image)
+    assert isinstance(back, Image) and layer_tars(back) == layer_tars(image)
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from suture.oci import mediatypes as mt
 from suture.oci.image import Image, ImageIndex
 from suture.transports import open_artifact, write_artifact
-from tests.fixtures.images import make_index, sample_image
+from tests.fixtures.images import layer_tars, make_index, sample_image
 from tests.fixtures.oci_tools import Runner, sha256_of, skopeo_inspect, tree
 
 pytestmark = pytest.mark.tools
@@ -24,13 +24,6 @@ ROOTFS_ONE = {
     "srv/upper": b"upper one\n",
 }
 
-
-def tars(image: Image) -> list[bytes]:
-    out = []
-    for layer in image.layers:
-        with layer.open_tar() as stream:
-            out.append(stream.read())
-    return out
 
 
 def check_rootfs(rootfs: Path, expected: dict[str, bytes]) -> None:
@@ -125,7 +118,7 @@ def test_we_read_skopeo_docker_archive(tmp_path: Path, skopeo_cli: Runner,
         assert [(d.digest, d.size) for d in ours.manifest.layers] == [
             (x["digest"], x["size"]) for x in theirs["layers"]]
         assert ours.diff_ids == image.diff_ids
-        assert tars(ours) == tars(image)
+        assert layer_tars(ours) == layer_tars(image)
 
 
 def test_we_read_skopeo_oci_archive(tmp_path: Path, skopeo_cli: Runner, image: Image) -> None:
@@ -136,7 +129,7 @@ def test_we_read_skopeo_oci_archive(tmp_path: Path, skopeo_cli: Runner, image: I
     expected = skopeo_inspect(skopeo_cli, f"oci-archive:{path}:t")["Digest"]
     back = open_artifact(f"oci-archive:{path}:t")
     assert back.digest == expected == image.digest
-    assert isinstance(back, Image) and tars(back) == tars(image)
+    assert isinstance(back, Image) and layer_tars(back) == layer_tars(image)
 
 
 def test_we_read_umoci_layout(tmp_path: Path, skopeo_cli: Runner, umoci_cli: Runner) -> None:
@@ -152,7 +145,7 @@ def test_we_read_umoci_layout(tmp_path: Path, skopeo_cli: Runner, umoci_cli: Run
     assert isinstance(back, Image)
     assert back.digest == expected["Digest"]
     assert [d.digest for d in back.manifest.layers] == expected["Layers"]
-    (data,) = tars(back)  # verified against the diff_id umoci recorded
+    (data,) = layer_tars(back)  # verified against the diff_id umoci recorded
     files = {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
         try:

@@ -412,14 +412,7 @@ class _BlobWriter:
         self.made_dirs: list[Path] = []
 
     def _ensure_dir(self, path: Path) -> None:
-        missing: list[Path] = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir(mode=0o755)
-            self.made_dirs.append(d)
+        self.made_dirs.extend(make_parents(path, mode=0o755))
 
     def write(self, item: BlobRef | ManifestRef) -> None:
         desc = item.descriptor
@@ -470,8 +463,9 @@ def _is_layout(path: Path) -> bool:
     return (path / LAYOUT_FILE).is_file()
 
 
-def make_parents(path: Path) -> list[Path]:
-    """Create the missing directories down to ``path``; return those made, outermost first."""
+def make_parents(path: Path, *, mode: int = 0o777) -> list[Path]:
+    """Create the missing directories down to ``path`` (``mode`` before the umask);
+    return those made, outermost first."""
     made: list[Path] = []
     missing: list[Path] = []
     p = path
@@ -479,7 +473,7 @@ def make_parents(path: Path) -> list[Path]:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        d.mkdir()
+        d.mkdir(mode=mode)
         made.append(d)
     return made
 
