@@ -2,72 +2,104 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from suture.reports.model import Finding, Report, ReportError
+from suture.reports.document import (
+    as_object,
+    describe,
+    get_list,
+    get_object,
+    get_text,
+    load_json,
+    split_versions,
+    unique,
+    wrong_kind,
+)
+from suture.reports.model import LANG_PKGS, OS_PKGS, Finding, Report, ReportError
+from suture.reports.normalize import normalize_architecture, normalize_os_family
 
-MAX_REPORT = 512 << 20
+__all__ = ["parse_trivy"]
 
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ReportError(f"trivy report: {where} is not an object")
-    return value
+WHAT = "trivy report"
 
 
 def parse_trivy(data: bytes) -> Report:
     """Parse a Trivy JSON report.
 
-    Raises :class:`ReportError` for invalid JSON, a schema other than 2, or a report
-    without ``Metadata.OS`` (Trivy writes it for every OS it detects).
+    Read: ``Metadata.OS.Family``/``Name`` (required: Trivy writes them for every OS it
+    detects), ``Metadata.ImageConfig.architecture``/``variant``, ``ArtifactName``,
+    and per ``Results[]`` entry its ``Class`` and ``Type`` and each of its
+    ``Vulnerabilities[]``: ``VulnerabilityID`` and ``PkgName`` (required),
+    ``InstalledVersion``, ``FixedVersion`` (a comma-separated list), ``Status``,
+    ``Severity``, ``PkgIdentifier.PURL``. A result without ``Class`` (older Trivy) is
+    ``os-pkgs`` when its ``Type`` is the OS family, else ``lang-pkgs``. The
+    Alpine-family OSes (``alpine``, ``wolfi``, ``chainguard``) read like any other.
+
+    Raises :class:`ReportError` for invalid JSON, a document that is not a Trivy
+    report (naming what it looks like), a schema other than 2, or a report without
+    ``Metadata.OS``.
     """
-    if len(data) > MAX_REPORT:
-        raise ReportError(f"trivy report is larger than {MAX_REPORT} bytes")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"trivy report is not valid JSON: {exc}") from None
-    doc = _object(doc, "the document")
+    return from_document(load_json(data, WHAT))
+
+
+def from_document(doc: Any) -> Report:
+    """:func:`parse_trivy` over an already parsed JSON document."""
+    if not isinstance(doc, dict):
+        raise ReportError(f"{WHAT}: the document is not an object (it looks like "
+                          f"{describe(doc)})", hint="use Trivy 0.20 or later with --format json")
+    if "SchemaVersion" not in doc:
+        raise wrong_kind(doc, "a Trivy JSON report with SchemaVersion 2")
     if doc.get("SchemaVersion") != 2:
         raise ReportError(
-            f"not a Trivy JSON report with SchemaVersion 2 (got {doc.get('SchemaVersion')!r})")
-    metadata = _object(doc.get("Metadata") or {}, "Metadata")
+            f"not a Trivy JSON report with SchemaVersion 2 (got {doc.get('SchemaVersion')!r})",
+            hint="use Trivy 0.20 or later with --format json")
+    metadata = get_object(doc, "Metadata", "Metadata", WHAT)
     os_info = metadata.get("OS")
-    if not isinstance(os_info, dict) or not os_info.get("Family"):
-        raise ReportError("trivy report has no Metadata.OS: the scanner found no OS in the image")
-    config = metadata.get("ImageConfig") if isinstance(metadata.get("ImageConfig"), dict) else {}
-    assert isinstance(config, dict)
+    if not isinstance(os_info, dict):
+        os_info = {}
+    family = get_text(os_info, "Family", "Metadata.OS", WHAT)
+    if not family:
+        raise ReportError(f"{WHAT} has no Metadata.OS: the scanner found no OS in the image")
+    config = get_object(metadata, "ImageConfig", "Metadata.ImageConfig", WHAT)
+    architecture, variant = _platform(config)
     findings: list[Finding] = []
-    results = doc.get("Results") or []
-    if not isinstance(results, list):
-        raise ReportError("trivy report: Results is not a list")
-    for n, result in enumerate(results):
-        result = _object(result, f"Results[{n}]")
-        package_class = str(result.get("Class") or "os-pkgs")
-        package_type = str(result.get("Type") or "")
-        vulns = result.get("Vulnerabilities") or []
-        if not isinstance(vulns, list):
-            raise ReportError(f"trivy report: Results[{n}].Vulnerabilities is not a list")
+    for n, result in enumerate(get_list(doc, "Results", "Results", WHAT)):
+        where = f"Results[{n}]"
+        result = as_object(result, where, WHAT)
+        package_type = get_text(result, "Type", where, WHAT)
+        # Trivy before 0.2x wrote no Class; an OS result's Type is the OS family.
+        package_class = get_text(result, "Class", where, WHAT) or (
+            OS_PKGS if package_type.lower() in (family.lower(), "") else LANG_PKGS)
+        vulns = get_list(result, "Vulnerabilities", f"{where}.Vulnerabilities", WHAT)
         for m, vuln in enumerate(vulns):
-            vuln = _object(vuln, f"Results[{n}].Vulnerabilities[{m}]")
-            try:
-                vid = str(vuln["VulnerabilityID"])
-                name = str(vuln["PkgName"])
-                installed = str(vuln.get("InstalledVersion") or "")
-            except KeyError as exc:
-                raise ReportError(f"trivy report: Results[{n}].Vulnerabilities[{m}] has no "
-                                  f"{exc.args[0]}") from None
-            fixed = tuple(v.strip() for v in str(vuln.get("FixedVersion") or "").split(",")
-                          if v.strip())
-            findings.append(Finding(vid, name, installed, fixed, str(vuln.get("Status") or ""),
-                                    str(vuln.get("Severity") or ""), package_class,
-                                    package_type))
+            at = f"{where}.Vulnerabilities[{m}]"
+            vuln = as_object(vuln, at, WHAT)
+            ident = get_object(vuln, "PkgIdentifier", f"{at}.PkgIdentifier", WHAT)
+            findings.append(Finding(
+                vulnerability_id=get_text(vuln, "VulnerabilityID", at, WHAT, required=True),
+                package=get_text(vuln, "PkgName", at, WHAT, required=True),
+                installed_version=get_text(vuln, "InstalledVersion", at, WHAT),
+                fixed_versions=split_versions(get_text(vuln, "FixedVersion", at, WHAT)),
+                status=get_text(vuln, "Status", at, WHAT),
+                severity=get_text(vuln, "Severity", at, WHAT),
+                package_class=package_class,
+                package_type=package_type,
+                purl=get_text(ident, "PURL", f"{at}.PkgIdentifier", WHAT),
+            ))
     return Report(
         scanner="trivy",
-        os_family=str(os_info["Family"]).lower(),
-        os_version=str(os_info.get("Name") or ""),
-        architecture=str(config["architecture"]) if config.get("architecture") else None,
-        variant=str(config["variant"]) if config.get("variant") else None,
-        findings=tuple(findings),
+        os_family=normalize_os_family(family),
+        os_version=get_text(os_info, "Name", "Metadata.OS", WHAT),
+        architecture=architecture,
+        variant=variant,
+        findings=unique(findings),
+        artifact=get_text(doc, "ArtifactName", "the document", WHAT),
     )
+
+
+def _platform(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    arch = get_text(config, "architecture", "Metadata.ImageConfig", WHAT)
+    if not arch:
+        return None, None
+    return normalize_architecture(arch, get_text(config, "variant", "Metadata.ImageConfig",
+                                                 WHAT) or None)
