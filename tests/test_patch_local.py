@@ -31,6 +31,7 @@ from tests.fixtures.patchimages import (
     Archive,
     contents,
     debian_os_release,
+    error_line,
     hold,
     installed,
     layout_state,
@@ -125,11 +126,9 @@ def _ok(proc: subprocess.CompletedProcess[str], doc: dict[str, Any] | None
 
 
 def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The failure's one line on stderr (exit code 1, no traceback, nothing else)."""
+    """The failure's one line on stderr (exit code 1, no traceback, nothing but progress)."""
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("suture: error: "), proc.stderr
-    return lines[0]
+    return error_line(proc)
 
 
 def _updates(platform: dict[str, Any]) -> dict[str, tuple[str | None, str, str]]:
@@ -348,19 +347,24 @@ def test_trivy_report_for_another_os_fails(scene: Scene, tmp_path: Path) -> None
     assert scene.archive.fetched("/pool/") == []
 
 
-@pytest.mark.parametrize(("document", "says"), [
-    ({"matches": [], "source": {"type": "image"}}, "SchemaVersion 2"),  # a Grype report
-    ([{"Target": "x"}], "not an object"),
-    ("this is not JSON", "not valid JSON"),
-    ({"SchemaVersion": 2, "ArtifactName": "x", "Results": []}, "no Metadata.OS"),
-], ids=["grype", "list", "text", "no-os"])
+@pytest.mark.parametrize(("document", "scanner", "says"), [
+    ({"matches": [], "source": {"type": "image"}}, "trivy", "SchemaVersion 2"),  # Grype's
+    ({"matches": [], "source": {"type": "image"}}, None, "grype report has no distro"),
+    ([{"Target": "x"}], "trivy", "not an object"),
+    ([{"Target": "x"}], None, "looks like a Trivy report from before SchemaVersion 2"),
+    ("this is not JSON", "trivy", "not valid JSON"),
+    ({"SchemaVersion": 2, "ArtifactName": "x", "Results": []}, None, "no Metadata.OS"),
+], ids=["grype-as-trivy", "grype", "list-as-trivy", "list", "text", "no-os"])
 def test_not_a_trivy_report_fails(scene: Scene, tmp_path: Path, document: object,
-                                  says: str) -> None:
+                                  scanner: str | None, says: str) -> None:
+    """A document that is not a report of the kind named (or of any kind, when the format
+    is detected) is an error before anything is opened, never "nothing to patch"."""
     ref = scene.image("v1")
     state = layout_state(scene.layout)
-    proc, doc = scene.patch(ref, "-r", _write_report(tmp_path, "report.json", document))
+    proc, doc = scene.patch(ref, "-r", _write_report(tmp_path, "report.json", document),
+                            *(["--scanner", scanner] if scanner else []))
     line = _error_line(proc)
-    assert says in line and "trivy" in line.lower(), line
+    assert says in line and "report" in line.lower(), line
     assert "nothing to patch" not in proc.stdout + line and "up-to-date" not in proc.stdout
     assert doc is None  # refused before anything was opened
     assert layout_state(scene.layout) == state

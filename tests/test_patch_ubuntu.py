@@ -23,6 +23,7 @@ from tests.fixtures.patchimages import (
     UBUNTU_ARCHIVE,
     Archive,
     contents,
+    error_line,
     installed,
     layout_state,
     make_root,
@@ -219,9 +220,9 @@ def test_chiseled_image_with_mirror_and_keyring(apt_repo: AptRepo, gpg_keys: Gpg
            f"{archive.key.fpr}" in proc.stderr.splitlines()[-1]
     proc, doc = _patch(ref, tmp_path, *mirror, "--no-host-keyrings")
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    assert error_line(proc) == (
         f"suture: error: linux/amd64: no trusted keys for {archive.url} {NOBLE} (hint: pass "
-        "--keyring FILE with the archive's signing keys)"]
+        "--keyring FILE with the archive's signing keys)")
     assert doc is not None and doc["target"] is None
     assert layout_state(layout) == state
 

@@ -1,3 +1,3 @@
-from suture.cli import main
+from suture.cli import run
 
-raise SystemExit(main())
+run()

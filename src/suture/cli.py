@@ -7,17 +7,20 @@ command calls one library function. Exit codes: 0 success, 1 failure, 2 bad usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from suture import __version__
 from suture.errors import SutureError, UsageError
 from suture.oci.model import Platform
+from suture.progress import DOWNLOAD, STAGE, UPLOAD, Event, Progress
 from suture.transports import Credentials, Options, RegistryOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -67,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     patch = sub.add_parser("patch", help="patch the OS packages of an image")
     patch.add_argument("-i", "--image", required=True, metavar="IMAGE",
                        help="the image to patch (any reference form)")
-    patch.add_argument("-r", "--report", metavar="FILE",
-                       help="scanner report: patch only what it names (default: update all)")
-    patch.add_argument("--scanner", default="trivy", choices=["trivy"],
-                       help="the report's format (default: trivy)")
+    patch.add_argument("-r", "--report", metavar="FILE|DIR",
+                       help="scanner report: patch only what it names (default: update "
+                            "all); a directory holds one report per platform")
+    patch.add_argument("--scanner", metavar="NAME",
+                       help="the report's format: trivy, grype, native (copa v1alpha1/2), "
+                            "or a plugin run as copa-NAME REPORT (default: detected)")
     patch.add_argument("-t", "--tag", metavar="TAG|REF",
                        help="tag (or full reference) of the patched image")
     patch.add_argument("--tag-suffix", default="patched", metavar="SUFFIX",
@@ -106,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never fall back to this host's distribution keyrings")
     patch.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
                        help="how to run maintainer scripts (default: auto)")
-    patch.add_argument("--progress", default="auto", choices=["auto", "plain", "quiet"],
-                       help="stage lines on stderr: auto (on a terminal), plain, quiet")
+    patch.add_argument("--progress", default="auto",
+                       choices=["auto", "plain", "quiet", "json"],
+                       help="progress on stderr: auto (bars on a terminal, else plain "
+                            "lines), plain, json (one event per line), quiet")
     patch.add_argument("--compression", default="gzip", choices=["gzip", "zstd"],
                        help="patch layer compression (default: gzip)")
     _add_registry_options(patch)
@@ -222,16 +229,47 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _read_report(path: str, scanner: str) -> Any:
-    from suture.reports import parse_trivy
+def _read_one_report(file: Path, scanner: str | None) -> Any:
+    from suture.reports import BUILTIN_SCANNERS, ReportError, parse_report, run_plugin
 
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"report {path}: no such file")
-    return parse_trivy(file.read_bytes())
+    try:
+        if scanner is None or scanner in BUILTIN_SCANNERS:
+            return parse_report(file.read_bytes(), scanner)
+        data = run_plugin(scanner, file, search_path=os.environ.get("PATH"), timeout=300)
+        return parse_report(data, "native")
+    except ReportError as exc:
+        raise ReportError(f"report {file}: {exc}", hint=exc.hint) from None
 
 
-def _patch_options(args: argparse.Namespace) -> Any:
+def _read_reports(path: str, scanner: str | None) -> dict[str, Any]:
+    """``-r FILE``: one report for every platform (``"*"``); ``-r DIR``: the JSON files
+    in DIR, one per platform, keyed by the platform their report names."""
+    from suture.reports import ReportError
+
+    where = Path(path)
+    if where.is_file():
+        return {"*": _read_one_report(where, scanner)}
+    if not where.is_dir():
+        raise UsageError(f"report {path}: no such file or directory")
+    reports: dict[str, Any] = {}
+    for file in sorted(where.iterdir()):
+        if not file.is_file() or file.name.startswith("."):
+            continue
+        report = _read_one_report(file, scanner)
+        if not report.architecture:
+            raise ReportError(f"report {file}: names no architecture, so it cannot be "
+                              "matched to a platform of the image")
+        key = str(Platform("linux", report.architecture, report.variant).normalized())
+        for other_key, other in reports.items():
+            if other.matches_platform(report.architecture, report.variant):
+                raise ReportError(f"report {file}: a second report for {other_key}")
+        reports[key] = report
+    if not reports:
+        raise UsageError(f"report directory {path} holds no report")
+    return reports
+
+
+def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
     import time
 
     from suture.patch.model import PatchOptions
@@ -249,7 +287,9 @@ def _patch_options(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise UsageError(f"--keyring {path}: no such file")
         keyrings.append(path.read_bytes())
-    reports = {"*": _read_report(args.report, args.scanner)} if args.report else {}
+    if args.scanner and not args.report:
+        raise UsageError("--scanner needs a report (-r)")
+    reports = _read_reports(args.report, args.scanner) if args.report else {}
     epoch = env.get("SOURCE_DATE_EPOCH", "")
     created = None
     if epoch.isdigit():
@@ -257,6 +297,8 @@ def _patch_options(args: argparse.Namespace) -> Any:
 
         created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
+    transport = _options(args)
+    progress = renderer
     return PatchOptions(
         reports=reports,
         platforms=tuple(_platforms(args.platform) or ()),
@@ -268,22 +310,103 @@ def _patch_options(args: argparse.Namespace) -> Any:
         sandbox=args.sandbox,
         ignore_errors=args.ignore_errors,
         dry_run=args.dry_run,
-        transport=_options(args),
+        transport=replace(transport, registry=replace(transport.registry,
+                                                      progress=progress)),
         compression=args.compression,
         created=created,
         deadline=time.monotonic() + parse_duration(args.timeout),
-        progress=_progress(args.progress),
+        progress=progress,
     )
 
 
-def _progress(mode: str) -> Any:
-    if mode == "quiet" or (mode == "auto" and not sys.stderr.isatty()):
+class _Renderer:
+    """Draws progress events on stderr: ``bars`` (a terminal: stage lines, and one
+    line of transfer totals redrawn in place), ``plain`` (stage lines and one line
+    per finished transfer) or ``json`` (one JSON object per event)."""
+
+    def __init__(self, mode: str, stream: TextIO) -> None:
+        import threading
+
+        self.mode = mode
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.active: dict[tuple[str, str], tuple[int, int | None]] = {}
+        self.finished: dict[str, tuple[int, int]] = {}  # kind -> (count, bytes)
+        self.bar_shown = False
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            if self.mode == "json":
+                self._write(json.dumps(event.to_json(), sort_keys=True) + "\n")
+            elif event.kind == STAGE:
+                self._clear()
+                where = f"{event.scope}: " if event.scope else ""
+                self._write(f"suture: {where}{event.message}\n")
+                self._draw()
+            else:
+                self._transfer(event)
+
+    def _transfer(self, event: Event) -> None:
+        key = (event.kind, event.name)
+        if event.finished:
+            self.active.pop(key, None)
+            count, total = self.finished.get(event.kind, (0, 0))
+            self.finished[event.kind] = (count + 1, total + event.done)
+            if self.mode == "plain":
+                verb = "downloaded" if event.kind == DOWNLOAD else "uploaded"
+                where = f"{event.scope}: " if event.scope else ""
+                self._write(f"suture: {where}{verb} {event.name} "
+                            f"({_human_size(event.done)})\n")
+        else:
+            self.active[key] = (event.done, event.total)
+        if self.mode == "bars":
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.mode != "bars" or not (self.active or self.finished):
+            return
+        parts = []
+        for kind, verb in ((DOWNLOAD, "downloading"), (UPLOAD, "uploading")):
+            live = [v for (k, _), v in self.active.items() if k == kind]
+            count, finished_bytes = self.finished.get(kind, (0, 0))
+            if not live and not count:
+                continue
+            done = finished_bytes + sum(d for d, _ in live)
+            known = all(t is not None for _, t in live)
+            total = finished_bytes + sum(t or 0 for _, t in live)
+            text = f"{verb} {count}/{count + len(live)} {_human_size(done)}"
+            if known and total:
+                filled = int(20 * done / total)
+                text += f" / {_human_size(total)} [{'#' * filled}{'.' * (20 - filled)}]"
+            parts.append(text)
+        self._write("\r\x1b[K" + "   ".join(parts))
+        self.bar_shown = True
+
+    def _clear(self) -> None:
+        if self.bar_shown:
+            self._write("\r\x1b[K")
+            self.bar_shown = False
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr must not stop the work
+
+    def close(self) -> None:
+        with self.lock:
+            if self.bar_shown:
+                self._write("\n")
+                self.bar_shown = False
+
+
+def _renderer(mode: str) -> _Renderer | None:
+    if mode == "quiet":
         return None
-
-    def say(message: str) -> None:
-        print(f"suture: {message}", file=sys.stderr, flush=True)
-
-    return say
+    if mode == "auto":
+        mode = "bars" if sys.stderr.isatty() else "plain"
+    return _Renderer(mode, sys.stderr)
 
 
 def _print_plan(result: Any) -> None:
@@ -306,7 +429,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from suture.patch import destination_for, patch, summary_lines
     from suture.transports import as_reference
 
-    options = _patch_options(args)
+    renderer = _renderer(args.progress)
+    options = _patch_options(args, renderer)
     source = as_reference(args.image)
     dest = as_reference(args.dest) if args.dest else None
     tag = args.tag
@@ -318,7 +442,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
         raise UsageError("--push needs a registry destination")
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
                                   push=args.push)
-    result = patch(source, destination, options)
+    try:
+        with _run_timer(options, parse_duration(args.timeout)):
+            result = patch(source, destination, options)
+    finally:
+        if renderer is not None:
+            renderer.close()
     if args.dry_run:
         _print_plan(result)
     else:
@@ -339,6 +468,36 @@ def cmd_patch(args: argparse.Namespace) -> int:
         print(f"suture: error: {first.platform or 'image'}: {first.message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _run_timer(options: Any, seconds: float) -> Iterator[None]:
+    """Bound the whole run: when ``seconds`` pass, every platform is told to stop and
+    the main thread is interrupted (a blocking download or upload included). Only the
+    main thread can take signals; elsewhere the per-step deadline checks remain."""
+    import signal
+    import threading
+
+    from suture.patch import PatchTimeout
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        options.cancel.set()
+        raise PatchTimeout(f"timed out after {seconds:g} s", hint="raise --timeout")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except KeyboardInterrupt:
+        options.cancel.set()
+        raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _vex(result: Any, author: str) -> dict[str, object]:
@@ -422,6 +581,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+
+
+def run() -> NoReturn:
+    """The console entry point: :func:`main`, then exit. A run stopped by a timeout or
+    Ctrl-C may leave a worker thread blocked in a network read; once the main thread
+    has cleaned up, such threads are not waited for."""
+    import threading
+
+    code = main()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _error(exc: SutureError) -> None:

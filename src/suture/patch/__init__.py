@@ -14,7 +14,8 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from suture.errors import SutureError, UsageError
@@ -29,6 +30,7 @@ from suture.inspect import (
 from suture.oci.fs import read_tree
 from suture.oci.image import Artifact, Image, ImageIndex
 from suture.oci.layer import Entry, write_layer
+from suture.oci.model import Platform
 from suture.oci.mutate import (
     AddedLayer,
     append_layers,
@@ -48,6 +50,8 @@ from suture.patch.model import (
     PatchResult,
     PlatformOutcome,
 )
+from suture.progress import STAGE, Event
+from suture.reports import normalize_os_family
 from suture.reports.model import Report, ReportError
 from suture.transports import open_artifact, write_artifact
 from suture.transports.reference import Reference
@@ -59,31 +63,61 @@ class PatchTimeout(SutureError):
     """The run went past ``--timeout``."""
 
 
+class PatchCancelled(SutureError):
+    """The run was stopped (Ctrl-C, or another platform's failure) before it finished."""
+
+
 def _say(options: PatchOptions, image: Image, message: str) -> None:
     if options.progress is not None:
-        platform = image.platform or "image"
-        options.progress(f"{platform}: {message}")
+        options.progress(Event(STAGE, message, scope=str(image.platform or "image")))
 
 
 def check_deadline(options: PatchOptions, stage: str) -> None:
+    """Raise if the run was cancelled or went past its deadline (before ``stage``)."""
+    if options.cancel.is_set():
+        raise PatchCancelled(f"stopped before {stage}")
     if options.deadline is not None and time.monotonic() > options.deadline:
         raise PatchTimeout(f"timed out before {stage}", hint="raise --timeout")
 
 
-def _check_report(report: Report, os_id: str, version: str, arch: str | None) -> None:
+def _guarded(options: PatchOptions, scope: str) -> PatchOptions:
+    """``options`` whose progress callback (always set) stops a download or upload
+    mid-stream when the run is cancelled or out of time, and tags events with
+    ``scope``."""
+    sink = options.progress
+
+    def send(event: Event) -> None:
+        check_deadline(options, event.name or event.message or "the next step")
+        if sink is not None:
+            sink(replace(event, scope=scope))
+
+    return replace(options, progress=send)
+
+
+_MISMATCH_HINT = "scan the image being patched, or give one report per platform with -r DIR"
+
+
+def _check_report(report: Report, os_id: str, version: str, platform: Platform | None
+                  ) -> None:
+    """Refuse a report about another OS, release or architecture than the image's."""
     family = report.os_family.lower()
-    if family != os_id.lower():
+    image_family = normalize_os_family(os_id)
+    if family != image_family:
         raise ReportError(f"the report is for {family} {report.os_version}, the image is "
-                          f"{os_id} {version}")
+                          f"{os_id} {version}", hint=_MISMATCH_HINT)
     if report.os_version and version and not (
         report.os_version == version or report.os_version.startswith(version + ".")
         or version.startswith(report.os_version + ".")
     ):
         raise ReportError(f"the report is for {family} {report.os_version}, the image is "
-                          f"{os_id} {version}")
-    if report.architecture and arch and report.architecture != arch:
-        raise ReportError(f"the report is for architecture {report.architecture}, the image "
-                          f"is {arch}")
+                          f"{os_id} {version}", hint=_MISMATCH_HINT)
+    if platform is not None and not report.matches_platform(platform.architecture,
+                                                            platform.variant):
+        wanted = "/".join(p for p in (report.architecture, report.variant) if p)
+        raise ReportError(f"the report is for architecture {wanted}, the image is "
+                          f"{platform.architecture}"
+                          + (f"/{platform.variant}" if platform.variant else ""),
+                          hint=_MISMATCH_HINT)
 
 
 def _scratch_dir(options: PatchOptions, workdir: Path) -> Path:
@@ -114,6 +148,10 @@ def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformO
 
 def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                  outcome: PlatformOutcome) -> None:
+    if options.report_for(image.platform) is None and options.per_platform_reports:
+        outcome.status = SKIPPED
+        outcome.message = "no report for this platform: left as it is"
+        return
     check_deadline(options, "inspection")
     # One pass over the layers serves inspection and the engine: every path's metadata,
     # and the contents of what either reads.
@@ -129,13 +167,18 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     base_digest = mark.base_digest if mark else image.digest
     report = options.report_for(image.platform)
     if report is not None:
-        arch = image.platform.architecture if image.platform else None
-        _check_report(report, outcome.os_family, outcome.os_version, arch)
+        _check_report(report, outcome.os_family, outcome.os_version, image.platform)
     check_deadline(options, "planning")
     _say(options, image, "reading repositories")
-    work = engine.prepare(image, inspection, options, tree)
+    work = engine.prepare(image, inspection, _guarded(options, str(image.platform or "image")),
+                          tree)
     plan = engine.plan(work, report.os_findings() if report is not None else None)
     outcome.plan = plan
+    fixes = len({v for u in plan.updates for v in u.vulnerabilities})
+    _say(options, image, f"plan: {len(plan.updates)} package(s) to update"
+         + (f" fixing {fixes} vulnerabilities" if fixes else "")
+         + (f", {len(plan.skipped)} left alone" if plan.skipped else "")
+         + (f", {len(plan.failures)} cannot be updated" if plan.failures else ""))
     if plan.failures and not options.ignore_errors:
         raise SutureError("cannot patch: " + "; ".join(f"{f.name}: {f.message}"
                                                        for f in plan.failures))
@@ -200,8 +243,17 @@ def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
     images = select_images(artifact, list(options.platforms) or None)
     if not images:
         raise UsageError("the image index holds no runnable image")
-    with ThreadPoolExecutor(max_workers=min(4, len(images))) as pool:
-        outcomes = list(pool.map(lambda im: patch_image(im, options, workdir), images))
+    if options.per_platform_reports:
+        for key, report in sorted(options.reports.items()):
+            if not any(report.matches_platform(im.platform.architecture, im.platform.variant)
+                       for im in images if im.platform is not None):
+                have = ", ".join(str(im.platform) for im in images)
+                raise ReportError(f"a report is for {key}, which the image does not have "
+                                  f"(it has {have})")
+    if len(images) == 1:
+        outcomes = [patch_image(images[0], options, workdir)]
+    else:
+        outcomes = _patch_parallel(images, options, workdir)
     failed = [o for o in outcomes if o.status == ERROR]
     if failed and not options.ignore_errors:
         return None, outcomes
@@ -213,6 +265,28 @@ def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
         return changed.get(artifact.digest), outcomes
     assert isinstance(artifact, ImageIndex)
     return replace_children(artifact, changed), outcomes
+
+
+def _patch_parallel(images: list[Image], options: PatchOptions, workdir: Path
+                    ) -> list[PlatformOutcome]:
+    """Patch ``images`` on worker threads; the calling thread only waits, so Ctrl-C and
+    timers reach it. When it is interrupted every platform is told to stop and is
+    waited for (each stops at its next step or transfer chunk) before re-raising."""
+    pool = ThreadPoolExecutor(max_workers=min(4, len(images)))
+    futures: list[Future[PlatformOutcome]] = [
+        pool.submit(patch_image, image, options, workdir) for image in images]
+    try:
+        pending = set(futures)
+        while pending:
+            _done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+    except BaseException:
+        options.cancel.set()
+        # Most platforms stop at once; one blocked in a network read is not waited for.
+        wait(futures, timeout=5)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [f.result() for f in futures]
 
 
 def destination_for(source: Reference, *, tag: str | None, suffix: str = "patched",

@@ -176,7 +176,7 @@ class DpkgEngine:
         if options.transport.registry.ca_file is not None:
             verify = str(options.transport.registry.ca_file)
         state.fetcher = AptFetcher(options.cache_dir / "apt", offline=options.offline,
-                                   verify=verify)
+                                   verify=verify, progress=options.progress)
         arches = (state.architecture, *state.foreign)
         indexes: list[tuple[str, str, bytes]] = []
         for entry in self._source_entries(state):
@@ -229,8 +229,15 @@ class DpkgEngine:
             entry = by_key[(update.name, update.to_version, update.architecture)]
             return f"{update.name}:{update.architecture}", fetcher.fetch_deb(entry)
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return dict(pool.map(one, plan.updates))
+        pool = ThreadPoolExecutor(max_workers=4)
+        try:
+            found = dict(pool.map(one, plan.updates))
+        except BaseException:
+            # A timeout or Ctrl-C must not wait for a download stalled in a read.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return found
 
     # ---------------------------------------------------------------- build
     def build(self, state: DpkgState, plan: Plan, packages: dict[str, Path]) -> Build:

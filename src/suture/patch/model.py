@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,10 +11,13 @@ from suture.oci.image import Image
 from suture.oci.layer import LayerInfo
 from suture.oci.model import Platform
 from suture.plan import Plan
-from suture.reports.model import Report
+from suture.progress import Progress
+from suture.reports.model import Report, ReportError
 from suture.transports import Options
 
 PATCHED, UP_TO_DATE, ERROR, SKIPPED = "patched", "up-to-date", "error", "skipped"
+# The result JSON's package "type" per family (the purl types).
+PACKAGE_TYPES = {"dpkg": "deb", "apk": "apk", "rpm": "rpm"}
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,30 @@ class PatchOptions:
     compression: str = "gzip"
     created: str | None = None
     deadline: float | None = None  # time.monotonic() value after which work stops
-    progress: Callable[[str], None] | None = None
+    progress: Progress | None = None  # stage, download and upload events
+    # Set (by a front end's Ctrl-C or timer) to stop every platform at its next step.
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def report_for(self, platform: Platform | None) -> Report | None:
-        if platform is not None and str(platform) in self.reports:
-            return self.reports[str(platform)]
-        return self.reports.get("*")
+        """The report for ``platform``: the one for every platform (``"*"``), else the
+        one whose key (``os/arch[/variant]``, from the report's own architecture)
+        matches it; None when there is none."""
+        if "*" in self.reports:
+            return self.reports["*"]
+        if platform is None:
+            return None
+        found = [report for _key, report in sorted(self.reports.items())
+                 if report.matches_platform(platform.architecture, platform.variant)]
+        if len(found) > 1:
+            raise ReportError(f"{len(found)} reports fit platform {platform}",
+                              hint="give one report per platform")
+        return found[0] if found else None
+
+    @property
+    def per_platform_reports(self) -> bool:
+        """Reports were given per platform (``-r DIR``): a platform without one is
+        left as it is."""
+        return bool(self.reports) and "*" not in self.reports
 
 
 @dataclass
@@ -69,7 +90,8 @@ class PlatformOutcome:
     def to_json(self) -> dict[str, Any]:
         updates = []
         if self.plan is not None and self.status != ERROR:
-            updates = [{"name": u.name, "type": "deb", "from": u.from_version,
+            kind = PACKAGE_TYPES.get(self.plan.family, self.plan.family)
+            updates = [{"name": u.name, "type": kind, "from": u.from_version,
                         "to": u.to_version, "vulnerabilities": list(u.vulnerabilities),
                         "reason": u.reason} for u in self.plan.updates]
         return {

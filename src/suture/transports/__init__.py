@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import requests
 
     from suture.oci.image import Artifact
+    from suture.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class RegistryOptions:
     timeout: float = 60.0
     chunk_size: int = 0  # 0: monolithic uploads; else chunked PATCH uploads of this size
     session: requests.Session | None = None
+    progress: Progress | None = None  # hears every blob upload's bytes
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from suture.distro.dpkg.repoerrors import (
 )
 from suture.distro.dpkg.sources import SourceEntry
 from suture.errors import DigestMismatch, PackageDBError, SizeMismatch
+from suture.progress import DOWNLOAD, Progress, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,7 @@ class AptFetcher:
     on every request (a CA bundle path or a bool). ``retries`` bounds how many
     times one download is resumed or retried after a dropped connection or a
     5xx answer. ``now`` is the clock used for key expiry and Valid-Until.
+    ``progress`` hears every download's bytes (cache hits are not downloads).
     """
 
     def __init__(
@@ -383,8 +385,10 @@ class AptFetcher:
         backoff: float = 0.5,
         max_index: int = MAX_INDEX,
         now: Callable[[], datetime] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.cache = AptCache(cache_dir)
+        self.progress = progress
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
         self.offline = offline
@@ -435,6 +439,7 @@ class AptFetcher:
         """
         safe = redact(url)
         out, tmp = self.cache.temp()
+        transfer = Transfer(self.progress, DOWNLOAD, what, size)
         try:
             h = hashlib.sha256()
             got = 0
@@ -466,6 +471,7 @@ class AptFetcher:
                             out.seek(0)
                             out.truncate()
                             h, got = hashlib.sha256(), 0
+                            transfer.restart()
                         elif not got and status == 206:
                             raise RepositoryHTTPError(f"{what}: {safe}: unexpected HTTP 206",
                                                       url=safe, status=status)
@@ -481,6 +487,7 @@ class AptFetcher:
                                 raise SizeMismatch(what, ceiling, got, ceiling=size is None)
                             h.update(chunk)
                             out.write(chunk)
+                            transfer.advance(len(chunk))
                     if size is not None and got < size:
                         if length is not None and length.isdigit() and int(length) == received:
                             raise SizeMismatch(what, size, got)  # complete, and short
@@ -511,6 +518,7 @@ class AptFetcher:
             if sha256 is not None and digest != sha256:
                 raise DigestMismatch(what, "sha256:" + sha256, "sha256:" + digest)
             out.close()
+            transfer.finish()
             return _Got(200, self.cache.commit(tmp, digest), digest, etag, last_modified)
         finally:
             out.close()

@@ -39,6 +39,10 @@ class RepositoryHTTPError(RepositoryError):
     def __init__(
         self, message: str, *, url: str, status: int | None, hint: str | None = None
     ) -> None:
+        if hint is None:
+            hint = ("the repository is not reachable: check the network or proxy, or "
+                    "point --mirror at a reachable copy") if status is None or status >= 500 \
+                else "check the repository URL, or point --mirror at a copy that has it"
         super().__init__(message, url=url, hint=hint)
         self.status = status
 

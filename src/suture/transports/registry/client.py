@@ -647,18 +647,22 @@ class RegistryClient:
         return resp.status_code == 200
 
 
-def stream_body(stream: BinaryIO, size: int) -> UploadBody:
-    """``stream`` as a request body of exactly ``size`` bytes (checked as it is sent)."""
-    return _StreamBody(stream, size)
+def stream_body(stream: BinaryIO, size: int,
+                on_read: Callable[[int], None] | None = None) -> UploadBody:
+    """``stream`` as a request body of exactly ``size`` bytes (checked as it is sent).
+    ``on_read`` hears how many bytes each read took."""
+    return _StreamBody(stream, size, on_read)
 
 
 class _StreamBody:
     """A file-like body of known length: ``requests`` streams it instead of reading it whole."""
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
+    def __init__(self, stream: BinaryIO, size: int,
+                 on_read: Callable[[int], None] | None = None) -> None:
         self._stream = stream
         self._size = size
         self._sent = 0
+        self._on_read = on_read
 
     def read(self, size: int = -1) -> bytes:
         want = (1 << 20) if size is None or size < 0 else size
@@ -666,6 +670,8 @@ class _StreamBody:
         self._sent += len(data)
         if self._sent > self._size:
             raise SizeMismatch("upload body", self._size, self._sent)
+        if self._on_read is not None:
+            self._on_read(len(data))
         return data
 
     def __len__(self) -> int:

@@ -27,12 +27,14 @@ from suture.oci.image import (
     OverlaySource,
     walk_blobs,
 )
+from suture.progress import UPLOAD, Transfer
 from suture.transports import RegistryOptions
 from suture.transports.reference import Reference
 from suture.transports.registry.auth import Scopes, repository_scopes
 from suture.transports.registry.client import (
     RETRY_STATUSES,
     RegistryClient,
+    UploadBody,
     release,
     stream_body,
 )
@@ -169,20 +171,32 @@ class _Pusher:
                 if self.client.has_blob(self.repository, digest, self.scopes):
                     return
 
+    def _transfer(self, item: BlobRef) -> Transfer:
+        desc = item.descriptor
+        return Transfer(self.client.options.progress, UPLOAD, desc.digest, desc.size)
+
     def _send_whole(self, item: BlobRef, location: str) -> None:
         desc = item.descriptor
+        transfer = self._transfer(item)
+
+        def body() -> UploadBody:
+            transfer.restart()  # a retried request sends it all again
+            return stream_body(item.open(), desc.size, transfer.advance)
+
         resp = self.client.request(
             "PUT", _with_digest(location, desc.digest), what=f"upload of blob {desc.digest} "
             f"to {self.name}", scopes=self.scopes, retry=False, ok=(201, 204),
             headers={"Content-Type": "application/octet-stream"},
-            body=lambda: stream_body(item.open(), desc.size))
+            body=body)
         release(resp)
         self._check_answer_digest(resp.headers.get("Docker-Content-Digest"), desc.digest)
+        transfer.finish()
 
     def _send_chunked(self, item: BlobRef, location: str) -> None:
         desc = item.descriptor
         chunk_size = self.client.options.chunk_size
         what = f"upload of blob {desc.digest} to {self.name}"
+        transfer = self._transfer(item)
         offset = 0
         with item.open() as stream:
             while True:
@@ -196,11 +210,13 @@ class _Pusher:
                              "Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
                 release(resp)
                 offset += len(chunk)
+                transfer.advance(len(chunk))
                 location = self._location(resp.headers.get("Location") or location, location)
         resp = self.client.request("PUT", _with_digest(location, desc.digest), what=what,
                                    scopes=self.scopes, retry=False, ok=(201, 204), body=b"")
         release(resp)
         self._check_answer_digest(resp.headers.get("Docker-Content-Digest"), desc.digest)
+        transfer.finish()
 
     def _check_answer_digest(self, answered: str | None, expected: str) -> None:
         if answered and answered.strip() != expected:

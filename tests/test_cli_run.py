@@ -1,0 +1,248 @@
+"""How a `suture patch` run behaves as a CI job sees it: progress on stderr, reports per
+platform, the timeout and Ctrl-C, against the local signed archive of test_patch_local.
+
+The CLI runs in a subprocess; the tests check what a pipeline would: the events on
+stderr, the exit code, the one-line error, and that a stopped run wrote nothing and
+left no temporary files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.aptrepo import AptRepo, GpgKeys
+from tests.fixtures.patchimages import layout_state, trivy_report
+from tests.test_patch_local import Scene, _scene
+
+pytestmark = pytest.mark.tools
+
+
+@pytest.fixture
+def scene(apt_repo: AptRepo, gpg_keys: GpgKeys, tmp_path: Path) -> Scene:
+    return _scene(apt_repo, gpg_keys, tmp_path)
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_progress_json_reports_stages_and_every_download(scene: Scene) -> None:
+    ref = scene.image("v1")
+    proc, result = scene.patch(ref, "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert result is not None
+    events = _events(proc.stderr)
+    # Every stderr line is an event: nothing else is mixed in.
+    assert len(events) == len(proc.stderr.strip().splitlines())
+    stages = [e["message"] for e in events if e["event"] == "stage"]
+    assert any(s.startswith("plan: 3 package(s) to update") for s in stages), stages
+    assert "writing the patch layer" in stages
+    assert {e["platform"] for e in events} == {"linux/amd64"}
+    finished = {e["name"]: e for e in events if e["event"] == "download" and e["finished"]}
+    debs = {n for n in finished if n.endswith(".deb")}
+    assert debs == {"a_2.0-1_amd64.deb", "b_2.0-1_amd64.deb", "c_2.0-1_amd64.deb"}
+    pool = {p.name: p.stat().st_size for p in scene.archive.repo.root.rglob("*.deb")}
+    for name in debs:
+        assert finished[name]["done"] == finished[name]["total"] == pool[name]
+
+    # A second run finds every .deb in the cache: no download of a package is reported.
+    proc, _ = scene.patch(ref, "--progress", "json", "--dest", f"oci:{scene.tmp / 'again'}:x")
+    assert proc.returncode == 0, proc.stderr
+    assert not [e for e in _events(proc.stderr)
+                if e["event"] == "download" and e["name"].endswith(".deb")]
+
+
+def test_progress_plain_and_quiet(scene: Scene) -> None:
+    ref = scene.image("v1")
+    proc, _ = scene.patch(ref, "--progress", "plain")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "suture: linux/amd64: writing the patch layer" in lines
+    downloaded = sorted(line.split()[3] for line in lines if " downloaded " in line
+                        and line.split()[3].endswith(".deb"))
+    assert downloaded == ["a_2.0-1_amd64.deb", "b_2.0-1_amd64.deb", "c_2.0-1_amd64.deb"]
+    proc, _ = scene.patch(ref, "--progress", "quiet", "--dest", f"oci:{scene.tmp / 'q'}:x")
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def _write_report(path: Path, architecture: str, vulns: list[tuple[str, str, str, str]]
+                  ) -> None:
+    path.write_text(json.dumps(trivy_report("debian", "12", vulns,
+                                            architecture=architecture)))
+
+
+def test_report_directory_is_matched_by_architecture(scene: Scene) -> None:
+    ref = scene.image("v1")
+    reports = scene.tmp / "reports"
+    reports.mkdir()
+    _write_report(reports / "amd64.json", "amd64", [("CVE-2024-0001", "b", "1.0-1", "2.0-1")])
+    proc, result = scene.patch(ref, "-r", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    assert result is not None
+    [platform] = result["platforms"]
+    assert [(u["name"], u["vulnerabilities"]) for u in platform["updates"]] == \
+        [("b", ["CVE-2024-0001"])]
+
+    # A report for a platform the image does not have is a mismatch, not silently unused.
+    _write_report(reports / "arm64.json", "arm64", [("CVE-2024-0002", "a", "1.0-1", "2.0-1")])
+    before = layout_state(scene.layout)
+    proc, result = scene.patch(ref, "-r", str(reports), "-t", "other")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "suture: error: a report is for linux/arm64/v8, which the image does not have "
+        "(it has linux/amd64)")
+    assert layout_state(scene.layout) == before
+
+    # Two reports for one platform: which to believe is not guessed.
+    (reports / "arm64.json").unlink()
+    _write_report(reports / "amd64-again.json", "amd64", [])
+    proc, _ = scene.patch(ref, "-r", str(reports), "-t", "other")
+    assert proc.returncode == 1
+    assert "a second report for linux/amd64" in proc.stderr
+
+    empty = scene.tmp / "empty"
+    empty.mkdir()
+    proc, _ = scene.patch(ref, "-r", str(empty))
+    assert proc.returncode == 2 and "holds no report" in proc.stderr
+
+
+def _run(args: list[str], tmpdir: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    return subprocess.Popen([sys.executable, "-m", "suture", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _patch_args(scene: Scene, ref: str, tmp: Path) -> list[str]:
+    return ["patch", "-i", ref, "--cache-dir", str(scene.tmp / "cache"), "--no-host-keyrings",
+            *scene.archive.mirror_args(), "--sandbox", "none", "--progress", "plain",
+            "--result", str(tmp / "result.json")]
+
+
+def test_timeout_bounds_a_stalled_download_and_writes_nothing(scene: Scene) -> None:
+    ref = scene.image("v1")
+    before = layout_state(scene.layout)
+    tmp = scene.tmp / "tmp"
+    tmp.mkdir()
+    scene.archive.repo.fail("a_2.0-1_amd64.deb", delay=60)
+    started = time.monotonic()
+    proc = _run([*_patch_args(scene, ref, tmp), "--timeout", "4s"], tmp)
+    _out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, err
+    assert took < 40, took  # bounded by --timeout, not by the stalled server
+    assert "timed out" in err.strip().splitlines()[-1]
+    assert err.strip().splitlines()[-1].startswith("suture: error: ")
+    assert layout_state(scene.layout) == before
+    assert [p.name for p in tmp.iterdir()] == ["result.json"] or list(tmp.iterdir()) == []
+
+
+def test_ctrl_c_stops_cleanly(scene: Scene) -> None:
+    ref = scene.image("v1")
+    before = layout_state(scene.layout)
+    tmp = scene.tmp / "tmp"
+    tmp.mkdir()
+    scene.archive.repo.fail("a_2.0-1_amd64.deb", delay=60)
+    proc = _run(_patch_args(scene, ref, tmp), tmp)
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "fetching" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "fetching" in seen
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + err
+    assert err.strip().splitlines()[-1] == "suture: interrupted"
+    assert "Traceback" not in err
+    assert layout_state(scene.layout) == before
+    assert list(tmp.iterdir()) == []
+
+
+def _grype(vulns: list[tuple[str, str, str, str]], architecture: str = "amd64") -> dict[str, Any]:
+    """A Grype JSON document (``grype -o json``) for the scene's image."""
+    return {
+        "matches": [{
+            "vulnerability": {"id": vid, "namespace": "debian:distro:debian:12",
+                              "severity": "High",
+                              "fix": {"versions": [fixed] if fixed else [],
+                                      "state": "fixed" if fixed else "not-fixed"}},
+            "artifact": {"name": pkg, "version": have, "type": "deb",
+                         "purl": f"pkg:deb/debian/{pkg}@{have}?arch={architecture}"},
+        } for vid, pkg, have, fixed in vulns],
+        "source": {"type": "image", "target": {"userInput": "scene:v1",
+                                               "architecture": architecture, "os": "linux"}},
+        "distro": {"name": "debian", "version": "12", "idLike": []},
+        "descriptor": {"name": "grype", "version": "0.80.0"},
+    }
+
+
+def _v1alpha2(vulns: list[tuple[str, str, str, str]]) -> dict[str, Any]:
+    return {"apiVersion": "v1alpha2",
+            "metadata": {"os": {"type": "debian", "version": "12"}, "config": {"arch": "amd64"}},
+            "osupdates": [{"name": pkg, "installedVersion": have, "fixedVersion": fixed,
+                           "vulnerabilityID": vid, "type": "debian", "class": "os-pkgs"}
+                          for vid, pkg, have, fixed in vulns],
+            "langupdates": []}
+
+
+@pytest.mark.parametrize("kind", ["grype", "v1alpha2", "plugin"])
+def test_other_report_formats_patch_what_they_name(scene: Scene, kind: str) -> None:
+    """Grype JSON and copa's v1alpha2 (detected, no --scanner), and a copa scanner plugin
+    found on PATH: each names b (fixed in 2.0-1) and an unfixed finding in z; only b moves."""
+    ref = scene.image("v1")
+    vulns = [("CVE-2024-0101", "b", "1.0-1", "2.0-1"), ("CVE-2024-0102", "z", "1.0-1", "")]
+    report = scene.tmp / f"{kind}.json"
+    args: list[str] = []
+    if kind == "grype":
+        report.write_text(json.dumps(_grype(vulns)))
+    elif kind == "v1alpha2":
+        report.write_text(json.dumps(_v1alpha2(vulns)))
+    else:
+        # The plugin reads its own format (here: lines "id package installed fixed") and
+        # prints v1alpha1, as copa plugins do.
+        report.write_text("\n".join(" ".join(v) for v in vulns[:1]) + "\n")
+        bindir = scene.tmp / "bin"
+        bindir.mkdir()
+        plugin = bindir / "copa-lines"
+        plugin.write_text(
+            "#!/bin/sh\n"
+            "read -r id pkg have fixed < \"$1\"\n"
+            "printf '{\"apiVersion\":\"v1alpha1\",\"metadata\":{\"os\":{\"type\":\"debian\","
+            "\"version\":\"12\"},\"config\":{\"arch\":\"amd64\"}},\"updates\":[{\"name\":"
+            "\"%s\",\"installedVersion\":\"%s\",\"fixedVersion\":\"%s\","
+            "\"vulnerabilityID\":\"%s\"}]}' \"$pkg\" \"$have\" \"$fixed\" \"$id\"\n")
+        plugin.chmod(0o755)
+        args = ["--scanner", "lines"]
+        os.environ["PATH"] = f"{bindir}:{os.environ['PATH']}"
+    try:
+        proc, result = scene.patch(ref, "-r", str(report), *args)
+    finally:
+        if kind == "plugin":
+            os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+    assert proc.returncode == 0, proc.stderr
+    assert result is not None
+    [platform] = result["platforms"]
+    assert [(u["name"], u["to"], u["vulnerabilities"]) for u in platform["updates"]] == \
+        [("b", "2.0-1", ["CVE-2024-0101"])]
+    if kind != "plugin":
+        assert [(s["name"], s["reason"]) for s in platform["skipped"]] == [("z", "unfixed")]
+
+
+def test_missing_plugin_is_one_line(scene: Scene) -> None:
+    ref = scene.image("v1")
+    report = scene.tmp / "r.txt"
+    report.write_text("x\n")
+    proc, result = scene.patch(ref, "-r", str(report), "--scanner", "nonexistent")
+    assert proc.returncode == 1 and result is None
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("suture: error: report ") and "copa-nonexistent" in line, line
