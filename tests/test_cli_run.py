@@ -246,3 +246,25 @@ def test_missing_plugin_is_one_line(scene: Scene) -> None:
     assert proc.returncode == 1 and result is None
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("suture: error: report ") and "copa-nonexistent" in line, line
+
+
+@pytest.mark.registry
+def test_push_reports_upload_progress(scene: Scene, registry: Any) -> None:
+    """Pushing the patched image reports the upload of the new patch layer (and of no
+    base layer, which the registry already has), with its exact size."""
+    ref = scene.image("v1")
+    remote = f"127.0.0.1:{registry.port}/scene/app:v1"
+    copied = subprocess.run([sys.executable, "-m", "suture", "copy", ref, remote],
+                            capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    proc, result = scene.patch(remote, "--push", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert result is not None
+    layer = result["platforms"][0]["layer"]
+    uploads = {e["name"]: e for e in _events(proc.stderr)
+               if e["event"] == "upload" and e["finished"]}
+    assert layer["digest"] in uploads
+    assert uploads[layer["digest"]]["done"] == layer["size"]
+    base_layers = {line for line in uploads if line != layer["digest"]}
+    # Besides the patch layer only the new config blob is uploaded.
+    assert len(base_layers) == 1
