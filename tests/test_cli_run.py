@@ -268,3 +268,61 @@ def test_push_reports_upload_progress(scene: Scene, registry: Any) -> None:
     base_layers = {line for line in uploads if line != layer["digest"]}
     # Besides the patch layer only the new config blob is uploaded.
     assert len(base_layers) == 1
+
+
+def _changelog(source: str, *entries: tuple[str, str]) -> bytes:
+    import gzip
+
+    text = "".join(
+        f"{source} ({version}) bookworm-security; urgency=high\n\n  * {change}\n\n"
+        f" -- Test Maintainer <test@example.org>  Mon, 01 Jan 2024 00:00:00 +0000\n\n"
+        for version, change in entries)
+    return gzip.compress(text.encode(), mtime=0)
+
+
+def test_update_all_vex_names_the_cves_of_the_changelogs(apt_repo: AptRepo, gpg_keys: GpgKeys,
+                                                         tmp_path: Path) -> None:
+    """Without a report, the VEX and the result name the CVEs of the changelog entries
+    between the installed and the new version: not the installed version's own, not
+    those of a newly installed dependency; a package whose doc directory links to its
+    sibling's takes the sibling's changelog."""
+    from tests.fixtures.debs import Symlink
+    from tests.fixtures.patchimages import Archive
+
+    archive = Archive.create(apt_repo, gpg_keys.good, tmp_path, "bookworm")
+    log_v1 = _changelog("a", ("1.0-1", "Fix CVE-2020-0001."))
+    log_v2 = _changelog("a", ("2.0-1", "Fix CVE-2024-1111 and cve-2024-22222."),
+                        ("1.5-1", "Security fixes (CVE-2023-3333)."),
+                        ("1.0-1", "Fix CVE-2020-0001."))
+    v1 = [archive.add("bookworm", "a", "1.0-1",
+                      {"usr/share/doc/a/changelog.Debian.gz": log_v1}),
+          archive.add("bookworm", "liba1", "1.0-1", {"usr/share/doc/liba1": Symlink("a")},
+                      fields={"Source": "a"}),
+          archive.add("bookworm", "b", "1.0-1")]
+    archive.add("bookworm-security", "a", "2.0-1",
+                {"usr/share/doc/a/changelog.Debian.gz": log_v2}, depends="c")
+    archive.add("bookworm-security", "liba1", "2.0-1", {"usr/share/doc/liba1": Symlink("a")},
+                fields={"Source": "a"})
+    archive.add("bookworm-security", "c", "1.0-1",
+                {"usr/share/doc/c/changelog.Debian.gz": _changelog(
+                    "c", ("1.0-1", "Fix CVE-2024-9999."))})
+    archive.add("bookworm-updates", "b", "2.0-1",
+                {"usr/share/doc/b/changelog.Debian.gz": _changelog(
+                    "b", ("2.0-1", "New upstream release."), ("1.0-1", "Initial."))})
+    archive.publish()
+    scene = Scene(archive, v1, tmp_path)
+    ref = scene.image("v1")
+    vex = tmp_path / "vex.json"
+    proc, result = scene.patch(ref, "-o", str(vex))
+    assert proc.returncode == 0, proc.stderr
+    assert result is not None
+    found = {u["name"]: u["vulnerabilities"] for u in result["platforms"][0]["updates"]}
+    expected = ["CVE-2023-3333", "CVE-2024-1111", "CVE-2024-22222"]
+    assert found == {"a": expected, "liba1": expected, "b": [], "c": []}
+    doc = json.loads(vex.read_text())
+    statements = {s["vulnerability"]["name"]: s for s in doc["statements"]}
+    assert sorted(statements) == expected
+    subcomponents = {c["@id"] for p in statements["CVE-2024-1111"]["products"]
+                     for c in p.get("subcomponents", [])}
+    assert any(s.startswith("pkg:deb/debian/a@2.0-1") for s in subcomponents), subcomponents
+    assert any(s.startswith("pkg:deb/debian/liba1@2.0-1") for s in subcomponents)

@@ -165,6 +165,13 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     mark = inspection.patched
     base = drop_layers(image, mark.base_layers) if mark else image
     base_digest = mark.base_digest if mark else image.digest
+    # The root for maintainer scripts is written out in the background from here on,
+    # beside the planning, fetching and building below (closed below when unused, and
+    # whenever this function is left).
+    from suture.patch.scripts import start_root
+
+    script_root = None if options.dry_run else start_root(
+        base, workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
     report = options.report_for(image.platform)
     if report is not None:
         _check_report(report, outcome.os_family, outcome.os_version, image.platform)
@@ -198,6 +205,9 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     check_deadline(options, "building the layer")
     _say(options, image, "unpacking packages and updating the package database")
     build = engine.build(work, plan, debs)
+    if report is None:
+        plan = plan.with_vulnerabilities(engine.fixed_vulnerabilities(work, plan, debs, build))
+        outcome.plan = plan
     entries = build.entries
     outcome.scripts_not_run = list(build.not_run)
     if mark and len(image.layers) > mark.base_layers:
@@ -211,10 +221,13 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         check_deadline(options, "maintainer scripts")
         _say(options, image, f"running {len(build.jobs)} maintainer scripts in a sandbox")
         scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
-                              workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
+                              workdir=_scratch_dir(options, workdir), sandbox=options.sandbox,
+                              root=script_root)
         outcome.scripts_ran = list(scripts.ran)
         outcome.scripts_not_run += scripts.not_run
         entries = merge_entries(entries, scripts.entries)
+    elif script_root is not None:
+        script_root.close()
     _say(options, image, "writing the patch layer")
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:

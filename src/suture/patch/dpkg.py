@@ -43,7 +43,7 @@ from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
 from suture.patch.engines import Build
 from suture.patch.model import PatchOptions
-from suture.plan import Plan
+from suture.plan import Plan, Update
 from suture.reports.model import Finding
 
 log = logging.getLogger(__name__)
@@ -271,3 +271,53 @@ class DpkgEngine:
         result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
         state.notes.extend(result.notes)
         return Build(result.entries, result.jobs, result.scratch, result.not_run)
+
+    # ------------------------------------------------------- vulnerabilities
+    def fixed_vulnerabilities(self, state: DpkgState, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """CVEs named by the changelog entries between each upgraded package's installed
+        and new *source* versions (binary versions differ from the source's for some
+        packages). One changelog per source: a package whose ``.deb`` has none (its doc
+        directory links to a sibling's) takes its sibling's. The changelog is found in
+        the entries already unpacked, else read from the ``.deb``. A changelog that
+        cannot be read is a note, never a failure."""
+        from suture.distro.dpkg.changelog import (
+            changelog_in,
+            cves_between,
+            parse_changelog,
+            read_deb_changelog,
+            source_version,
+        )
+
+        installed = {(p.name, p.architecture): p for p in state.installed}
+        candidates = {(c.package, c.version, c.architecture): c for c in state.candidates}
+        groups: dict[tuple[str, str], list[Update]] = {}
+        for u in plan.updates:
+            entry = candidates[(u.name, u.to_version, u.architecture)]
+            key = (entry.source_name, source_version(entry.source, entry.version))
+            groups.setdefault(key, []).append(u)
+        found: dict[str, tuple[str, ...]] = {}
+        for (source, new_version), members in sorted(groups.items()):
+            upgraded = [u for u in members if u.from_version is not None]
+            if not upgraded:
+                continue  # newly installed packages fix nothing that was there
+            try:
+                data = None
+                for u in members:
+                    data = changelog_in(build.entries, u.name)
+                    if data is None:
+                        data = read_deb_changelog(packages[f"{u.name}:{u.architecture}"],
+                                                  u.name)
+                    if data is not None:
+                        break
+                entries = parse_changelog(data) if data is not None else []
+            except SutureError as exc:
+                state.notes.append(f"{source}: changelog not read: {exc}")
+                continue
+            if not entries:
+                continue
+            for u in upgraded:
+                old = installed.get((u.name, u.architecture)) or installed.get((u.name, "all"))
+                if old is not None:
+                    found[u.name] = cves_between(entries, old.source_version, new_version)
+        return found

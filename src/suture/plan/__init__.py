@@ -6,7 +6,7 @@ JSON and the VEX document are built from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 REPORT, UPDATE_ALL, DEPENDENCY = "report", "update-all", "dependency"
@@ -82,6 +82,14 @@ class Plan:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def with_vulnerabilities(self, found: dict[str, tuple[str, ...]]) -> Plan:
+        """This plan with ``found[name]`` added to each update's vulnerabilities (the
+        identifiers a package's own changelog says its new version fixes)."""
+        updates = tuple(
+            replace(u, vulnerabilities=tuple(sorted({*u.vulnerabilities, *found[u.name]})))
+            if found.get(u.name) else u for u in self.updates)
+        return replace(self, updates=updates)
 
     def to_json(self) -> dict[str, Any]:
         return {
