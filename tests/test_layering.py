@@ -19,7 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "inspect": {"oci", "distro"},
     "patch": {"*"},
     "cli": {"*"},
-    "devtools": {"oci", "transports"},
+    # debs_image resolves and downloads .debs with the verified apt client of distro.dpkg.
+    "devtools": {"oci", "transports", "distro"},
     "__main__": {"cli"},
     "__init__": set(),
     "errors": set(),

@@ -1,0 +1,298 @@
+"""`suture patch` on image indexes whose platforms are built from real Debian amd64, arm64
+and armhf packages (tests/fixtures/multiarch.py), patched on this host with no emulation.
+
+Checked against outcomes: versions in each platform's written database, the ELF
+machine of every file in each patch layer, the maintainer scripts each platform ran or
+reported, the children and annotations of the written index byte for byte, the real
+dpkg reading the patched foreign-architecture roots, and skopeo reading the pushed index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suture.devtools.debs_image import main as debs_image_main
+from suture.distro.dpkg.control import parse_md5sums, parse_status
+from suture.oci.fs import read_files
+from suture.oci.image import Image, ImageIndex
+from suture.oci.model import Platform
+from suture.transports import open_artifact, write_artifact
+from tests.fixtures.debian import CACHE
+from tests.fixtures.multiarch import (
+    ATTESTATION_TYPE,
+    ELF_MACHINE,
+    PLATFORMS,
+    Multiarch,
+    elf_machine,
+    installed_versions,
+    raw_index,
+    top_layer_files,
+)
+from tests.fixtures.oci_tools import Runner
+
+pytestmark = [pytest.mark.network, pytest.mark.tools]
+
+HOST = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64",
+        "arm64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+# Debian architecture names by OCI architecture.
+DEB_ARCH = {Platform.parse(p).architecture: arch for arch, p in PLATFORMS.items()}
+ALIASED = ("bin/", "sbin/", "lib/", "lib64/")  # symlinks into usr/ in these images
+
+
+def suture(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "suture", *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def _patch(ref: str, tmp: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    """Run ``suture patch``; the result JSON and the CLI's stderr."""
+    result = tmp / f"result-{len(list(tmp.glob('result-*')))}.json"
+    proc = suture("patch", "-i", ref, "--result", str(result), *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc: dict[str, Any] = json.loads(result.read_text())
+    return doc, proc.stderr
+
+
+def _by_platform(index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for desc in index["manifests"]:
+        plat = desc["platform"]
+        key = "/".join(p for p in (plat["os"], plat["architecture"], plat.get("variant")) if p)
+        assert key not in out
+        out[key] = desc
+    return out
+
+
+def _child(ref: str, platform_text: str) -> Image:
+    index = open_artifact(ref)
+    assert isinstance(index, ImageIndex)
+    return index.select(Platform.parse(platform_text))
+
+
+def _check_patched(patched: Image, base: Image, outcome: dict[str, Any]) -> None:
+    """The database has the new versions (and nothing else changed), every file the
+    upgraded packages' new md5sums list is in the patch layer with that content, written
+    through the merged-/usr symlinks, and every ELF file of the layer is for the image's
+    own architecture."""
+    assert outcome["status"] == "patched", outcome
+    assert patched.platform is not None
+    arch = DEB_ARCH[patched.platform.architecture]
+    updates = outcome["updates"]
+    assert updates, f"{outcome['platform']}: bookworm-security/-updates upgrade nothing here"
+    before, after = installed_versions(base), installed_versions(patched)
+    changed = {u["name"] for u in updates}
+    for u in updates:
+        assert before[u["name"]] == u["from"] != u["to"] == after[u["name"]], u
+    assert {n: v for n, v in after.items() if n not in changed} == {
+        n: v for n, v in before.items() if n not in changed}
+    layer = top_layer_files(patched)
+    assert not [p for p in layer if p.startswith(ALIASED)], "wrote over a /usr symlink"
+    status = layer["var/lib/dpkg/status"]
+    assert {p.name: p.version for p in parse_status(status)} == after
+    listed_elves = []
+    for name in changed:
+        sums = layer.get(f"var/lib/dpkg/info/{name}:{arch}.md5sums") or \
+            layer[f"var/lib/dpkg/info/{name}.md5sums"]
+        for path, digest in parse_md5sums(sums).items():
+            where = path if path in layer else f"usr/{path}"
+            assert hashlib.md5(layer[where]).hexdigest() == digest, where
+            if elf_machine(layer[where]) is not None:
+                listed_elves.append(where)
+    assert listed_elves, f"no ELF file among the upgraded files of {sorted(changed)}"
+    machines = {p: elf_machine(d) for p, d in layer.items() if elf_machine(d) is not None}
+    assert set(machines.values()) == {ELF_MACHINE[arch]}, machines
+
+
+def _dpkg_clean(image: Image, tmp: Path, umoci: Runner) -> Path:
+    """Unpack ``image`` with umoci; the real dpkg's --verify and --audit are clean."""
+    assert image.platform is not None
+    name = image.platform.architecture
+    write_artifact(image, f"oci:{tmp}/single:{name}")
+    umoci("unpack", "--image", f"{tmp}/single:{name}", tmp / f"bundle-{name}")
+    root = tmp / f"bundle-{name}" / "rootfs"
+    for check in ("--verify", "--audit"):
+        proc = subprocess.run(["dpkg", f"--root={root}", check], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0 and proc.stdout == "", (check, proc.stdout + proc.stderr)
+    return root
+
+
+def test_index_patched_per_platform_without_emulation(tmp_path: Path, multiarch: Multiarch,
+                                                      umoci_cli: Runner) -> None:
+    dest = f"oci:{tmp_path}/out:patched"
+    doc, stderr = _patch(multiarch.two, tmp_path, "--dest", dest)
+    outcomes = {o["platform"]: o for o in doc["platforms"]}
+    assert sorted(outcomes) == ["linux/amd64", "linux/arm64/v8"]  # not the attestation
+    assert len(doc["platforms"]) == 2
+    written = open_artifact(dest)
+    assert isinstance(written, ImageIndex)
+    assert written.digest == doc["target"]["digest"]
+    source, out = raw_index(multiarch.two), raw_index(dest)
+    assert out["annotations"] == source["annotations"]
+    src_children, out_children = _by_platform(source), _by_platform(out)
+    assert list(out_children) == list(src_children)
+    attestation = out_children["unknown/unknown"]
+    assert attestation == src_children["unknown/unknown"]
+    assert attestation["annotations"]["vnd.docker.reference.type"] == ATTESTATION_TYPE
+    for key, outcome in outcomes.items():
+        assert outcome["sourceDigest"] == src_children[key]["digest"]
+        assert out_children[key]["digest"] == outcome["digest"] != outcome["sourceDigest"]
+        arch = DEB_ARCH[Platform.parse(key).architecture]
+        _check_patched(_child(dest, key), multiarch.images[arch], outcome)
+
+    # Scripts run where the image's architecture is the host's; elsewhere each one is
+    # reported with the reason, and the CLI warns.
+    foreign = [o for k, o in outcomes.items() if Platform.parse(k).architecture != HOST]
+    native = [o for k, o in outcomes.items() if Platform.parse(k).architecture == HOST]
+    assert foreign, f"no platform differs from this host ({HOST})"
+    for outcome in foreign:
+        arch = Platform.parse(outcome["platform"]).architecture
+        assert outcome["scripts"]["ran"] == []
+        assert outcome["scripts"]["notRun"], "the upgraded packages have no scripts"
+        for item in outcome["scripts"]["notRun"]:
+            assert item["reason"] == f"image architecture {arch} differs from host {HOST}"
+            assert f"{outcome['platform']}: not run: {item['script']}" in stderr
+    sandboxed = shutil.which("bwrap") is not None or os.geteuid() == 0
+    for outcome in native:  # the same jobs, run (or not, for another reason)
+        scripts = outcome["scripts"]
+        assert [*scripts["ran"], *(s["script"] for s in scripts["notRun"])] == [
+            s["script"] for s in foreign[0]["scripts"]["notRun"]]
+        assert not [s for s in scripts["notRun"] if "differs from host" in s["reason"]]
+        if sandboxed:
+            assert scripts["notRun"] == [], scripts
+
+    # The real dpkg reads both patched roots (the arm64 one too) and finds them whole.
+    roots = {key: _dpkg_clean(_child(dest, key), tmp_path, umoci_cli) for key in outcomes}
+    if HOST == "amd64" and os.geteuid() == 0:
+        run = subprocess.run(["chroot", str(roots["linux/amd64"]), "openssl", "version"],
+                             capture_output=True, text=True, check=True)
+        new = installed_versions(_child(dest, "linux/amd64"))["openssl"]
+        assert new.split("-")[0] in run.stdout
+
+
+def test_one_platform_selected_others_carried_byte_for_byte(tmp_path: Path,
+                                                            multiarch: Multiarch) -> None:
+    dest = f"oci:{tmp_path}/out:arm64-only"
+    doc, _ = _patch(multiarch.three, tmp_path, "--platform", "linux/arm64", "--dest", dest)
+    [outcome] = doc["platforms"]
+    assert outcome["platform"] == "linux/arm64/v8" and outcome["status"] == "patched"
+    source, out = raw_index(multiarch.three), raw_index(dest)
+    assert set(out) == set(source)
+    assert out["annotations"] == source["annotations"]
+    assert len(out["manifests"]) == len(source["manifests"]) == 4
+    for old, new in zip(source["manifests"], out["manifests"], strict=True):
+        if old["platform"]["architecture"] == "arm64":
+            assert new["digest"] == outcome["digest"] != old["digest"]
+            assert {k: v for k, v in new.items() if k not in ("digest", "size")} == {
+                k: v for k, v in old.items() if k not in ("digest", "size")}
+        else:  # amd64, arm/v7 and the attestation: the very same descriptors
+            assert new == old
+    # The carried children are the source's bytes; the patched one reads back whole.
+    layout = Path(f"{tmp_path}/out/blobs/sha256")
+    for old in source["manifests"]:
+        if old["platform"]["architecture"] != "arm64":
+            data = (layout / old["digest"].split(":")[1]).read_bytes()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == old["digest"]
+    _check_patched(_child(dest, "linux/arm64"), multiarch.images["arm64"], outcome)
+
+
+@pytest.mark.registry
+def test_index_pushed_to_registry_and_read_back(tmp_path: Path, multiarch: Multiarch,
+                                                registry: Any, skopeo_cli: Runner) -> None:
+    repo = f"127.0.0.1:{registry.port}/multi/debian"
+    doc, _ = _patch(multiarch.two, tmp_path, "--dest", f"docker://{repo}:12-patched")
+    assert doc["target"]["reference"].endswith(f"{repo}:12-patched")
+    raw = skopeo_cli("inspect", "--raw", "--tls-verify=false",
+                     f"docker://{repo}:12-patched").stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == doc["target"]["digest"]
+    pushed = json.loads(raw)
+    children = _by_platform(pushed)
+    expected = {o["platform"]: o["digest"] for o in doc["platforms"]}
+    assert {k: children[k]["digest"] for k in expected} == expected
+    assert children["unknown/unknown"] == _by_platform(raw_index(multiarch.two))[
+        "unknown/unknown"]
+    for key, digest in expected.items():
+        child = skopeo_cli("inspect", "--raw", "--tls-verify=false",
+                           f"docker://{repo}@{digest}").stdout
+        assert "sha256:" + hashlib.sha256(child).hexdigest() == digest
+        config = json.loads(skopeo_cli("inspect", "--config", "--raw", "--tls-verify=false",
+                                       f"docker://{repo}@{digest}").stdout)
+        assert config["architecture"] == Platform.parse(key).architecture
+    tags = json.loads(skopeo_cli("list-tags", "--tls-verify=false", f"docker://{repo}").stdout)
+    assert tags["Tags"] == ["12-patched"]  # no per-architecture tags
+
+
+def test_patching_twice_gives_the_same_index(tmp_path: Path, multiarch: Multiarch) -> None:
+    first, _ = _patch(multiarch.two, tmp_path, "--dest", f"oci:{tmp_path}/a:x")
+    second, _ = _patch(multiarch.two, tmp_path, "--dest", f"oci:{tmp_path}/b:x")
+    assert first["target"]["digest"] == second["target"]["digest"]
+    assert [(o["platform"], o["digest"], o["layer"]) for o in first["platforms"]] == [
+        (o["platform"], o["digest"], o["layer"]) for o in second["platforms"]]
+    # The patched index is up to date: nothing to do, nothing written.
+    again, _ = _patch(f"oci:{tmp_path}/a:x", tmp_path, "--dest", f"oci:{tmp_path}/c:x")
+    assert again["target"] is None
+    assert [o["status"] for o in again["platforms"]] == ["up-to-date", "up-to-date"]
+    assert not (tmp_path / "c").exists()
+
+
+# --- the images themselves -----------------------------------------------------------------
+
+def _info_files(image: Image) -> dict[str, bytes]:
+    found = read_files(image, ["var/lib/dpkg/status"], prefixes=["var/lib/dpkg/info"])
+    return {p: e.data for p, e in found.items() if e.data is not None}
+
+
+def test_built_database_is_what_dpkg_writes(tmp_path: Path, multiarch: Multiarch,
+                                            bookworm_openssl_rootfs: Path,
+                                            umoci_cli: Runner) -> None:
+    """The amd64 image's database matches, stanza for stanza and file for file, what
+    dpkg wrote in an mmdebstrap root for the same package versions; the real dpkg
+    finds every built root (arm64 and armhf too) whole."""
+    ours = _info_files(multiarch.images["amd64"])
+    theirs: dict[str, bytes] = {}
+    with tarfile.open(bookworm_openssl_rootfs) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if member.isfile() and name.startswith("var/lib/dpkg/"):
+                stream = tar.extractfile(member)
+                assert stream is not None
+                theirs[name] = stream.read()
+
+    def stanzas(data: bytes) -> dict[str, str]:
+        return {block.split("\n", 1)[0]: block
+                for block in data.decode().strip().split("\n\n")}
+
+    mine, dpkgs = stanzas(ours["var/lib/dpkg/status"]), stanzas(theirs["var/lib/dpkg/status"])
+    versions = {p.name: p.version for p in parse_status(ours["var/lib/dpkg/status"])}
+    theirs_versions = {p.name: p.version for p in parse_status(theirs["var/lib/dpkg/status"])}
+    same = sorted(n for n in versions if theirs_versions.get(n) == versions[n])
+    assert {"openssl", "libssl3", "libc6", "dash", "base-files"} <= set(same)
+    for name in same:
+        assert mine[f"Package: {name}"] == dpkgs[f"Package: {name}"]
+        files = [p for p in ours if p.startswith((f"var/lib/dpkg/info/{name}.",
+                                                   f"var/lib/dpkg/info/{name}:"))]
+        assert files and {p: ours[p] for p in files} == {p: theirs.get(p) for p in files}
+    assert ours["var/lib/dpkg/info/format"] == theirs["var/lib/dpkg/info/format"]
+    for image in multiarch.images.values():
+        _dpkg_clean(image, tmp_path, umoci_cli)
+
+
+def test_debs_image_cli_builds_the_same_image(tmp_path: Path, multiarch: Multiarch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    dest = f"oci:{tmp_path}/cli:arm64"
+    code = debs_image_main(["bookworm", "arm64", dest, "--cache-dir", str(CACHE / "apt")])
+    assert code == 0
+    assert capsys.readouterr().out.split() == [dest, multiarch.images["arm64"].digest]
+    built = open_artifact(dest)
+    assert isinstance(built, Image) and str(built.platform) == "linux/arm64/v8"
