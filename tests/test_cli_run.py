@@ -22,6 +22,7 @@ import pytest
 from tests.fixtures.aptrepo import AptRepo, GpgKeys
 from tests.fixtures.patchimages import layout_state, trivy_report
 from tests.test_patch_local import Scene, _scene
+from tests.test_vex import validate_openvex
 
 pytestmark = pytest.mark.tools
 
@@ -320,9 +321,32 @@ def test_update_all_vex_names_the_cves_of_the_changelogs(apt_repo: AptRepo, gpg_
     expected = ["CVE-2023-3333", "CVE-2024-1111", "CVE-2024-22222"]
     assert found == {"a": expected, "liba1": expected, "b": [], "c": []}
     doc = json.loads(vex.read_text())
+    validate_openvex(doc)
     statements = {s["vulnerability"]["name"]: s for s in doc["statements"]}
     assert sorted(statements) == expected
     subcomponents = {c["@id"] for p in statements["CVE-2024-1111"]["products"]
                      for c in p.get("subcomponents", [])}
     assert any(s.startswith("pkg:deb/debian/a@2.0-1") for s in subcomponents), subcomponents
     assert any(s.startswith("pkg:deb/debian/liba1@2.0-1") for s in subcomponents)
+
+
+@pytest.mark.parametrize(("family", "version", "architecture", "says"), [
+    ("debian", "12", "arm64", "the report is for architecture arm64, the image is amd64"),
+    ("debian", "11", "amd64", "the report is for debian 11, the image is debian 12"),
+    ("ubuntu", "24.04", "amd64", "the report is for ubuntu 24.04, the image is debian 12"),
+])
+def test_report_for_another_image_is_refused(scene: Scene, family: str, version: str,
+                                             architecture: str, says: str) -> None:
+    ref = scene.image("v1")
+    before = layout_state(scene.layout)
+    report = scene.tmp / "report.json"
+    report.write_text(json.dumps(trivy_report(family, version, [
+        ("CVE-2024-0001", "b", "1.0-1", "2.0-1")], architecture=architecture)))
+    proc, result = scene.patch(ref, "-r", str(report))
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == f"suture: error: linux/amd64: {says} (hint: scan the image being " \
+                   "patched, or give one report per platform with -r DIR)", line
+    assert result is not None and result["target"] is None
+    assert layout_state(scene.layout) == before
+    assert scene.archive.fetched("/pool/") == []

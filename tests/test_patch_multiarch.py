@@ -40,6 +40,7 @@ from tests.fixtures.multiarch import (
     top_layer_files,
 )
 from tests.fixtures.oci_tools import Runner
+from tests.test_vex import validate_openvex
 
 pytestmark = [pytest.mark.network, pytest.mark.tools]
 
@@ -131,7 +132,8 @@ def _dpkg_clean(image: Image, tmp: Path, umoci: Runner) -> Path:
 def test_index_patched_per_platform_without_emulation(tmp_path: Path, multiarch: Multiarch,
                                                       umoci_cli: Runner) -> None:
     dest = f"oci:{tmp_path}/out:patched"
-    doc, stderr = _patch(multiarch.two, tmp_path, "--dest", dest)
+    vex_file = tmp_path / "vex.json"
+    doc, stderr = _patch(multiarch.two, tmp_path, "--dest", dest, "-o", str(vex_file))
     outcomes = {o["platform"]: o for o in doc["platforms"]}
     assert sorted(outcomes) == ["linux/amd64", "linux/arm64/v8"]  # not the attestation
     assert len(doc["platforms"]) == 2
@@ -150,6 +152,22 @@ def test_index_patched_per_platform_without_emulation(tmp_path: Path, multiarch:
         assert out_children[key]["digest"] == outcome["digest"] != outcome["sourceDigest"]
         arch = DEB_ARCH[Platform.parse(key).architecture]
         _check_patched(_child(dest, key), multiarch.images[arch], outcome)
+
+    # The VEX (update-all: CVEs from the Debian changelogs) is valid, names the patched
+    # image of each platform and the index as products, with each platform's packages.
+    vex = json.loads(vex_file.read_text())
+    validate_openvex(vex)
+    cves = {v for o in outcomes.values() for u in o["updates"] for v in u["vulnerabilities"]}
+    assert cves, "no upgraded package's changelog names a CVE"
+    assert {s["vulnerability"]["name"] for s in vex["statements"]} == cves
+    products = {p["@id"] for s in vex["statements"] for p in s["products"]}
+    digests = {o["digest"] for o in outcomes.values()} | {doc["target"]["digest"]}
+    assert {p.split("@", 1)[1].split("?", 1)[0].replace("%3A", ":") for p in products} \
+        == digests
+    for statement in vex["statements"]:
+        for product in statement["products"]:
+            for sub in product["subcomponents"]:
+                assert sub["@id"].startswith("pkg:deb/debian/"), sub
 
     # Scripts run where the image's architecture is the host's; elsewhere each one is
     # reported with the reason, and the CLI warns.
