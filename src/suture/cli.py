@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
                        help="replace an archive URI prefix with a mirror (repeatable)")
     patch.add_argument("--keyring", action="append", default=[], type=Path, metavar="FILE",
-                       help="also trust the OpenPGP keys in FILE (.gpg or .asc; repeatable)")
+                       help="also trust the keys in FILE: OpenPGP (.gpg/.asc) for apt "
+                            "repositories, PEM RSA public keys for apk ones (repeatable)")
     patch.add_argument("--no-host-keyrings", action="store_true",
                        help="never fall back to this host's distribution keyrings")
     patch.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
@@ -503,6 +504,7 @@ def _run_timer(options: Any, seconds: float) -> Iterator[None]:
 def _vex(result: Any, author: str) -> dict[str, object]:
     import datetime
 
+    from suture.patch.model import PACKAGE_TYPES
     from suture.transports import as_reference
     from suture.vex import VexProduct, build_openvex, oci_purl
 
@@ -524,12 +526,13 @@ def _vex(result: Any, author: str) -> dict[str, object]:
         arch = o.platform.architecture if o.platform else None
         purl = oci_purl(name, o.image.digest, repository_url=repository_url, arch=arch)
         distro = f"{o.os_family}-{o.os_version}" if o.os_version else o.os_family
-        products.append(VexProduct(purl, o.plan.updates, o.os_family, distro))
-        all_updates.append((o.plan.updates, o.os_family, distro))
+        kind = PACKAGE_TYPES.get(o.plan.family, "")
+        products.append(VexProduct(purl, o.plan.updates, o.os_family, distro, kind))
+        all_updates.append((o.plan.updates, o.os_family, distro, kind))
     if result.target_digest and len(result.platforms) > 1:
         index_purl = oci_purl(name, result.target_digest, repository_url=repository_url)
-        for updates, family, distro in all_updates:
-            products.append(VexProduct(index_purl, updates, family, distro))
+        for updates, family, distro, kind in all_updates:
+            products.append(VexProduct(index_purl, updates, family, distro, kind))
     from suture import __version__
 
     return build_openvex(products, author=author,

@@ -17,6 +17,8 @@ from urllib.parse import quote
 from suture.plan import Update
 
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
+# Distributions whose packages are apk packages (os-release ID).
+APK_NAMESPACES = frozenset({"alpine", "wolfi", "chainguard", "postmarketos"})
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,22 @@ class VexProduct:
     """A patched image: its package URL and the updates in it.
 
     ``distro`` is the purl ``distro`` qualifier (``debian-12``); ``namespace`` the
-    purl namespace of its packages (``debian``, ``ubuntu``); ``architecture`` the
-    packages' architecture for ``arch`` (per update when ``all``).
+    purl namespace of its packages (``debian``, ``ubuntu``, ``alpine``, ``wolfi``);
+    ``package_type`` the purl type (``deb``, ``apk``; by default ``apk`` for the apk
+    distributions' namespaces and ``deb`` otherwise).
     """
 
     purl: str
     updates: tuple[Update, ...]
     namespace: str
     distro: str
+    package_type: str = ""
+
+    @property
+    def purl_type(self) -> str:
+        if self.package_type:
+            return self.package_type
+        return "apk" if self.namespace.lower() in APK_NAMESPACES else "deb"
 
 
 def _enc(text: str) -> str:
@@ -56,6 +66,19 @@ def deb_purl(update: Update, namespace: str, distro: str) -> str:
             f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
 
 
+def apk_purl(update: Update, namespace: str, distro: str) -> str:
+    """``pkg:apk/<namespace>/<name>@<version>?arch=<arch>&distro=<distro>``."""
+    return (f"pkg:apk/{_enc(namespace.lower())}/{_enc(update.name)}@{_enc(update.to_version)}"
+            f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
+
+
+def package_purl(update: Update, product: VexProduct) -> str:
+    """The purl of ``update`` as a package of ``product``'s distribution."""
+    if product.purl_type == "apk":
+        return apk_purl(update, product.namespace, product.distro)
+    return deb_purl(update, product.namespace, product.distro)
+
+
 def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str,
                   tooling: str) -> dict[str, object]:
     """The OpenVEX document for ``products``; deterministic for the same input.
@@ -66,7 +89,7 @@ def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str
     by_vuln: dict[str, dict[str, set[str]]] = {}
     for product in products:
         for update in product.updates:
-            sub = deb_purl(update, product.namespace, product.distro)
+            sub = package_purl(update, product)
             for vuln in update.vulnerabilities:
                 by_vuln.setdefault(vuln, {}).setdefault(product.purl, set()).add(sub)
     statements = []

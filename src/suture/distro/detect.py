@@ -17,6 +17,7 @@ from suture.errors import PackageDBError
 from suture.oci.fs import FileEntry
 
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
+ALPINE_RELEASE = "etc/alpine-release"
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,17 @@ class Dpkg:
 
 class Apk:
     name: str = "apk"
-    paths: tuple[str, ...] = ("lib/apk/db/installed",)
+    # apk-tools 2 keeps it in /lib/apk/db; usr-merged apk-tools 3 roots may use /usr/lib.
+    paths: tuple[str, ...] = ("lib/apk/db/installed", "usr/lib/apk/db/installed")
     prefixes: tuple[str, ...] = ()
 
     def detect(self, files: Mapping[str, FileEntry]) -> PackageDB | None:
-        db = files.get(self.paths[0])
-        if db is None or db.data is None:
-            return None
-        count = sum(1 for line in db.data.splitlines() if line.startswith(b"P:"))
-        return PackageDB(self.name, "apk-installed", db.path, count)
+        for path in self.paths:
+            db = files.get(path)
+            if db is not None and db.data is not None:
+                count = sum(1 for line in db.data.splitlines() if line.startswith(b"P:"))
+                return PackageDB(self.name, "apk-installed", db.path, count)
+        return None
 
 
 def count_rpm_sqlite(data: bytes, path: str) -> int:
@@ -184,7 +187,7 @@ FAMILIES: tuple[Family, ...] = (Dpkg(), Apk(), Rpm())
 
 def wanted_paths() -> tuple[list[str], list[str]]:
     """Every path and prefix that OS and package database detection reads."""
-    paths = list(OS_RELEASE_PATHS)
+    paths = [*OS_RELEASE_PATHS, ALPINE_RELEASE]
     prefixes: list[str] = []
     for family in FAMILIES:
         paths.extend(family.paths)
@@ -205,4 +208,10 @@ def detect_os(files: Mapping[str, FileEntry]) -> OSRelease | None:
         entry = files.get(path)
         if entry is not None and entry.data is not None:
             return parse_os_release(entry.data)
+    # Minimal Alpine roots may lack os-release but keep alpine-baselayout's release file.
+    entry = files.get(ALPINE_RELEASE)
+    if entry is not None and entry.data is not None:
+        version = entry.data.decode("utf-8", "replace").strip()
+        major_minor = ".".join(version.split(".")[:2])
+        return OSRelease("alpine", version, "", f"Alpine Linux v{major_minor}")
     return None

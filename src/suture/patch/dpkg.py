@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
-from suture.patch.engines import Build
+from suture.patch.engines import Build, fetch_parallel
 from suture.patch.model import PatchOptions
 from suture.plan import Plan, Update
 from suture.reports.model import Finding
@@ -229,15 +228,7 @@ class DpkgEngine:
             entry = by_key[(update.name, update.to_version, update.architecture)]
             return f"{update.name}:{update.architecture}", fetcher.fetch_deb(entry)
 
-        pool = ThreadPoolExecutor(max_workers=4)
-        try:
-            found = dict(pool.map(one, plan.updates))
-        except BaseException:
-            # A timeout or Ctrl-C must not wait for a download stalled in a read.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return found
+        return fetch_parallel(one, plan.updates)
 
     # ---------------------------------------------------------------- build
     def build(self, state: DpkgState, plan: Plan, packages: dict[str, Path]) -> Build:

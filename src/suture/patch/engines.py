@@ -6,10 +6,11 @@ layer entries; the patch core calls these four steps and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from suture.distro.scripts import ScriptJob
 from suture.errors import SutureError
@@ -20,6 +21,8 @@ from suture.oci.layer import Entry
 from suture.patch.model import PatchOptions
 from suture.plan import Plan
 from suture.reports.model import Finding
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,34 @@ class Engine(Protocol):
         """The entries of the patch layer, and the scripts to run over it."""
         ...
 
+    def fixed_vulnerabilities(self, state: Any, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """By package name, the vulnerability identifiers the packages themselves say
+        their new versions fix (Debian changelogs, say): what an update-all run's VEX
+        states. Empty when the family's packages carry no such record."""
+        ...
+
+
+def fetch_parallel(fetch_one: Callable[[T], tuple[str, Path]], items: Iterable[T],
+                   workers: int = 4) -> dict[str, Path]:
+    """``dict(map(fetch_one, items))`` on ``workers`` threads. On an error, a timeout or
+    Ctrl-C the caller is not kept waiting for a download stalled in a read."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        found = dict(pool.map(fetch_one, items))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return found
+
 
 def wants_data(path: str) -> bool:
     """Whether any engine needs the contents of ``path`` from the tree read."""
+    from suture.patch.apk import wants_data as apk_wants
     from suture.patch.dpkg import wants_data as dpkg_wants
 
-    return dpkg_wants(path)
+    return dpkg_wants(path) or apk_wants(path)
 
 
 def engine_for(family: str) -> Engine:
@@ -68,5 +93,10 @@ def engine_for(family: str) -> Engine:
         from suture.patch.dpkg import DpkgEngine
 
         return DpkgEngine()
+    if family == "apk":
+        from suture.patch.apk import ApkEngine
+
+        return ApkEngine()
     raise SutureError(f"patching {family} images is not supported yet",
-                      hint="suture patches Debian and Ubuntu (dpkg) images today")
+                      hint="suture patches Debian and Ubuntu (dpkg) and Alpine, Wolfi and "
+                           "Chainguard (apk) images today")

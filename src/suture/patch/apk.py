@@ -1,0 +1,277 @@
+"""The apk engine: Alpine, Wolfi and Chainguard images, with or without ``apk`` in them.
+
+prepare: read the installed database, ``world``, ``arch``, the repositories and the
+trusted keys (``/etc/apk/keys``, plus the user's ``--keyring`` files) out of the
+layers; fetch every repository's ``APKINDEX.tar.gz`` (mirrors applied, cached,
+offline from the cache) and verify its signature; parse it. plan: the resolver
+decides (:mod:`suture.plan.apk`). fetch: each package into the cache, verified by
+the index's identity, its own signature and its data hash. build: native unpack
+into layer entries and the rewritten database (:mod:`suture.distro.apk.apply`).
+The image's ``apk`` binary is never used: an image without one is patched the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from suture.distro.apk.apply import DB, EXEC, Update, apply_updates
+from suture.distro.apk.deps import Dependency
+from suture.distro.apk.index import IndexEntry, parse_apkindex
+from suture.distro.apk.installed import (
+    InstalledPackage,
+    is_protected,
+    parse_installed,
+    parse_protected_paths,
+    parse_world,
+    protect_mode,
+)
+from suture.distro.apk.package import read_apk
+from suture.distro.apk.repo import (
+    REPOSITORIES,
+    REPOSITORIES_D,
+    ApkFetcher,
+    Repository,
+    apk_arch,
+    apply_mirrors,
+    parse_repositories,
+)
+from suture.distro.apk.sign import Keys
+from suture.distro.dpkg.repo import AptFetcher, redact
+from suture.errors import PackageDBError, SutureError
+from suture.inspect import Inspection
+from suture.oci.fs import FileEntry, read_files, resolve
+from suture.oci.image import Image
+from suture.patch.engines import Build, fetch_parallel
+from suture.patch.model import PatchOptions
+from suture.plan import Plan
+from suture.reports.model import Finding
+
+log = logging.getLogger(__name__)
+
+INSTALLED = f"{DB}/installed"
+WORLD = "etc/apk/world"
+ARCH = "etc/apk/arch"
+KEYS = "etc/apk/keys/"
+PROTECTED_D = "etc/apk/protected_paths.d/"
+_DATA_PREFIXES = ("lib/apk/", "usr/lib/apk/", "etc/", "usr/share/apk/keys/")
+
+
+def wants_data(path: str) -> bool:
+    """Paths whose contents the apk engine reads from the tree."""
+    return path.startswith(_DATA_PREFIXES)
+
+
+@dataclass
+class ApkState:
+    image: Image
+    inspection: Inspection
+    options: PatchOptions
+    files: dict[str, FileEntry]
+    links: dict[str, str]
+    installed: list[InstalledPackage]
+    world: tuple[Dependency, ...]
+    arch: str
+    keys: Keys
+    db_dir: str = DB  # as the image names it (lib/apk/db), before symlinks
+    repositories: list[Repository] = field(default_factory=list)
+    candidates: list[IndexEntry] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fetcher: ApkFetcher | None = None
+
+
+class ApkEngine:
+    family = "apk"
+
+    # -------------------------------------------------------------- helpers
+    @staticmethod
+    def _data(files: Mapping[str, FileEntry], links: Mapping[str, str], path: str
+              ) -> bytes | None:
+        entry = files.get(resolve(path, dict(links)))
+        if entry is None or entry.kind != "file":
+            return None
+        return entry.data
+
+    @staticmethod
+    def _listing(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
+                 ) -> dict[str, bytes]:
+        """Regular files directly under ``prefix`` (symlinks followed), by base name."""
+        real = resolve(prefix.rstrip("/"), dict(links)) + "/"
+        out: dict[str, bytes] = {}
+        for path in files:
+            if not path.startswith(real) or "/" in path[len(real):]:
+                continue
+            target = files.get(resolve(path, dict(links)))
+            if target is not None and target.kind == "file" and target.data is not None:
+                out[path[len(real):]] = target.data
+        return out
+
+    # -------------------------------------------------------------- prepare
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
+                tree: Mapping[str, FileEntry]) -> ApkState:
+        files = dict(tree)
+        links = {p: e.linkname for p, e in files.items() if e.kind == "symlink"}
+        db_dir, data = DB, None
+        for where in (DB, "usr/" + DB):  # apk-tools 3 usr-merged roots may use /usr/lib
+            data = self._data(files, links, f"{where}/installed")
+            if data is not None:
+                db_dir = where
+                break
+        if data is None:
+            raise PackageDBError("no apk database in the image", path="/" + INSTALLED)
+        installed = parse_installed(data, source=f"/{db_dir}/installed")
+        if not installed:
+            raise PackageDBError("no installed packages", path=f"/{db_dir}/installed")
+        world = parse_world(self._data(files, links, WORLD) or b"", source="/" + WORLD)
+        arch_text = (self._data(files, links, ARCH) or b"").decode("utf-8", "replace").split()
+        if arch_text:
+            arch = arch_text[0]
+        else:
+            platform = image.platform
+            if platform is None:
+                raise SutureError("the image config names no architecture and the image has "
+                                  "no /etc/apk/arch")
+            arch = apk_arch(platform.architecture, platform.variant)
+        keys = Keys.load(self._listing(files, links, KEYS), options.keyrings)
+        state = ApkState(image, inspection, options, files, links, installed, world, arch,
+                         keys, db_dir)
+        self._load_repositories(state)
+        return state
+
+    def _load_repositories(self, state: ApkState) -> None:
+        options = state.options
+        config: dict[str, bytes] = {}
+        top = self._data(state.files, state.links, REPOSITORIES)
+        if top is not None:
+            config[REPOSITORIES] = top
+        for prefix in REPOSITORIES_D:
+            for name, body in self._listing(state.files, state.links, prefix).items():
+                config[prefix + name] = body
+        repos = parse_repositories(config, arch=state.arch)
+        if not repos:
+            raise SutureError("the image lists no apk repositories (/etc/apk/repositories)",
+                              hint="an image built without them cannot be patched from its "
+                                   "own configuration")
+        if options.mirrors:
+            repos = apply_mirrors(repos, options.mirrors)
+        state.repositories = repos
+        if len(state.keys) == 0:
+            raise SutureError("no trusted apk keys: /etc/apk/keys is empty",
+                              hint="pass --keyring FILE with the repository's public key")
+        verify: bool | str = True
+        if options.transport.registry.ca_file is not None:
+            verify = str(options.transport.registry.ca_file)
+        state.fetcher = ApkFetcher(AptFetcher(options.cache_dir / "apk", offline=options.offline,
+                                              verify=verify, progress=options.progress))
+        arches = {state.arch, "noarch", ""}
+        for repo in repos:
+            index = state.fetcher.fetch_index(repo, state.arch, state.keys)
+            where = redact(repo.index_url(state.arch))
+            entries = parse_apkindex(index.apkindex, repository=repo.url, tag=repo.tag,
+                                     order=repo.order, source=where)
+            state.candidates.extend(e for e in entries if e.arch in arches)
+            log.info("%s: %d packages, signed by %s", where, len(entries), index.signer.origin)
+
+    # ----------------------------------------------------------------- plan
+    def plan(self, state: ApkState, findings: list[Finding] | None) -> Plan:
+        from suture.plan.apk import plan_apk
+
+        return plan_apk(state.installed, state.candidates, findings, architecture=state.arch,
+                        world=state.world, notes=tuple(state.notes))
+
+    # ---------------------------------------------------------------- fetch
+    def _entry(self, state: ApkState, name: str, version: str) -> IndexEntry:
+        for e in state.candidates:
+            if e.name == name and e.version == version:
+                return e
+        raise SutureError(f"{name} {version} is not in the repositories")  # pragma: no cover
+
+    def _repo(self, state: ApkState, entry: IndexEntry) -> Repository:
+        return state.repositories[entry.order]
+
+    def fetch(self, state: ApkState, plan: Plan) -> dict[str, Path]:
+        assert state.fetcher is not None
+        fetcher = state.fetcher
+
+        def one(name: str, version: str) -> tuple[str, Path]:
+            entry = self._entry(state, name, version)
+            path = fetcher.fetch_package(self._repo(state, entry), state.arch, entry.filename,
+                                         entry.identity, entry.size)
+            try:
+                read_apk(path, identity=entry.identity, keys=state.keys, what=entry.filename,
+                         members=False)
+            except SutureError:
+                fetcher.forget(entry.identity)
+                raise
+            return name, path
+
+        return fetch_parallel(lambda u: one(u.name, u.to_version), plan.updates)
+
+    # ---------------------------------------------------------------- build
+    def build(self, state: ApkState, plan: Plan, packages: dict[str, Path]) -> Build:
+        by_name = {p.name: p for p in state.installed}
+        updates = []
+        for u in plan.updates:
+            entry = self._entry(state, u.name, u.to_version)
+            try:
+                archive = read_apk(packages[u.name], identity=entry.identity,
+                                   keys=state.keys, what=entry.filename)
+            except SutureError:
+                if state.fetcher is not None:
+                    state.fetcher.forget(entry.identity)
+                raise
+            updates.append(Update(by_name.get(u.name) if u.from_version else None, entry,
+                                  archive))
+        links = state.links
+        db_dir = resolve(state.db_dir, dict(links))
+        exec_dir = EXEC
+        files: dict[str, bytes] = {}
+        for path in ("etc/passwd", "etc/group"):
+            body = self._data(state.files, links, path)
+            if body is not None:
+                files[path] = body
+        for name in ("scripts.tar", "triggers"):
+            body = self._data(state.files, links, f"{state.db_dir}/{name}")
+            if body is not None:
+                files[f"{db_dir}/{name}"] = body
+        protected = parse_protected_paths(
+            body for _n, body in sorted(self._listing(state.files, links, PROTECTED_D).items())
+            if _n.endswith(".list"))
+        # The current contents of every file in a protected directory that the update
+        # touches: compared with the database to keep what the user changed.
+        wanted: set[str] = set()
+        for upd in updates:
+            paths = [m.path for m in upd.archive.members] + (
+                [p for p, _f in upd.old.files()] if upd.old is not None else [])
+            for path in paths:
+                if is_protected(protect_mode(path.rpartition("/")[0], protected)):
+                    real = resolve(path.rpartition("/")[0], dict(links))
+                    real = f"{real}/{path.rpartition('/')[2]}" if real else path
+                    node = state.files.get(real)
+                    if node is None or node.kind != "file":
+                        continue
+                    if node.data is not None:
+                        files[real] = node.data
+                    else:
+                        wanted.add(real)
+        if wanted:
+            found = read_files(state.image, sorted(wanted))
+            for path in wanted:
+                hit = found.get(path)
+                if hit is not None and hit.data is not None:
+                    files[path] = hit.data
+        result = apply_updates(state.installed, updates, tree=state.files, files=files,
+                               protected=protected, db_dir=db_dir, exec_dir=exec_dir)
+        for note in result.notes:
+            log.warning("%s", note)
+        state.notes.extend(result.notes)
+        return Build(result.entries, result.jobs, result.scratch, result.not_run)
+
+    # ------------------------------------------------------- vulnerabilities
+    def fixed_vulnerabilities(self, state: ApkState, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """Nothing: an ``.apk`` carries no record of the vulnerabilities it fixes (Alpine
+        keeps its ``secfixes`` in the APKBUILD and its secdb, outside the package)."""
+        return {}
