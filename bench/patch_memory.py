@@ -21,7 +21,9 @@ fork. (The maintainer scripts' processes are not counted: they are small, and th
 The child also samples how much of ``/dev/shm`` is in use every 20 ms: suture builds
 the root for maintainer scripts there, which is memory though not the process's RSS.
 As root the child gets a private, empty ``/dev/shm`` (a mount namespace), so other
-processes' use of it does not count; otherwise the shared one is sampled.
+processes' use of it does not count; otherwise the shared one is sampled. It samples
+the peak RSS of suture's extraction helper too (the child process that writes that
+root from the layers; its memory is not in suture's ``ru_maxrss``).
 ``--env`` sets variables for the child only (e.g. ``MALLOC_MMAP_THRESHOLD_=131072``
 to see how much of the peak is the C allocator keeping freed memory).
 """
@@ -112,17 +114,41 @@ def _child_build(layout: Path, tags: list[str], file_kib: int, work: Path) -> No
 
 
 class _ShmSampler(threading.Thread):
-    """Peak bytes in use on /dev/shm above what was in use at the start."""
+    """Peak bytes in use on /dev/shm above what was in use at the start, and the peak RSS
+    (``VmHWM``) of suture's extraction helper, a child process that writes the scripts'
+    root (not counted in this process's ``ru_maxrss``)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.base = shutil.disk_usage(SHM).used
         self.peak = 0
+        self.helper_kib = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
             self.peak = max(self.peak, shutil.disk_usage(SHM).used - self.base)
+            self.helper_kib = max(self.helper_kib, _helper_hwm_kib())
+
+
+def _helper_hwm_kib() -> int:
+    """The largest ``VmHWM`` of this process's children that are extraction helpers."""
+    me = str(os.getpid())
+    peak = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+            if f"\nPPid:\t{me}\n" not in status or \
+                    b"suture.oci.extract" not in (proc / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+    return peak
 
 
 def _child_patch(argv: list[str], out: Path) -> None:
@@ -134,7 +160,8 @@ def _child_patch(argv: list[str], out: Path) -> None:
     sampler.stop.set()
     sampler.join()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.write_text(json.dumps({"code": code, "self_kib": own, "shm": sampler.peak}))
+    out.write_text(json.dumps({"code": code, "self_kib": own, "shm": sampler.peak,
+                               "helper_kib": sampler.helper_kib}))
 
 
 def _patch(layout: Path, tag: str, cache: Path, work: Path, env: dict[str, str],
@@ -155,6 +182,7 @@ def _patch(layout: Path, tag: str, cache: Path, work: Path, env: dict[str, str],
         raise SystemExit(f"patch of {tag} failed: {platform['message']}")
     shutil.rmtree(work / f"out-{tag}")
     return {"self": rss["self_kib"] / 1024, "shm": rss["shm"] / (1 << 20),
+            "helper": rss.get("helper_kib", 0) / 1024,
             "seconds": seconds, "updates": len(platform["updates"])}
 
 
@@ -207,7 +235,8 @@ def main() -> int:
         parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"this process: {parent:.0f} MiB peak RSS (a floor under the figures below); "
               f"/dev/shm {'private to each run' if private_shm else 'shared (not root)'}")
-        print(f"{'image':>22} {'image MB':>9} {'peak RSS':>9} {'/dev/shm':>9} {'time':>7}")
+        print(f"{'image':>22} {'image MB':>9} {'peak RSS':>9} {'helper':>9} {'/dev/shm':>9} "
+              f"{'time':>7}")
         rows = {}
         for tag in tags:
             row = _patch(layout, tag, cache, work, env, private_shm)
@@ -215,7 +244,7 @@ def main() -> int:
             what = (f"+{tag[1:]} MiB random" if tag.startswith("x") else
                     f"+{tag[1:]} MiB zeros")
             print(f"{what:>22} {_blob_bytes(layout, tag) / 1e6:>9.0f} {row['self']:>5.0f} MiB "
-                  f"{row['shm']:>5.0f} MiB {row['seconds']:>5.1f} s"
+                  f"{row['helper']:>5.0f} MiB {row['shm']:>5.0f} MiB {row['seconds']:>5.1f} s"
                   f"   ({row['updates']:.0f} updates)", flush=True)
         if len(sizes) > 1:
             low, high = rows[f"x{sizes[0]}"]["self"], rows[f"x{sizes[-1]}"]["self"]

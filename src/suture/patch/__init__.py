@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformO
     outcome's status is ``error`` and its message says why."""
     outcome = PlatformOutcome(image.platform, ERROR, image.digest)
     try:
-        _patch_image(image, options, workdir, outcome)
+        with ExitStack() as cleanup:
+            _patch_image(image, options, workdir, outcome, cleanup)
     except SutureError as exc:
         outcome.status = ERROR
         outcome.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
@@ -147,7 +149,7 @@ def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformO
 
 
 def _patch_image(image: Image, options: PatchOptions, workdir: Path,
-                 outcome: PlatformOutcome) -> None:
+                 outcome: PlatformOutcome, cleanup: ExitStack) -> None:
     if options.report_for(image.platform) is None and options.per_platform_reports:
         outcome.status = SKIPPED
         outcome.message = "no report for this platform: left as it is"
@@ -166,12 +168,15 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     base = drop_layers(image, mark.base_layers) if mark else image
     base_digest = mark.base_digest if mark else image.digest
     # The root for maintainer scripts is written out in the background from here on,
-    # beside the planning, fetching and building below (closed below when unused, and
-    # whenever this function is left).
+    # beside the planning, fetching and building below; it is closed below when unused,
+    # and by ``cleanup`` however this function is left. Not inside workdir: on an error
+    # that directory may be removed while the root is still being written.
     from suture.patch.scripts import start_root
 
     script_root = None if options.dry_run else start_root(
-        base, workdir=_scratch_dir(options, workdir), sandbox=options.sandbox)
+        base, workdir=_scratch_dir(options, workdir.parent), sandbox=options.sandbox)
+    if script_root is not None:
+        cleanup.callback(script_root.close)
     report = options.report_for(image.platform)
     if report is not None:
         _check_report(report, outcome.os_family, outcome.os_version, image.platform)

@@ -6,6 +6,11 @@ in order inside a sandbox, and returns what the scripts changed as layer entries
 (to be merged over the patch entries). Nothing is ever skipped silently: a job that
 is not run is returned in :attr:`ScriptOutcome.not_run` with the reason.
 
+Writing the image out takes a while (a full pass over the layers), so a caller
+that knows early that scripts may run starts it in the background with
+:func:`start_root` (a helper process writes the tree while the caller plans,
+fetches and builds) and hands the :class:`ScriptRoot` to :func:`run_scripts`.
+
 Sandboxes
     ``bwrap`` (bubblewrap): the root is bind-mounted read-write as ``/``, with a
     fresh ``/dev``, ``/proc``, and tmpfs ``/tmp`` and ``/run``; new IPC, PID, UTS,
@@ -53,16 +58,17 @@ What counts as a change
     symlink target or file size differ. A regular file whose cheap fields are
     equal but whose mtime, ctime or inode differ may have been rewritten (even in
     place with its mtime restored: the ctime still moves), so its contents are
-    compared with a digest taken at snapshot time; files over ``PREHASH_LIMIT``
-    bytes are not digested beforehand and are reported as changed in that case
-    (a cost bound: such rewrites are rare and carrying an unchanged file is safe).
-    So a file rewritten with identical contents is not a change, and neither is a
-    read (atime). Directories compare on type, mode, owner and xattrs only: their
-    times move whenever an entry is added or removed, and extraction does not keep
-    them. ``tmp/``, ``var/tmp/``, ``run/``, ``dev/``, ``proc/`` and ``sys/`` are
-    never looked at, nor are two files whose contents depend on the host and the
-    clock: ``var/cache/ldconfig/aux-cache`` (inode numbers and ctimes; ldconfig
-    ignores stale entries) and ``var/log/alternatives.log`` (timestamps).
+    compared with the SHA-256 of what was written there before the scripts ran
+    (the extraction hashes every file as it writes it; the patch entries' contents
+    are hashed when asked). So a file rewritten with identical contents is not a
+    change, and neither is a read (atime); a file whose earlier contents are not
+    known is reported as changed (carrying an unchanged file is safe). Directories
+    compare on type, mode, owner and xattrs only: their times move whenever an entry
+    is added or removed, and extraction does not keep them. ``tmp/``, ``var/tmp/``,
+    ``run/``, ``dev/``, ``proc/`` and ``sys/`` are never looked at, nor are two
+    files whose contents depend on the host and the clock:
+    ``var/cache/ldconfig/aux-cache`` (inode numbers and ctimes; ldconfig ignores
+    stale entries) and ``var/log/alternatives.log`` (timestamps).
 
 Entries returned
     Sorted by path. Regular files carry their data as bytes (the temporary root is
@@ -89,10 +95,10 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -100,7 +106,7 @@ from typing import IO
 from suture.distro.dpkg.control import parse_status
 from suture.distro.scripts import ScriptJob
 from suture.errors import LayerError, SutureError, UsageError
-from suture.oci.extract import extract_image, resolve_in_root
+from suture.oci.extract import Extraction, RootWriter, remove_tree, resolve_in_root
 from suture.oci.fs import normalize
 from suture.oci.image import Image
 from suture.oci.layer import (
@@ -110,11 +116,8 @@ from suture.oci.layer import (
     FIFO,
     FILE,
     HARDLINK,
-    OPAQUE,
     SYMLINK,
-    WHITEOUT_PREFIX,
     Entry,
-    default_mtime,
     sort_key,
 )
 
@@ -124,7 +127,6 @@ SANDBOXES = ("auto", "bwrap", "chroot", "none")
 SCRIPT_TIMEOUT = 300.0
 MAX_SCRIPT_OUTPUT = 16 << 20  # stdout + stderr of one script
 MAX_RESULT_BYTES = 1 << 30  # file contents the scripts may add or change, in all
-PREHASH_LIMIT = 4 << 20
 MAX_STATUS = 64 << 20
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXCLUDED = frozenset({"tmp", "var/tmp", "run", "dev", "proc", "sys",
@@ -189,47 +191,118 @@ def host_architecture() -> str:
     return _HOST_ARCH.get(machine, machine)
 
 
+class ScriptRoot:
+    """``image``'s root for maintainer scripts, being written in the background (by
+    :class:`~suture.oci.extract.Extraction`) into a temporary directory under
+    ``workdir`` (the system's temporary directory if ``None``).
+
+    Hand it to :func:`run_scripts`, which waits for it, uses it and removes it; or
+    :meth:`close` it. Dropping it closes it too (as soon as the last reference goes,
+    and at exit at the latest), and the helper removes the tree itself if this
+    process dies first, so no tree is left behind.
+    """
+
+    def __init__(self, image: Image, workdir: Path | None = None) -> None:
+        self.image_digest = image.digest
+        self.tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
+        self.path = self.tmp / "root"
+        try:
+            extraction = Extraction(image, self.path, cleanup=self.tmp)
+        except BaseException:
+            remove_tree(self.tmp)
+            raise
+        self._extraction = extraction
+        self._close = weakref.finalize(self, extraction.close)
+
+    def wait(self) -> RootWriter:
+        """Block until the tree is complete; its writer (for the patch entries)."""
+        return self._extraction.wait()
+
+    def release(self) -> None:
+        """Done with the tree: it is removed in the background; :meth:`close` (or
+        dropping this) waits for that."""
+        self._extraction.release()
+
+    def close(self) -> None:
+        """Stop the background work and remove the tree (at once; idempotent)."""
+        self._close()
+
+
+def start_root(image: Image, *, workdir: Path | None = None, sandbox: str = "auto"
+               ) -> ScriptRoot | None:
+    """Start writing ``image``'s root for maintainer scripts in the background, when
+    :func:`run_scripts` could run scripts over it (a known sandbox other than
+    ``none`` that works here, the image's architecture the host's); else None.
+    Nothing is raised here: :func:`run_scripts` reports what is wrong (or, when
+    no root can be made in ``workdir``, makes one itself)."""
+    try:
+        kind, _why = _preflight(image, sandbox, quiet=True)
+        return ScriptRoot(image, workdir) if kind is not None else None
+    except (UsageError, OSError) as exc:
+        log.debug("no root for maintainer scripts in the background: %s", exc)
+        return None
+
+
 def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[ScriptJob], *,
                 workdir: Path | None = None, sandbox: str = "auto",
-                timeout: float = SCRIPT_TIMEOUT) -> ScriptOutcome:
+                timeout: float = SCRIPT_TIMEOUT, root: ScriptRoot | None = None
+                ) -> ScriptOutcome:
     """Run ``jobs`` in order over ``image`` with ``patch_entries`` written on top.
 
-    The root is built in a temporary directory under ``workdir`` (the system's
-    temporary directory if ``None``) and always removed before returning. With no
-    jobs nothing is extracted. Raises :class:`ScriptError` if a script fails (and
-    returns nothing), :class:`UsageError` for an unknown ``sandbox`` or one asked
-    for by name that cannot work here, :class:`LayerError` for unsafe entries.
+    The root is ``root`` when given (from :func:`start_root` with the same image);
+    once used it is released (removed in the background: closing or dropping it
+    waits for that), and closed if unused. Without ``root`` it is built now in a
+    temporary directory under ``workdir`` (the system's temporary directory if
+    ``None``) and removed before returning. With no jobs nothing is extracted.
+    Raises :class:`ScriptError` if a script fails (and returns nothing),
+    :class:`UsageError` for an unknown ``sandbox`` or one asked for by name that
+    cannot work here, :class:`LayerError` for unsafe entries.
     """
+    given, writer = root, None
+    try:
+        if sandbox not in SANDBOXES:
+            raise UsageError(f"unknown sandbox {sandbox!r} (one of {', '.join(SANDBOXES)})")
+        if not jobs:
+            return ScriptOutcome([], [], [])
+        kind, why = _preflight(image, sandbox)
+        if kind is None:
+            return _none_run(jobs, why)
+        assert image.platform is not None
+        if root is None or root.image_digest != image.digest:
+            if root is not None:
+                root.close()
+            root = ScriptRoot(image, workdir)
+        writer = root.wait()
+        _write_entries(writer, patch_entries)
+        return _run_in(root.path, writer, kind, jobs,
+                       _debian_arch(image.platform.architecture, image.platform.variant),
+                       timeout)
+    finally:
+        if root is not None and root is given and writer is not None:
+            root.release()
+        elif root is not None:
+            root.close()
+
+
+def _preflight(image: Image, sandbox: str, *, quiet: bool = False) -> tuple[str | None, str]:
+    """The sandbox scripts would run in over ``image``, or None and why none can."""
     if sandbox not in SANDBOXES:
         raise UsageError(f"unknown sandbox {sandbox!r} (one of {', '.join(SANDBOXES)})")
-    if not jobs:
-        return ScriptOutcome([], [], [])
     if sandbox == "none":
-        return _none_run(jobs, "scripts disabled")
+        return None, "scripts disabled"
     host = host_architecture()
     image_platform = image.platform
     if image_platform is None:
-        return _none_run(jobs, "image architecture unknown")
+        return None, "image architecture unknown"
     if image_platform.architecture != host:
-        return _none_run(jobs, f"image architecture {image_platform.architecture} differs "
-                               f"from host {host}")
-    kind, why = _choose_sandbox(sandbox)
-    if kind is None:
-        return _none_run(jobs, why)
-    tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
-    try:
-        root = tmp / "root"
-        extract_image(image, root)
-        _write_entries(root, patch_entries)
-        return _run_in(root, kind, jobs, _debian_arch(image_platform.architecture,
-                                                      image_platform.variant), timeout)
-    finally:
-        _remove_tree(tmp)
+        return None, (f"image architecture {image_platform.architecture} differs "
+                      f"from host {host}")
+    return _choose_sandbox(sandbox, quiet=quiet)
 
 
 def _none_run(jobs: Sequence[ScriptJob], reason: str) -> ScriptOutcome:
     for job in jobs:
-        log.warning("not running %s: %s", job.describe(), reason)
+        log.info("not running %s: %s", job.describe(), reason)  # reported in the result
     return ScriptOutcome([], [], [(job.describe(), reason) for job in jobs])
 
 
@@ -276,7 +349,7 @@ def _probe_bwrap() -> str | None:
     return None
 
 
-def _choose_sandbox(requested: str) -> tuple[str | None, str]:
+def _choose_sandbox(requested: str, *, quiet: bool = False) -> tuple[str | None, str]:
     """The sandbox to use, or ``None`` and why no script can run."""
     chroot_ok = _as_root() and shutil.which("chroot") is not None
     if requested == "bwrap":
@@ -294,116 +367,22 @@ def _choose_sandbox(requested: str) -> tuple[str | None, str]:
     if why is None:
         return "bwrap", ""
     if chroot_ok:
-        log.warning("%s; running maintainer scripts under chroot (no namespaces, "
-                    "no /proc or /dev)", why)
+        if not quiet:
+            log.warning("%s; running maintainer scripts under chroot (no namespaces, "
+                        "no /proc or /dev)", why)
         return "chroot", ""
     return None, f"no sandbox available ({why}; chroot needs root)"
 
 
 # --------------------------------------------------------------------------- the root
 
-def _remove_existing(target: Path) -> None:
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        target.unlink()
-    elif target.is_dir():
-        shutil.rmtree(target)
-
-
-def _write_entries(root: Path, entries: Sequence[Entry]) -> None:
-    """Write ``entries`` over ``root`` as one more layer would be applied.
-
-    Whiteouts and opaque markers act first (they hide what is below, not what the
-    same layer holds); then directories before what they hold; hard links last.
-    """
-    as_root = _as_root()
-    writes: list[tuple[str, Entry]] = []
-    for entry in entries:
-        path = normalize(entry.path)
-        if not path:
-            continue
-        parent, _, base = path.rpartition("/")
-        if base == OPAQUE:
-            directory = resolve_in_root(root, parent, follow_last=True)
-            if directory.is_dir() and not directory.is_symlink():
-                for child in directory.iterdir():
-                    _remove_existing(child)
-        elif base.startswith(WHITEOUT_PREFIX):
-            victim = resolve_in_root(root, normalize(f"{parent}/{base[len(WHITEOUT_PREFIX):]}"))
-            _remove_existing(victim)
-        else:
-            writes.append((path, entry))
-    writes.sort(key=lambda pe: (pe[1].kind == HARDLINK, sort_key(pe[0])))
+def _write_entries(writer: RootWriter, entries: Sequence[Entry]) -> None:
+    """Write ``entries`` over the root as one more layer would be applied (see
+    :meth:`~suture.oci.extract.RootWriter.apply_entries`)."""
     try:
-        for path, entry in writes:
-            _write_entry(root, path, entry, as_root)
+        writer.apply_entries(entries)
     except OSError as exc:
         raise LayerError(f"cannot write patch entries into the script root: {exc}") from None
-
-
-def _write_entry(root: Path, path: str, entry: Entry, as_root: bool) -> None:
-    target = resolve_in_root(root, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if entry.kind == DIR:
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            target.unlink()
-        target.mkdir(exist_ok=True)
-    elif entry.kind in (CHAR, BLOCK):
-        return  # device nodes are not materialised (as in extract_image)
-    else:
-        _remove_existing(target)
-        if entry.kind == FILE:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(entry.data, bytes | bytearray):
-                    out.write(entry.data)
-                elif entry.data is not None:
-                    with entry.data() as stream:
-                        shutil.copyfileobj(stream, out, 1 << 20)
-        elif entry.kind == SYMLINK:
-            os.symlink(entry.linkname, target)
-            if as_root:
-                os.lchown(target, entry.uid, entry.gid)
-            return
-        elif entry.kind == HARDLINK:
-            source = resolve_in_root(root, normalize(entry.linkname))
-            if not os.path.lexists(source) or (source.is_dir() and not source.is_symlink()):
-                raise LayerError(f"hard link {path!r} to missing {entry.linkname!r}", path=path)
-            os.link(source, target, follow_symlinks=False)
-            return
-        elif entry.kind == FIFO:
-            os.mkfifo(target, 0o600)
-        else:
-            raise LayerError(f"unknown entry kind {entry.kind!r}", path=path)
-    if as_root:
-        os.lchown(target, entry.uid, entry.gid)
-        for name, value in entry.xattrs.items():
-            try:
-                os.setxattr(target, name, value, follow_symlinks=False)
-            except OSError as exc:
-                log.debug("xattr %s on %s not set: %s", name, path, exc)
-    os.chmod(target, entry.mode & 0o7777)
-    when = entry.mtime if entry.mtime is not None else default_mtime()
-    os.utime(target, (when, when), follow_symlinks=False)
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove ``path`` entirely, making read-only directories writable as needed."""
-
-    def retry(func: Callable[..., object], failed: str, _exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-            func(failed)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", failed, exc)
-
-    if not path.exists():
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
 
 
 # --------------------------------------------------------------------------- snapshots
@@ -422,7 +401,6 @@ class _Node:
     nlink: int
     target: str
     xattrs: tuple[tuple[str, bytes], ...]
-    digest: str | None = None
 
 
 def _kind(mode: int) -> str:
@@ -455,7 +433,7 @@ def _digest(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _snapshot(root: Path, *, prehash: bool) -> dict[str, _Node]:
+def _snapshot(root: Path) -> dict[str, _Node]:
     """Every path under ``root`` but the excluded ones, by root-relative path."""
     nodes: dict[str, _Node] = {}
     stack: list[tuple[str, str]] = [("", str(root))]
@@ -468,21 +446,20 @@ def _snapshot(root: Path, *, prehash: bool) -> dict[str, _Node]:
                     continue
                 st = de.stat(follow_symlinks=False)
                 kind = _kind(st.st_mode)
-                digest = None
-                if prehash and kind == FILE and st.st_size <= PREHASH_LIMIT:
-                    digest = _digest(de.path)
                 nodes[rel] = _Node(
                     kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                     st.st_size if kind == FILE else 0, st.st_mtime_ns, st.st_ctime_ns,
                     st.st_dev, st.st_ino, st.st_nlink,
-                    os.readlink(de.path) if kind == SYMLINK else "", _xattrs(de.path), digest)
+                    os.readlink(de.path) if kind == SYMLINK else "", _xattrs(de.path))
                 if kind == DIR:
                     stack.append((rel, de.path))
     return nodes
 
 
-def _contents_changed(root: Path, rel: str, before: _Node, after: _Node) -> bool:
-    """Whether a path present before and after, of the same kind, has new contents."""
+def _contents_changed(root: Path, rel: str, before: _Node, after: _Node,
+                      writer: RootWriter) -> bool:
+    """Whether a path present before and after, of the same kind, has new contents
+    (``writer``: what wrote the root before the scripts, and knows its contents)."""
     if after.kind == SYMLINK:
         return before.target != after.target
     if after.kind != FILE:
@@ -492,12 +469,14 @@ def _contents_changed(root: Path, rel: str, before: _Node, after: _Node) -> bool
     if (before.mtime_ns, before.ctime_ns, before.ino) == (after.mtime_ns, after.ctime_ns,
                                                            after.ino):
         return False
-    if before.digest is None:
-        return True  # too large to have been digested: assume rewritten
-    return _digest(str(root / rel)) != before.digest
+    digest = writer.digest(rel)
+    if digest is None:
+        return True  # contents unknown: assume rewritten
+    return _digest(str(root / rel)) != digest
 
 
-def _diff(root: Path, before: dict[str, _Node], after: dict[str, _Node]) -> list[Entry]:
+def _diff(root: Path, before: dict[str, _Node], after: dict[str, _Node],
+          writer: RootWriter) -> list[Entry]:
     """Entries for what changed from ``before`` to ``after`` (see the module docstring)."""
     euid, egid = os.geteuid(), os.getegid()
     as_root = euid == 0
@@ -516,7 +495,7 @@ def _diff(root: Path, before: dict[str, _Node], after: dict[str, _Node]) -> list
         if old is not None and old.kind == node.kind:
             meta = (old.mode, old.uid, old.gid, old.xattrs) != (node.mode, node.uid, node.gid,
                                                                  node.xattrs)
-            rewritten = _contents_changed(root, rel, old, node)
+            rewritten = _contents_changed(root, rel, old, node, writer)
             if not meta and not rewritten:
                 continue
         else:
@@ -649,10 +628,10 @@ def _remove_policy(policy: Path | None) -> None:
         policy.unlink()
 
 
-def _run_in(root: Path, kind: str, jobs: Sequence[ScriptJob], image_arch: str,
-            timeout: float) -> ScriptOutcome:
+def _run_in(root: Path, writer: RootWriter, kind: str, jobs: Sequence[ScriptJob],
+            image_arch: str, timeout: float) -> ScriptOutcome:
     dpkg = _read_dpkg_facts(root)
-    before = _snapshot(root, prehash=True)
+    before = _snapshot(root)
     ran: list[str] = []
     not_run: list[tuple[str, str]] = []
     policy = _install_policy(root)
@@ -660,7 +639,7 @@ def _run_in(root: Path, kind: str, jobs: Sequence[ScriptJob], image_arch: str,
         for job in jobs:
             why = _why_not(root, job)
             if why is not None:
-                log.warning("not running %s: %s", job.describe(), why)
+                log.info("not running %s: %s", job.describe(), why)  # reported in the result
                 not_run.append((job.describe(), why))
                 continue
             env = _job_env(job, dpkg, image_arch)
@@ -671,8 +650,8 @@ def _run_in(root: Path, kind: str, jobs: Sequence[ScriptJob], image_arch: str,
             ran.append(job.describe())
     finally:
         _remove_policy(policy)
-    after = _snapshot(root, prehash=False)
-    return ScriptOutcome(_diff(root, before, after), ran, not_run)
+    after = _snapshot(root)
+    return ScriptOutcome(_diff(root, before, after, writer), ran, not_run)
 
 
 def _command(kind: str, root: Path, env: dict[str, str], argv: list[str]) -> list[str]:
