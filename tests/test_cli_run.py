@@ -350,3 +350,22 @@ def test_report_for_another_image_is_refused(scene: Scene, family: str, version:
     assert result is not None and result["target"] is None
     assert layout_state(scene.layout) == before
     assert scene.archive.fetched("/pool/") == []
+
+
+def test_unreachable_repository_is_one_line_with_a_hint(scene: Scene) -> None:
+    import socket
+
+    ref = scene.image("v1")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = f"http://127.0.0.1:{port}"
+    proc, result = scene.patch(ref, "--mirror", f"http://deb.debian.org/debian={dead}",
+                               "--mirror", f"http://deb.debian.org/debian-security={dead}",
+                               mirrors=False)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("suture: error: linux/amd64: ") and dead in line, line
+    assert line.endswith("(hint: the repository is not reachable: check the network or "
+                         "proxy, or point --mirror at a reachable copy)"), line
+    assert result is not None and result["target"] is None
