@@ -128,12 +128,19 @@ def _patch_args(scene: Scene, ref: str, tmp: Path) -> list[str]:
             "--result", str(tmp / "result.json")]
 
 
-def test_timeout_bounds_a_stalled_download_and_writes_nothing(scene: Scene) -> None:
+def _stalled(scene: Scene) -> tuple[str, str, Path]:
+    """The scene's v1 image, with the archive set to stall a minute before serving a's
+    update: its reference, the layout's state, and an empty directory for TMPDIR."""
     ref = scene.image("v1")
     before = layout_state(scene.layout)
     tmp = scene.tmp / "tmp"
     tmp.mkdir()
     scene.archive.repo.fail("a_2.0-1_amd64.deb", delay=60)
+    return ref, before, tmp
+
+
+def test_timeout_bounds_a_stalled_download_and_writes_nothing(scene: Scene) -> None:
+    ref, before, tmp = _stalled(scene)
     started = time.monotonic()
     proc = _run([*_patch_args(scene, ref, tmp), "--timeout", "4s"], tmp)
     _out, err = proc.communicate(timeout=120)
@@ -147,11 +154,7 @@ def test_timeout_bounds_a_stalled_download_and_writes_nothing(scene: Scene) -> N
 
 
 def test_ctrl_c_stops_cleanly(scene: Scene) -> None:
-    ref = scene.image("v1")
-    before = layout_state(scene.layout)
-    tmp = scene.tmp / "tmp"
-    tmp.mkdir()
-    scene.archive.repo.fail("a_2.0-1_amd64.deb", delay=60)
+    ref, before, tmp = _stalled(scene)
     proc = _run(_patch_args(scene, ref, tmp), tmp)
     assert proc.stderr is not None
     seen = ""

@@ -12,16 +12,15 @@ two builds of the same archive state give the same image digest.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from suture.devtools import comma_list, command_parser, run_build
 from suture.errors import SutureError, UsageError
 from suture.oci.image import Image
 from suture.oci.layer import Entry, layer_from_tar, write_layer
@@ -103,8 +102,7 @@ def build_debian_image(suite: str, dest: str, *, variant: str = "minbase",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suture.devtools.debian_image",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = command_parser("debian_image", __doc__)
     parser.add_argument("suite", help="e.g. bookworm, trixie")
     parser.add_argument("dest", help="where to write the image, e.g. oci:/tmp/demo:bookworm")
     parser.add_argument("--variant", default="minbase")
@@ -112,15 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mirror", default=DEFAULT_MIRROR)
     parser.add_argument("--include", default="", help="comma-separated extra packages")
     args = parser.parse_args(argv)
-    include = [p for p in args.include.split(",") if p]
-    try:
-        digest = build_debian_image(args.suite, args.dest, variant=args.variant,
-                                    arch=args.arch, mirror=args.mirror, include=include)
-    except SutureError as exc:
-        print(f"debian_image: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.dest} {digest}")
-    return 0
+    return run_build("debian_image", args.dest, lambda: build_debian_image(
+        args.suite, args.dest, variant=args.variant, arch=args.arch, mirror=args.mirror,
+        include=comma_list(args.include)))
 
 
 if __name__ == "__main__":

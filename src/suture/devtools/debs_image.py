@@ -39,14 +39,12 @@ same archive state gives the same image digest.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import io
 import logging
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from suture.devtools import comma_list, command_parser, run_build
 from suture.devtools.debian_image import ARCHES, DEFAULT_MIRROR
 from suture.distro.dpkg.control import parse_relations
 from suture.distro.dpkg.release import Keyring
@@ -424,8 +423,7 @@ def build_debs_image(suite: str, arch: str, dest: str, *,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suture.devtools.debs_image",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = command_parser("debs_image", __doc__)
     parser.add_argument("suite", help="e.g. bookworm")
     parser.add_argument("arch", help=f"a Debian architecture ({', '.join(ARCHES)})")
     parser.add_argument("dest", help="where to write the image, e.g. oci:/tmp/demo:arm64")
@@ -438,16 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, default=DEFAULT_EPOCH,
                         help="mtime of what the packages do not date, and the image date")
     args = parser.parse_args(argv)
-    packages = [p for p in args.packages.split(",") if p]
-    try:
-        digest = build_debs_image(args.suite, args.arch, args.dest, packages=packages,
-                                  mirror=args.mirror, cache_dir=args.cache_dir,
-                                  keyring=args.keyring, epoch=args.epoch)
-    except SutureError as exc:
-        print(f"debs_image: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.dest} {digest}")
-    return 0
+    return run_build("debs_image", args.dest, lambda: build_debs_image(
+        args.suite, args.arch, args.dest, packages=comma_list(args.packages),
+        mirror=args.mirror, cache_dir=args.cache_dir, keyring=args.keyring, epoch=args.epoch))
 
 
 if __name__ == "__main__":

@@ -9,42 +9,19 @@ decides the targets and explains the outcome per package.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 from suture.distro.dpkg.control import InstalledPackage
 from suture.distro.dpkg.repo import PackageEntry
 from suture.distro.dpkg.resolve import Resolution, Resolver
 from suture.distro.dpkg.version import compare_versions, version_key
 from suture.errors import PackageFormatError
-from suture.plan import DEPENDENCY, REPORT, UPDATE_ALL, Failure, Plan, Skip, Update
+from suture.plan import DEPENDENCY, REPORT, UPDATE_ALL, Plan, Update
+from suture.plan.findings import FindingLike, Outcome, VersionOrder, plan_findings
 
 __all__ = ["FindingLike", "plan_dpkg"]
 
 HELD = "held in the dpkg database (want=hold)"
-
-
-class FindingLike(Protocol):
-    """What the planner reads of a finding (:class:`suture.reports.model.Finding` fits;
-    ``plan`` may not import ``reports``)."""
-
-    @property
-    def vulnerability_id(self) -> str: ...
-
-    @property
-    def package(self) -> str: ...
-
-    @property
-    def installed_version(self) -> str: ...
-
-    @property
-    def fixed_versions(self) -> tuple[str, ...]: ...
-
-    @property
-    def package_class(self) -> str: ...
-
-
-def _ids(findings: Iterable[FindingLike]) -> tuple[str, ...]:
-    return tuple(sorted({f.vulnerability_id for f in findings}))
 
 
 def _valid(version: str) -> bool:
@@ -53,6 +30,33 @@ def _valid(version: str) -> bool:
     except PackageFormatError:
         return False
     return True
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return compare_versions(a, b) == 0
+    except PackageFormatError:
+        return a == b
+
+
+DPKG_ORDER = VersionOrder(compare_versions, _valid, _same)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The resolver as :func:`~suture.plan.findings.plan_findings` asks it: a held
+    package goes nowhere."""
+
+    resolver: Resolver
+
+    def newest(self, name: str) -> str | None:
+        return None if self.resolver.held(name) else self.resolver.newest(name)
+
+    def held(self, name: str) -> str | None:
+        return HELD if self.resolver.held(name) else None
+
+    def series(self, name: str) -> Sequence[str]:
+        return ()
 
 
 def plan_dpkg(
@@ -94,105 +98,19 @@ def plan_dpkg(
     """
     resolver = Resolver(installed, candidates, architecture=architecture,
                         foreign_architectures=foreign_architectures)
-    out_notes: list[str] = []
-    skipped: list[Skip] = []
-    failures: list[Failure] = []
-    fixes: dict[str, tuple[str, ...]] = {}  # target -> the finding IDs its update fixes
-
+    out = Outcome()
     if findings is None:
         resolution = resolver.resolve(None)
-        reason = UPDATE_ALL
     else:
-        reason = REPORT
-        targets: dict[str, str | None] = {}
-        by_name: dict[str, list[FindingLike]] = {}
-        other = 0
-        for f in findings:
-            if f.package_class == "os-pkgs":
-                by_name.setdefault(f.package, []).append(f)
-            else:
-                other += 1
-        if other:
-            out_notes.append(f"{other} finding(s) not about OS packages left to other planners")
-        for name in sorted(by_name):
-            minimum = _plan_package(resolver, name, by_name[name], skipped, failures, out_notes,
-                                    fixes)
-            if minimum is not None:
-                targets[name] = minimum
-        resolution = resolver.resolve(targets)
-
-    updates = _updates(resolution, reason, fixes)
-    for target in resolution.held:
-        skipped.append(Skip(target, "held", HELD, fixes.get(target, ())))
-    for target in resolution.up_to_date:
-        skipped.append(Skip(target, "up-to-date", "", fixes.get(target, ())))
-    for target in resolution.not_installed:
-        skipped.append(Skip(target, "not-installed", "", fixes.get(target, ())))
-    for failure in resolution.failures:
-        failures.append(Failure(failure.package, failure.message, fixes.get(failure.package, ())))
-    return Plan(
-        family="dpkg",
-        architecture=architecture,
-        updates=tuple(updates),
-        skipped=tuple(sorted(skipped, key=lambda s: (s.name, s.reason, s.vulnerabilities))),
-        failures=tuple(sorted(failures, key=lambda f: (f.name, f.message))),
-        notes=(*notes, *out_notes),
-    )
-
-
-def _plan_package(resolver: Resolver, name: str, findings: list[FindingLike],
-                  skipped: list[Skip], failures: list[Failure], notes: list[str],
-                  fixes: dict[str, tuple[str, ...]]) -> str | None:
-    """Sort one package's findings into skips and failures; give its minimum version as a
-    target (``None``: not a target)."""
-    have = resolver.installed(name)
-    if not have:
-        skipped.append(Skip(name, "not-installed", "not installed in the image", _ids(findings)))
-        return None
-    lowest = min((v for _, v in have), key=version_key)
-    said = sorted({f.installed_version for f in findings if f.installed_version
-                   and not any(_same(f.installed_version, v) for _, v in have)})
-    if said:
-        notes.append(f"{name}: the report says {', '.join(said)} is installed, the image has "
-                     f"{', '.join(sorted({v for _, v in have}))}; planning from the image")
-    unfixed = [f for f in findings if not any(_valid(v) for v in f.fixed_versions)]
-    if unfixed:
-        skipped.append(Skip(name, "unfixed", "no fixed version known", _ids(unfixed)))
-    done: list[FindingLike] = []
-    needs: list[tuple[FindingLike, str]] = []
-    for f in findings:
-        versions = [v for v in f.fixed_versions if _valid(v)]
-        if not versions:
-            continue
-        if any(compare_versions(lowest, v) >= 0 for v in versions):
-            done.append(f)
-        else:
-            needs.append((f, min(versions, key=version_key)))
-    if done:
-        skipped.append(Skip(name, "up-to-date", f"installed {lowest}", _ids(done)))
-    if not needs:
-        return None
-    if resolver.held(name):
-        skipped.append(Skip(name, "held", HELD, _ids(f for f, _ in needs)))
-        return None
-    newest = resolver.newest(name) or lowest
-    reached = [(f, m) for f, m in needs if compare_versions(newest, m) >= 0]
-    missed = [(f, m) for f, m in needs if compare_versions(newest, m) < 0]
-    if missed:
-        top = max((m for _, m in missed), key=version_key)
-        failures.append(Failure(name, f"fixed version {top} not available, newest candidate is "
-                                      f"{newest}", _ids(f for f, _ in missed)))
-    if not reached:
-        return None
-    fixes[name] = _ids(f for f, _ in reached)
-    return max((m for _, m in reached), key=version_key)
-
-
-def _same(a: str, b: str) -> bool:
-    try:
-        return compare_versions(a, b) == 0
-    except PackageFormatError:
-        return a == b
+        resolution = resolver.resolve(plan_findings(
+            findings, lambda name: [v for _, v in resolver.installed(name)],
+            _Candidates(resolver), DPKG_ORDER, out))
+    out.add_resolution(held=((name, HELD) for name in resolution.held),
+                       up_to_date=resolution.up_to_date, not_installed=resolution.not_installed,
+                       failures=((f.package, f.message) for f in resolution.failures))
+    return out.plan("dpkg", architecture,
+                    _updates(resolution, UPDATE_ALL if findings is None else REPORT, out.fixes),
+                    notes)
 
 
 def _updates(resolution: Resolution, reason: str,

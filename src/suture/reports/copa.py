@@ -17,18 +17,17 @@ from typing import Any
 
 from suture.reports.document import (
     COPA_API_VERSIONS,
+    as_document,
     as_object,
-    describe,
+    build_report,
     get_list,
     get_object,
     get_text,
     load_json,
     split_versions,
-    unique,
     wrong_kind,
 )
 from suture.reports.model import LANG_PKGS, OS_PKGS, Finding, Report, ReportError
-from suture.reports.normalize import normalize_architecture, normalize_os_family
 
 __all__ = ["parse_copa"]
 
@@ -61,9 +60,7 @@ def parse_copa(data: bytes) -> Report:
 
 def from_document(doc: Any) -> Report:
     """:func:`parse_copa` over an already parsed JSON document."""
-    if not isinstance(doc, dict):
-        raise ReportError(f"{WHAT}: the document is not an object (it looks like "
-                          f"{describe(doc)})")
+    doc = as_document(doc, WHAT)
     if "apiVersion" not in doc:
         raise wrong_kind(doc, "a copa v1alpha1/v1alpha2 document")
     version = doc.get("apiVersion")
@@ -89,8 +86,6 @@ def from_document(doc: Any) -> Report:
     arch = get_text(config, "arch", "metadata.config", what)
     variant = get_text(config, "variant", "metadata.config", what) if version != "v1alpha1" \
         else ""
-    architecture, norm_variant = (normalize_architecture(arch, variant or None) if arch
-                                  else (None, None))
     findings: list[Finding] = []
     for key, package_class in lists:
         for n, entry in enumerate(get_list(doc, key, key, what)):
@@ -104,12 +99,5 @@ def from_document(doc: Any) -> Report:
                 package_class=package_class,
                 package_type=get_text(entry, "type", where, what),
             ))
-    return Report(
-        scanner="native",
-        os_family=normalize_os_family(family),
-        os_version=get_text(os_info, "version", "metadata.os", what),
-        architecture=architecture,
-        variant=norm_variant,
-        findings=unique(findings),
-        api_version=version,
-    )
+    return build_report("native", family, get_text(os_info, "version", "metadata.os", what),
+                        arch, variant, findings, api_version=version)

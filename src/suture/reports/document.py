@@ -11,7 +11,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from suture.reports.model import Finding, ReportError
+from suture.reports.model import Finding, Report, ReportError
+from suture.reports.normalize import normalize_architecture, normalize_os_family
 
 MAX_REPORT = 512 << 20
 """The largest report (or plugin output) read, in bytes."""
@@ -115,6 +116,15 @@ def unknown_kind(doc: Any) -> ReportError:
 # --- accessors ---------------------------------------------------------------------
 
 
+def as_document(doc: Any, what: str, *, hint: str | None = None) -> dict[str, Any]:
+    """A parsed document as the object every format is; anything else is an error
+    naming what it looks like."""
+    if not isinstance(doc, dict):
+        raise ReportError(f"{what}: the document is not an object (it looks like "
+                          f"{describe(doc)})", hint=hint)
+    return doc
+
+
 def as_object(value: Any, where: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ReportError(f"{what}: {where} is not an object")
@@ -159,3 +169,23 @@ def split_versions(text: str) -> tuple[str, ...]:
 def unique(findings: Iterable[Finding]) -> tuple[Finding, ...]:
     """Findings without exact repeats, in first-seen order."""
     return tuple(dict.fromkeys(findings))
+
+
+def build_report(scanner: str, os_family: str, os_version: str, architecture: str,
+                 variant: str, findings: Iterable[Finding], *, artifact: str = "",
+                 api_version: str = "") -> Report:
+    """The :class:`Report` of what a parser read, as the scanner wrote it: the OS family
+    and the architecture normalised (no architecture: ``None``, and the variant with
+    it), findings without exact repeats."""
+    arch, var = (normalize_architecture(architecture, variant or None) if architecture
+                 else (None, None))
+    return Report(
+        scanner=scanner,
+        os_family=normalize_os_family(os_family),
+        os_version=os_version,
+        architecture=arch,
+        variant=var,
+        findings=unique(findings),
+        artifact=artifact,
+        api_version=api_version,
+    )

@@ -8,18 +8,17 @@ import json
 from typing import Any
 
 from suture.reports.document import (
+    as_document,
     as_object,
-    describe,
+    build_report,
     get_list,
     get_object,
     get_text,
     load_json,
     split_versions,
-    unique,
     wrong_kind,
 )
 from suture.reports.model import LANG_PKGS, OS_PKGS, Finding, Report, ReportError
-from suture.reports.normalize import normalize_architecture, normalize_os_family
 
 __all__ = ["OS_PACKAGE_TYPES", "parse_grype"]
 
@@ -53,9 +52,7 @@ def parse_grype(data: bytes) -> Report:
 
 def from_document(doc: Any) -> Report:
     """:func:`parse_grype` over an already parsed JSON document."""
-    if not isinstance(doc, dict):
-        raise ReportError(f"{WHAT}: the document is not an object (it looks like "
-                          f"{describe(doc)})")
+    doc = as_document(doc, WHAT)
     if "matches" not in doc or not ("descriptor" in doc or "source" in doc
                                     or "distro" in doc):
         raise wrong_kind(doc, "a Grype JSON report")
@@ -65,9 +62,7 @@ def from_document(doc: Any) -> Report:
         raise ReportError(f"{WHAT} has no distro: the scanner found no OS in the image")
     source = get_object(doc, "source", "source", WHAT)
     target = source.get("target")
-    architecture: str | None = None
-    variant: str | None = None
-    artifact = ""
+    architecture = variant = artifact = ""
     if get_text(source, "type", "source", WHAT) == "image" and isinstance(target, dict):
         artifact = get_text(target, "userInput", "source.target", WHAT)
         architecture, variant = _platform(target)
@@ -100,29 +95,20 @@ def from_document(doc: Any) -> Report:
             package_type=kind,
             purl=get_text(package, "purl", f"{where}.artifact", WHAT),
         ))
-    return Report(
-        scanner="grype",
-        os_family=normalize_os_family(family),
-        os_version=get_text(distro, "version", "distro", WHAT),
-        architecture=architecture,
-        variant=variant,
-        findings=unique(findings),
-        artifact=artifact,
-    )
+    return build_report("grype", family, get_text(distro, "version", "distro", WHAT),
+                        architecture, variant, findings, artifact=artifact)
 
 
-def _platform(target: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The scanned image's architecture: Syft's ``architecture`` and
-    ``architectureVariant`` fields, else the image config Syft embeds (base64)."""
+def _platform(target: dict[str, Any]) -> tuple[str, str]:
+    """The scanned image's architecture and variant as written: Syft's ``architecture``
+    and ``architectureVariant`` fields, else the image config Syft embeds (base64)."""
     arch = get_text(target, "architecture", "source.target", WHAT)
     variant = get_text(target, "architectureVariant", "source.target", WHAT)
     if not arch:
         config = _embedded_config(target.get("config"))
         arch = get_text(config, "architecture", "source.target.config", WHAT)
         variant = variant or get_text(config, "variant", "source.target.config", WHAT)
-    if not arch:
-        return None, None
-    return normalize_architecture(arch, variant or None)
+    return arch, variant
 
 
 def _embedded_config(value: Any) -> dict[str, Any]:

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from suture.reports.document import (
+    as_document,
     as_object,
-    describe,
+    build_report,
     get_list,
     get_object,
     get_text,
     load_json,
     split_versions,
-    unique,
     wrong_kind,
 )
 from suture.reports.model import LANG_PKGS, OS_PKGS, Finding, Report, ReportError
-from suture.reports.normalize import normalize_architecture, normalize_os_family
 
 __all__ = ["parse_trivy"]
 
@@ -44,9 +43,7 @@ def parse_trivy(data: bytes) -> Report:
 
 def from_document(doc: Any) -> Report:
     """:func:`parse_trivy` over an already parsed JSON document."""
-    if not isinstance(doc, dict):
-        raise ReportError(f"{WHAT}: the document is not an object (it looks like "
-                          f"{describe(doc)})", hint="use Trivy 0.20 or later with --format json")
+    doc = as_document(doc, WHAT, hint="use Trivy 0.20 or later with --format json")
     if "SchemaVersion" not in doc:
         raise wrong_kind(doc, "a Trivy JSON report with SchemaVersion 2")
     if doc.get("SchemaVersion") != 2:
@@ -61,7 +58,8 @@ def from_document(doc: Any) -> Report:
     if not family:
         raise ReportError(f"{WHAT} has no Metadata.OS: the scanner found no OS in the image")
     config = get_object(metadata, "ImageConfig", "Metadata.ImageConfig", WHAT)
-    architecture, variant = _platform(config)
+    architecture = get_text(config, "architecture", "Metadata.ImageConfig", WHAT)
+    variant = get_text(config, "variant", "Metadata.ImageConfig", WHAT) if architecture else ""
     findings: list[Finding] = []
     for n, result in enumerate(get_list(doc, "Results", "Results", WHAT)):
         where = f"Results[{n}]"
@@ -86,20 +84,6 @@ def from_document(doc: Any) -> Report:
                 package_type=package_type,
                 purl=get_text(ident, "PURL", f"{at}.PkgIdentifier", WHAT),
             ))
-    return Report(
-        scanner="trivy",
-        os_family=normalize_os_family(family),
-        os_version=get_text(os_info, "Name", "Metadata.OS", WHAT),
-        architecture=architecture,
-        variant=variant,
-        findings=unique(findings),
-        artifact=get_text(doc, "ArtifactName", "the document", WHAT),
-    )
-
-
-def _platform(config: dict[str, Any]) -> tuple[str | None, str | None]:
-    arch = get_text(config, "architecture", "Metadata.ImageConfig", WHAT)
-    if not arch:
-        return None, None
-    return normalize_architecture(arch, get_text(config, "variant", "Metadata.ImageConfig",
-                                                 WHAT) or None)
+    return build_report("trivy", family, get_text(os_info, "Name", "Metadata.OS", WHAT),
+                        architecture, variant, findings,
+                        artifact=get_text(doc, "ArtifactName", "the document", WHAT))

@@ -10,15 +10,14 @@ same letters as the installed database's header (``C`` identity, ``P``, ``V``,
 
 from __future__ import annotations
 
-import functools
 import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from suture.distro.apk.checksum import decode_checksum
-from suture.distro.apk.deps import Dependency, parse_dependencies
 from suture.distro.apk.installed import ADB_MAGIC
+from suture.distro.apk.record import PackageFields
 from suture.distro.apk.sign import ApkKey, Keys, gzip_members, read_signatures, verify_signatures
 from suture.distro.dpkg.repoerrors import RepositoryError
 from suture.errors import PackageDBError, PackageFormatError
@@ -30,7 +29,7 @@ MAX_INDEX_MEMBER = 256 << 20
 
 
 @dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(PackageFields):
     """One package of an index. ``fields`` holds every line as ``(letter, value)``.
 
     ``repository`` is the base URL its ``.apk`` is under (``<repository>/<arch>/
@@ -44,57 +43,13 @@ class IndexEntry:
     order: int = 0
     source: str = field(default="", compare=False)
 
-    def get(self, letter: str, default: str = "") -> str:
-        for key, value in self.fields:
-            if key == letter:
-                return value
-        return default
-
-    @property
-    def name(self) -> str:
-        return self.get("P")
-
-    @property
-    def version(self) -> str:
-        return self.get("V")
-
-    @property
-    def arch(self) -> str:
-        return self.get("A")
-
-    @property
-    def identity(self) -> str:
-        return self.get("C")
-
     @property
     def size(self) -> int:
-        value = self.get("S")
-        return int(value) if value.isdigit() else 0
-
-    @property
-    def origin(self) -> str:
-        return self.get("o") or self.name
+        return self.number("S")
 
     @property
     def provider_priority(self) -> int:
-        value = self.get("k")
-        return int(value) if value.isdigit() else 0
-
-    def _deps(self, letter: str) -> tuple[Dependency, ...]:
-        return tuple(d for k, v in self.fields if k == letter
-                     for d in parse_dependencies(v, source=f"{self.name} {letter}:"))
-
-    @functools.cached_property
-    def depends(self) -> tuple[Dependency, ...]:
-        return self._deps("D")
-
-    @functools.cached_property
-    def provides(self) -> tuple[Dependency, ...]:
-        return self._deps("p")
-
-    @functools.cached_property
-    def install_if(self) -> tuple[Dependency, ...]:
-        return self._deps("i")
+        return self.number("k")
 
     @property
     def filename(self) -> str:

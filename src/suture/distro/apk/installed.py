@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from suture.distro.apk.deps import Dependency, parse_dependencies
+from suture.distro.apk.record import PackageFields
 from suture.errors import PackageDBError, PackageFormatError
 
 __all__ = [
@@ -100,7 +101,7 @@ class DirRecord:
 
 
 @dataclass(frozen=True)
-class InstalledPackage:
+class InstalledPackage(PackageFields):
     """One record of ``installed``.
 
     ``fields``: every non-file line as ``(letter, value)``, in order. ``dirs``: the
@@ -112,54 +113,9 @@ class InstalledPackage:
     dirs: tuple[DirRecord, ...] = ()
     raw: str = field(default="", compare=False, repr=False)
 
-    def get(self, letter: str, default: str = "") -> str:
-        for key, value in self.fields:
-            if key == letter:
-                return value
-        return default
-
-    def values(self, letter: str) -> list[str]:
-        return [v for k, v in self.fields if k == letter]
-
-    @property
-    def name(self) -> str:
-        return self.get("P")
-
-    @property
-    def version(self) -> str:
-        return self.get("V")
-
-    @property
-    def arch(self) -> str:
-        return self.get("A")
-
-    @property
-    def identity(self) -> str:
-        return self.get("C")
-
-    @property
-    def origin(self) -> str:
-        return self.get("o") or self.name
-
     @property
     def tag(self) -> str:
         return self.get("s")
-
-    def _deps(self, letter: str) -> tuple[Dependency, ...]:
-        return tuple(d for v in self.values(letter)
-                     for d in parse_dependencies(v, source=f"{self.name} {letter}:"))
-
-    @functools.cached_property
-    def depends(self) -> tuple[Dependency, ...]:
-        return self._deps("D")
-
-    @functools.cached_property
-    def provides(self) -> tuple[Dependency, ...]:
-        return self._deps("p")
-
-    @functools.cached_property
-    def install_if(self) -> tuple[Dependency, ...]:
-        return self._deps("i")
 
     @functools.cached_property
     def replaces(self) -> tuple[Dependency, ...]:
@@ -167,8 +123,7 @@ class InstalledPackage:
 
     @property
     def replaces_priority(self) -> int:
-        value = self.get("q")
-        return int(value) if value.isdigit() else 0
+        return self.number("q")
 
     def files(self) -> Iterator[tuple[str, FileRecord]]:
         """Every file the package owns, as ``(root-relative path, record)``."""
