@@ -452,3 +452,29 @@ def test_v3_repository_is_refused_clearly(alpine: Scene) -> None:
     ref = alpine.image("v1")
     (alpine.repo_dir / "APKINDEX.tar.gz").write_bytes(V3_INDEX)
     _refused(alpine, ref, match="apk v3 (ADB) index format is not supported yet")
+
+
+def test_version_order_per_image() -> None:
+    """Which apk-tools order an image's versions follow: its installed apk-tools says;
+    without one (distroless), Alpine by its release, Wolfi and Chainguard as apk-tools 2."""
+    from suture.distro.detect import OSRelease
+    from suture.patch.apk import image_apk2
+
+    def db(*packages: tuple[str, str]) -> list[InstalledPackage]:
+        return parse_installed("".join(f"C:{q1(n.encode())}\nP:{n}\nV:{v}\nA:x86_64\n\n"
+                                       for n, v in packages).encode())
+
+    def rel(os_id: str, version_id: str) -> OSRelease:
+        return OSRelease(os_id, version_id, "", "")
+
+    musl = ("musl", "1.2.5-r0")
+    assert image_apk2(db(musl, ("apk-tools", "2.14.10-r0")), rel("alpine", "3.23.0"))
+    assert not image_apk2(db(musl, ("apk-tools", "3.0.3-r1")), rel("alpine", "3.22.0"))
+    assert not image_apk2(db(("apk-tools", "3.0.1-r0")), rel("wolfi", "20230201"))
+    assert image_apk2(db(("apk-tools", "2.14.9-r1")), rel("chainguard", "20230214"))
+    assert image_apk2(db(musl), rel("alpine", "3.22.2"))
+    assert not image_apk2(db(musl), rel("alpine", "3.23.1"))
+    assert image_apk2(db(musl), rel("wolfi", "20230201"))
+    assert image_apk2(db(musl), rel("chainguard", "20230214"))
+    assert image_apk2(db(musl), None)  # no os-release, no apk-tools: apk-tools 2 as Wolfi
+    assert image_apk2(db(("apk-tools-static", "3.0.1-r0"), musl), rel("alpine", "3.21.0"))

@@ -200,3 +200,35 @@ def test_resolver_queries() -> None:
     r = Resolver(image, [cand("a", "3-r0"), cand("a", "2-r0")], parse_world(b"a<3"))
     assert r.newest("a") == "2-r0" and r.held("a") == "/etc/apk/world pins a<3"
     assert r.installed("zz") is None and r.newest("zz") is None
+
+
+def test_apk2_order_decides_what_is_newer() -> None:
+    """apk-tools 2 reads 1.00 as older than 1.0 (extra leading zeros count below it);
+    apk-tools 3 compares the component as a string. The plan follows the image's order."""
+    image = installed(rec("a", "1.00-r5"), rec("b", "1.0-r0", depends="a>1.00-r5"))
+    repo = [cand("a", "1.0-r1"), cand("a", "1.00-r4")]
+    assert changes(plan_apk(image, repo, None, architecture="x86_64")) == []
+    assert changes(plan_apk(image, repo, None, architecture="x86_64", apk2=True)) == [
+        ("a", "1.00-r5", "1.0-r1", "update-all")]
+    finding = [F("CVE-7", "a", "1.00-r5", ("1.0-r1",))]
+    assert changes(plan_apk(image, repo, finding, architecture="x86_64", apk2=True)) == [
+        ("a", "1.00-r5", "1.0-r1", "report")]
+    plan = plan_apk(image, repo, finding, architecture="x86_64")
+    assert changes(plan) == [] and [s.reason for s in plan.skipped] == ["up-to-date"]
+
+
+def test_apk2_order_in_dependencies_and_world() -> None:
+    image = installed(rec("a", "1.0-r0"), rec("b", "1.0-r0", depends="a"))
+    repo = [cand("a", "1.0-r0"), cand("a", "1.010-r0"), cand("a", "1.09-r0"),
+            cand("b", "1.1-r0", depends="a>=1.010")]
+    # apk-tools 3: 1.010 < 1.09, so b's dependency is met by 1.09 (a's newest)
+    assert changes(plan_apk(image, repo, None, architecture="x86_64")) == [
+        ("a", "1.0-r0", "1.09-r0", "update-all"), ("b", "1.0-r0", "1.1-r0", "update-all")]
+    # apk-tools 2: 1.010 > 1.09, newest is 1.010
+    assert changes(plan_apk(image, repo, None, architecture="x86_64", apk2=True)) == [
+        ("a", "1.0-r0", "1.010-r0", "update-all"), ("b", "1.0-r0", "1.1-r0", "update-all")]
+    world = parse_world(b"a<1.05")
+    r2 = Resolver(image, repo, world, apk2=True)
+    r3 = Resolver(image, repo, world)
+    assert r2.newest("a") == "1.0-r0" and r2.held("a") == "/etc/apk/world pins a<1.05"
+    assert r3.newest("a") == "1.010-r0"

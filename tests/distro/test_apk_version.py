@@ -15,12 +15,15 @@ from suture.distro.apk.version import (
     FUZZY,
     GREATER,
     LESS,
+    apk2_order,
     compare_versions,
     is_valid_version,
     match_version,
     op_mask,
     op_string,
     version_key,
+    version_key_apk2,
+    version_key_for,
 )
 
 # Each row: a < b.
@@ -126,33 +129,89 @@ def _shared_rows() -> list[list[str]]:
             if line.split("#", 1)[0].strip()]
 
 
+def _flavoured_rows() -> list[tuple[bool, list[str]]]:
+    """Each row of the shared table with the flavour (``apk2``) it is checked in: rows
+    for both in both, ``apk2``/``apk3`` rows and ``invalid-*`` lines in theirs."""
+    out: list[tuple[bool, list[str]]] = []
+    for row in _shared_rows():
+        if (len(row) == 3 and row[1] in ("<", "=", ">")) or row[0] == "invalid":
+            out += [(False, row), (True, row)]
+        elif row[0] in ("apk2", "apk3", "invalid-apk2", "invalid-apk3"):
+            out.append((row[0].endswith("apk2"), row))
+        else:
+            raise AssertionError(f"unknown row {row}")
+    return out
+
+
 @pytest.mark.skipif(not _SHARED.exists(), reason="tests/data/apk_versions.txt not written yet")
 def test_shared_table() -> None:
-    """The shared table (checked against apk-tools 2.14 and 3.0): we order as apk-tools 3,
-    so rows for both and for apk3 hold, and validity follows apk-tools 3."""
-    rows = _shared_rows()
+    """The shared table (checked against apk-tools 2.14 and 3.0): every row holds in its
+    flavour, both ways round, and validity follows each flavour."""
     expected = {"<": -1, "=": 0, ">": 1}
     bad = []
-    checked = 0
-    for row in rows:
-        if len(row) == 3 and row[1] in expected:
-            a, op, b = row
-        elif len(row) == 4 and row[0] == "apk3":
-            _, a, op, b = row
-        elif row[0] in ("invalid", "invalid-apk3") and len(row) == 2:
-            checked += 1
-            if is_valid_version(row[1]):
-                bad.append(" ".join(row))
+    checked = {False: 0, True: 0}
+    for apk2, row in _flavoured_rows():
+        checked[apk2] += 1
+        if row[0].startswith("invalid"):
+            # "invalid-apk3 V": accepted by apk-tools 2 only, and the reverse
+            want = (row[0] == "invalid-apk3" and apk2) or (row[0] == "invalid-apk2" and not apk2)
+            if is_valid_version(row[1], apk2=apk2) is not want:
+                bad.append(f"{'apk2' if apk2 else 'apk3'}: {' '.join(row)}")
             continue
-        elif row[0] == "invalid-apk2" and len(row) == 2:
-            checked += 1
-            if not is_valid_version(row[1]):
-                bad.append(" ".join(row))
-            continue
-        else:
-            continue  # apk-tools 2 only
-        checked += 1
-        if compare_versions(a, b) != expected[op]:
-            bad.append(" ".join(row))
-    assert checked > 1000
+        a, op, b = row[-3:]
+        if (compare_versions(a, b, apk2=apk2) != expected[op]
+                or compare_versions(b, a, apk2=apk2) != -expected[op]
+                or not is_valid_version(a, apk2=apk2) or not is_valid_version(b, apk2=apk2)):
+            bad.append(f"{'apk2' if apk2 else 'apk3'}: {' '.join(row)}")
+    assert checked[False] > 1000 and checked[True] > 1000
     assert bad == []
+
+
+def test_default_is_apk3() -> None:
+    """Callers that name no flavour get apk-tools 3's order, as before."""
+    assert compare_versions("1.010", "1.09") == -1
+    assert compare_versions("1.010", "1.09", apk2=False) == -1
+    assert compare_versions("1.010", "1.09", apk2=True) == 1
+    assert is_valid_version("1.0~abc") and not is_valid_version("1.0~abc", apk2=True)
+    assert is_valid_version("1.0a1", apk2=True) and not is_valid_version("1.0a1")
+    assert sorted(["1.0", "1.00"], key=version_key) == ["1.0", "1.00"]
+    assert sorted(["1.0", "1.00"], key=version_key_apk2) == ["1.00", "1.0"]
+    assert version_key_for(True) is version_key_apk2 and version_key_for(False) is version_key
+
+
+@pytest.mark.parametrize(("version", "op", "target", "apk2", "expected"), [
+    ("1.2.3", "~", "1.2", True, True), ("1.2", "~", "1.2.3", True, False),
+    ("1.3", "~", "1.2", True, False), ("1.0", ">", "1.00", True, True),
+    ("1.0", ">", "1.00", False, False), ("1.00-r5", "<", "1.0-r1", True, True),
+    ("1.0a2", ">=", "1.0a1", True, True),
+])
+def test_match_flavours(version: str, op: str, target: str, apk2: bool, expected: bool) -> None:
+    assert match_version(version, op_mask(op), target, apk2=apk2) is expected
+
+
+def test_apk2_transitive_on_the_table() -> None:
+    versions = sorted({v for apk2, row in _flavoured_rows() if apk2 and len(row) >= 3
+                       for v in (row[-3], row[-1])}, key=version_key_apk2)
+    assert len(versions) > 100
+    for i, a in enumerate(versions):
+        for b in versions[i + 1:i + 40]:
+            assert compare_versions(a, b, apk2=True) <= 0, (a, b)
+
+
+@pytest.mark.parametrize(("apk_tools", "os_id", "version_id", "apk2"), [
+    ("2.14.10-r0", "alpine", "3.23.0", True),   # the installed apk-tools decides
+    ("3.0.3-r1", "alpine", "3.22.1", False),
+    ("3.0.0_pre1-r0", "wolfi", "20230201", False),
+    ("2.14.9-r1", "wolfi", "20230201", True),
+    (None, "alpine", "3.22.2", True),           # distroless: the release decides
+    (None, "alpine", "3.18", True),
+    (None, "alpine", "3.23.0", False),
+    (None, "alpine", "3.23.0_alpha20250612", False),
+    (None, "alpine", "edge", False),
+    (None, "alpine", "", False),
+    (None, "wolfi", "20230201", True),           # Wolfi and Chainguard: apk-tools 2
+    (None, "chainguard", "20230214", True),
+    ("", "alpine", "3.20.0", True),
+])
+def test_apk2_order(apk_tools: str | None, os_id: str, version_id: str, apk2: bool) -> None:
+    assert apk2_order(apk_tools, os_id, version_id) is apk2

@@ -8,12 +8,16 @@ decides (:mod:`suture.plan.apk`). fetch: each package into the cache, verified b
 the index's identity, its own signature and its data hash. build: native unpack
 into layer entries and the rewritten database (:mod:`suture.distro.apk.apply`).
 The image's ``apk`` binary is never used: an image without one is patched the same way.
+Versions are ordered as the image's own apk-tools would order them: its installed
+``apk-tools`` package says 2.x or 3.x; without one, Alpine by its release (up to 3.22:
+apk-tools 2), Wolfi and Chainguard as apk-tools 2
+(:func:`suture.distro.apk.version.apk2_order`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +43,8 @@ from suture.distro.apk.repo import (
     parse_repositories,
 )
 from suture.distro.apk.sign import Keys
+from suture.distro.apk.version import apk2_order
+from suture.distro.detect import OSRelease
 from suture.distro.dpkg.repo import AptFetcher, redact
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
@@ -64,6 +70,14 @@ def wants_data(path: str) -> bool:
     return path.startswith(_DATA_PREFIXES)
 
 
+def image_apk2(installed: Sequence[InstalledPackage], release: OSRelease | None) -> bool:
+    """Whether the image's versions are ordered as apk-tools 2 orders them: by its installed
+    ``apk-tools`` package, else by its os-release (see :func:`apk2_order`)."""
+    apk_tools = next((p.version for p in installed if p.name == "apk-tools"), None)
+    return apk2_order(apk_tools, release.id if release is not None else "",
+                      release.version_id if release is not None else "")
+
+
 @dataclass
 class ApkState:
     image: Image
@@ -80,6 +94,7 @@ class ApkState:
     candidates: list[IndexEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fetcher: ApkFetcher | None = None
+    apk2: bool = False  # versions ordered as apk-tools 2 (else 3)
 
 
 class ApkEngine:
@@ -136,7 +151,8 @@ class ApkEngine:
             arch = apk_arch(platform.architecture, platform.variant)
         keys = Keys.load(self._listing(files, links, KEYS), options.keyrings)
         state = ApkState(image, inspection, options, files, links, installed, world, arch,
-                         keys, db_dir)
+                         keys, db_dir, apk2=image_apk2(installed, inspection.os))
+        log.info("apk versions ordered as apk-tools %d does", 2 if state.apk2 else 3)
         self._load_repositories(state)
         return state
 
@@ -179,7 +195,7 @@ class ApkEngine:
         from suture.plan.apk import plan_apk
 
         return plan_apk(state.installed, state.candidates, findings, architecture=state.arch,
-                        world=state.world, notes=tuple(state.notes))
+                        world=state.world, notes=tuple(state.notes), apk2=state.apk2)
 
     # ---------------------------------------------------------------- fetch
     def _entry(self, state: ApkState, name: str, version: str) -> IndexEntry:

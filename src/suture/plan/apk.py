@@ -5,7 +5,9 @@ version, and why. Pure.
 (already filtered to the image's architectures), ``/etc/apk/world`` and,
 optionally, a scanner's findings. Dependency resolution is
 :mod:`suture.distro.apk.resolve`'s; this module decides the targets and explains
-the outcome per package, with the same vocabulary as the dpkg planner.
+the outcome per package, with the same vocabulary as the dpkg planner. Versions
+are ordered as the image's apk-tools orders them: 3 by default, 2 with ``apk2``
+(:func:`suture.distro.apk.version.apk2_order` tells which).
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ __all__ = ["plan_apk"]
 APK_ORDER = VersionOrder(compare_versions, is_valid_version)
 
 
+def _compare_apk2(a: str, b: str) -> int:
+    return compare_versions(a, b, apk2=True)
+
+
+def _valid_apk2(version: str) -> bool:
+    return is_valid_version(version, apk2=True)
+
+
+APK2_ORDER = VersionOrder(_compare_apk2, _valid_apk2)
+
+
 def plan_apk(
     installed: Sequence[InstalledPackage],
     candidates: Sequence[IndexEntry],
@@ -33,6 +46,7 @@ def plan_apk(
     architecture: str,
     world: Sequence[Dependency] = (),
     notes: Iterable[str] = (),
+    apk2: bool = False,
 ) -> Plan:
     """Plan the updates of an apk image; deterministic, never raises for a package's sake.
 
@@ -47,8 +61,9 @@ def plan_apk(
     as ``libcrypto3`` for ``libcrypto1.1``): those are reported, never installed in
     its place. Packages added or upgraded for a dependency have reason
     ``dependency``; a target whose dependencies cannot be met is a ``Failure``.
+    ``apk2``: order versions as apk-tools 2 does (else as apk-tools 3).
     """
-    resolver = Resolver(installed, candidates, world)
+    resolver = Resolver(installed, candidates, world, apk2=apk2)
 
     def versions(name: str) -> list[str]:
         version = resolver.installed(name)
@@ -58,8 +73,8 @@ def plan_apk(
     if findings is None:
         resolution = resolver.resolve(None)
     else:
-        resolution = resolver.resolve(plan_findings(findings, versions, resolver, APK_ORDER,
-                                                    out))
+        order = APK2_ORDER if apk2 else APK_ORDER
+        resolution = resolver.resolve(plan_findings(findings, versions, resolver, order, out))
     out.add_resolution(held=resolution.held, up_to_date=resolution.up_to_date,
                        not_installed=resolution.not_installed, failures=resolution.failures)
     return out.plan("apk", architecture,

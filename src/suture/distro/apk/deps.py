@@ -9,6 +9,10 @@ in ``world`` and pins the package to the repository tagged so.
 Provides (``p:``) use the same syntax: ``so:libc.musl-x86_64.so.1=1``,
 ``cmd:busybox=1.36.1-r29``, or a bare name. As in apk-tools 2, a provide without a
 version satisfies only dependencies without one.
+
+A version is accepted when apk-tools 2 or 3 accepts it (which one the image has is
+known only later); :meth:`Dependency.satisfied_by` compares in the order its ``apk2``
+says (:mod:`suture.distro.apk.version`).
 """
 
 from __future__ import annotations
@@ -56,20 +60,21 @@ class Dependency:
     def versioned(self) -> bool:
         return self.version is not None
 
-    def _version_ok(self, version: str | None, identity: str | None) -> bool:
+    def _version_ok(self, version: str | None, identity: str | None, apk2: bool) -> bool:
         if self.version is None:
             return True
         if self.mask == CHECKSUM:
             return identity is not None and identity == self.version
         if version is None:  # a provide without a version: only unversioned dependencies
             return False
-        return match_version(version, self.mask, self.version)
+        return match_version(version, self.mask, self.version, apk2=apk2)
 
-    def satisfied_by(self, name: str, version: str | None, *, identity: str | None = None
-                     ) -> bool:
+    def satisfied_by(self, name: str, version: str | None, *, identity: str | None = None,
+                     apk2: bool = False) -> bool:
         """Whether a package (or a provide) ``name`` at ``version`` meets the version
-        constraint, ignoring ``conflict`` (``name`` must be this dependency's name)."""
-        return name == self.name and self._version_ok(version, identity)
+        constraint, ignoring ``conflict`` (``name`` must be this dependency's name);
+        ``apk2``: compare as apk-tools 2 does."""
+        return name == self.name and self._version_ok(version, identity, apk2)
 
 
 def _parse_one(token: str, *, allow_tag: bool, source: str) -> Dependency:
@@ -88,7 +93,8 @@ def _parse_one(token: str, *, allow_tag: bool, source: str) -> Dependency:
         version = text[end:]
         if mask == 0 or not version:
             raise PackageFormatError(f"{source}: bad dependency {token!r}", text=token)
-        if mask != CHECKSUM and not is_valid_version(version):
+        if mask != CHECKSUM and not (is_valid_version(version)
+                                     or is_valid_version(version, apk2=True)):
             raise PackageFormatError(f"{source}: bad version in dependency {token!r}",
                                      text=token)
     else:

@@ -17,7 +17,8 @@ upgrading the installed package whose dependency broke; or by installing a new
 package (by name first, then the provider with the highest ``k:`` priority). A
 target whose closure cannot be completed is dropped with everything it pulled
 in and reported as a failure; the other targets go ahead. ``install_if``
-packages are not added.
+packages are not added. Versions are ordered as apk-tools 3 orders them, or as
+apk-tools 2 does with ``apk2`` (:func:`suture.distro.apk.version.apk2_order`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from suture.distro.apk.deps import Dependency
 from suture.distro.apk.index import IndexEntry
 from suture.distro.apk.installed import InstalledPackage
-from suture.distro.apk.version import compare_versions, version_key
+from suture.distro.apk.version import compare_versions, version_key_for
 
 __all__ = ["Change", "Resolution", "Resolver"]
 
@@ -45,14 +46,15 @@ class _Pkg:
     provides: tuple[Dependency, ...]
     entry: IndexEntry | None = None  # None: the installed version
 
-    def provides_dep(self, dep: Dependency) -> bool | None:
+    def provides_dep(self, dep: Dependency, apk2: bool = False) -> bool | None:
         """True/False when this package has the dependency's name (by name or provide)
         and meets / misses it; None when it is irrelevant to it."""
         if dep.name == self.name:
-            return dep.satisfied_by(self.name, self.version, identity=self.identity)
+            return dep.satisfied_by(self.name, self.version, identity=self.identity,
+                                    apk2=apk2)
         for p in self.provides:
             if p.name == dep.name:
-                return dep.satisfied_by(p.name, p.version)
+                return dep.satisfied_by(p.name, p.version, apk2=apk2)
         return None
 
 
@@ -101,8 +103,9 @@ class _State:
     have or provide each name, which depend on (or conflict with) each name, and which
     still need their dependencies checked (smallest name first, for determinism)."""
 
-    def __init__(self, final: dict[str, _Pkg]) -> None:
+    def __init__(self, final: dict[str, _Pkg], apk2: bool = False) -> None:
         self.final = final
+        self.apk2 = apk2
         self._holders: dict[str, set[str]] = {}
         self._dependents: dict[str, set[str]] = {}
         self._queue: list[str] = []
@@ -157,25 +160,27 @@ class _State:
         for dep in self.final[owner].depends:
             if dep.conflict:
                 positive = Dependency(dep.name, dep.mask, dep.version)
-                if any(o.name != owner and o.provides_dep(positive) for o in self._have(dep.name)):
+                if any(o.name != owner and o.provides_dep(positive, self.apk2)
+                       for o in self._have(dep.name)):
                     out.append(dep)
-            elif not any(o.provides_dep(dep) for o in self._have(dep.name)):
+            elif not any(o.provides_dep(dep, self.apk2) for o in self._have(dep.name)):
                 out.append(dep)
         return out
 
     def holders(self, dep: Dependency) -> list[str]:
         """Packages that have ``dep``'s name (or provide it) without meeting it."""
-        return [o.name for o in self._have(dep.name) if o.provides_dep(dep) is False]
+        return [o.name for o in self._have(dep.name) if o.provides_dep(dep, self.apk2) is False]
 
     def clashing(self, owner: str, dep: Dependency) -> list[str]:
         positive = Dependency(dep.name, dep.mask, dep.version)
         return [o.name for o in self._have(dep.name)
-                if o.name != owner and o.provides_dep(positive)]
+                if o.name != owner and o.provides_dep(positive, self.apk2)]
 
 
 class Resolver:
     def __init__(self, installed: Sequence[InstalledPackage], candidates: Sequence[IndexEntry],
-                 world: Sequence[Dependency] = ()) -> None:
+                 world: Sequence[Dependency] = (), *, apk2: bool = False) -> None:
+        self._apk2 = apk2
         self._installed = {p.name: p for p in installed}
         self._world = [d for d in world if not d.conflict]
         self._pins: dict[str, set[str]] = {}
@@ -192,8 +197,9 @@ class Resolver:
             self._by_name.setdefault(e.name, []).append(e)
             for p in e.provides:
                 self._by_provide.setdefault(p.name, []).append(e)
+        key = version_key_for(apk2)
         for entries in (*self._by_name.values(), *self._by_provide.values()):
-            entries.sort(key=lambda e: (version_key(e.version), -e.order), reverse=True)
+            entries.sort(key=lambda e: (key(e.version), -e.order), reverse=True)
 
     # ------------------------------------------------------------------ queries
     def installed(self, name: str) -> str | None:
@@ -208,7 +214,8 @@ class Resolver:
             entry.tag in set(pins)
 
     def _world_ok(self, entry: IndexEntry) -> bool:
-        return all(d.satisfied_by(entry.name, entry.version, identity=entry.identity)
+        return all(d.satisfied_by(entry.name, entry.version, identity=entry.identity,
+                                  apk2=self._apk2)
                    for d in self._world if d.name == entry.name)
 
     def allowed(self, name: str, pins: Iterable[str] = ()) -> list[IndexEntry]:
@@ -221,7 +228,7 @@ class Resolver:
         """The newest version ``name`` may go to (its installed one if none is newer)."""
         have = self.installed(name)
         for e in self.allowed(name):
-            if have is None or compare_versions(e.version, have) > 0:
+            if have is None or compare_versions(e.version, have, apk2=self._apk2) > 0:
                 return e.version
         return have
 
@@ -229,7 +236,8 @@ class Resolver:
         """Why ``world`` keeps ``name`` below its newest candidate, or None."""
         have = self.installed(name)
         tagged = [e for e in self._by_name.get(name, ()) if self._tag_ok(e)]
-        if not tagged or (have is not None and compare_versions(tagged[0].version, have) <= 0):
+        if not tagged or (have is not None and
+                          compare_versions(tagged[0].version, have, apk2=self._apk2) <= 0):
             return None
         if self._world_ok(tagged[0]):
             return None
@@ -260,9 +268,10 @@ class Resolver:
                 result.not_installed.append(name)
                 continue
             minimum = None if targets is None else targets[name]
-            newer = [e for e in self.allowed(name) if compare_versions(e.version, have) > 0]
+            newer = [e for e in self.allowed(name)
+                     if compare_versions(e.version, have, apk2=self._apk2) > 0]
             if not newer or (minimum is not None and
-                             compare_versions(newer[0].version, minimum) < 0):
+                             compare_versions(newer[0].version, minimum, apk2=self._apk2) < 0):
                 why = self.held(name)
                 if why is not None:
                     result.held.append((name, why))
@@ -289,7 +298,7 @@ class Resolver:
         return result
 
     def _close(self, wanted: Mapping[str, IndexEntry]) -> list[Change]:
-        state = _State({n: _from_installed(p) for n, p in self._installed.items()})
+        state = _State({n: _from_installed(p) for n, p in self._installed.items()}, self._apk2)
         if self._baseline is None:
             self._baseline = {(o, d) for o in state.final for d in state.unmet(o)}
         causes: dict[str, str] = {}
@@ -363,8 +372,9 @@ class Resolver:
         out = []
         for name in sorted(causes):
             old = self._installed.get(name)
-            was = old is not None and _from_installed(old).provides_dep(dep) is not None
-            if was or final[name].provides_dep(dep) is not None:
+            was = (old is not None
+                   and _from_installed(old).provides_dep(dep, self._apk2) is not None)
+            if was or final[name].provides_dep(dep, self._apk2) is not None:
                 out.append(name)
         return out
 
@@ -380,10 +390,10 @@ class Resolver:
         meets ``dep`` (any newer one when ``dep`` is None); False if none."""
         current = state.final[name]
         for entry in self.allowed(name, (*pins.get(name, set()), *extra_pins)):
-            if compare_versions(entry.version, current.version) <= 0:
+            if compare_versions(entry.version, current.version, apk2=self._apk2) <= 0:
                 break
             candidate = _from_entry(entry)
-            if dep is not None and not candidate.provides_dep(dep):
+            if dep is not None and not candidate.provides_dep(dep, self._apk2):
                 continue
             state.put(candidate)
             if name not in causes:
@@ -395,12 +405,12 @@ class Resolver:
     def _provider(self, dep: Dependency, pins: Iterable[str]) -> IndexEntry | None:
         pins = tuple(pins)
         by_name = [e for e in self.allowed(dep.name, pins)
-                   if _from_entry(e).provides_dep(dep)]
+                   if _from_entry(e).provides_dep(dep, self._apk2)]
         if by_name:
             return by_name[0]
         providers = [e for e in self._by_provide.get(dep.name, ())
                      if self._tag_ok(e, pins) and self._world_ok(e)
-                     and _from_entry(e).provides_dep(dep)]
+                     and _from_entry(e).provides_dep(dep, self._apk2)]
         if not providers:
             return None
         providers.sort(key=lambda e: (-e.provider_priority, e.name))

@@ -1,6 +1,6 @@
 """apk package versions: validity and ordering as apk-tools orders them.
 
-The grammar (apk-tools 3, which also reads every apk-tools 2 version)::
+The grammar (apk-tools 3; apk-tools 2 differs a little, see below)::
 
     digits {"." digits} [letter] {"_" suffix [digits]} ["~" hexhash] ["-r" digits]
 
@@ -17,27 +17,38 @@ longer one is newer unless what follows is a pre-release suffix
 any valid continuation, as apk sorts it. The fuzzy operator ``~`` matches by
 prefix (``1.2.3 ~ 1.2``).
 
-Known difference from apk-tools 2.14: that version compared leading-zero
-components numerically after the zeros (``1.010 > 1.09`` there). Versions that
-differ so are not seen in Alpine or Wolfi repositories.
+apk-tools 2 (2.14: Alpine <= 3.22, Wolfi and Chainguard images whose ``apk-tools`` is
+2.x) orders a few versions differently, and accepts a slightly different set: pass
+``apk2=True`` to :func:`compare_versions`, :func:`is_valid_version` and
+:func:`match_version` (or use :func:`version_key_for`) for its order. There a dotted
+component's extra leading zeros count as a negative token before the rest of it
+(``1.00 < 1.0``, ``1.010 > 1.09``), a letter may be followed by digits (``1.0a1``), an
+empty ``-r`` counts as ``-r0``, a number has at most 17 digits and there is no ``~`` hash.
+:func:`apk2_order` tells which order an image's ``apk`` uses. The fuzzy operator matches
+by prefix in both orders.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "EQUAL",
     "FUZZY",
     "GREATER",
     "LESS",
+    "apk2_order",
     "compare_versions",
     "is_valid_version",
     "match_version",
     "op_mask",
     "op_string",
     "version_key",
+    "version_key_apk2",
+    "version_key_for",
 ]
 
 # Result bits, as apk combines them into dependency operators.
@@ -185,22 +196,173 @@ def _compare(a: str, b: str, fuzzy: bool) -> int:
     return LESS if ta.kind > tb.kind else GREATER
 
 
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as ``a`` is older than, the same as, or newer than ``b``."""
-    result = _compare(a, b, False)
+def compare_versions(a: str, b: str, *, apk2: bool = False) -> int:
+    """-1, 0 or 1 as ``a`` is older than, the same as, or newer than ``b`` (as apk-tools 2
+    orders them with ``apk2``, else as apk-tools 3)."""
+    result = _compare_apk2(a, b, False) if apk2 else _compare(a, b, False)
+    return -1 if result == LESS else (1 if result == GREATER else 0)
+
+
+def _compare_v2(a: str, b: str) -> int:
+    result = _compare_apk2(a, b, False)
     return -1 if result == LESS else (1 if result == GREATER else 0)
 
 
 version_key = functools.cmp_to_key(compare_versions)
-"""A sort key ordering versions as apk does (``sorted(vs, key=version_key)``)."""
+"""A sort key ordering versions as apk-tools 3 does (``sorted(vs, key=version_key)``)."""
+
+version_key_apk2 = functools.cmp_to_key(_compare_v2)
+"""A sort key ordering versions as apk-tools 2 does."""
 
 
-def is_valid_version(version: str) -> bool:
-    """Whether ``version`` follows the grammar (apk refuses dependencies on others)."""
+def version_key_for(apk2: bool) -> Callable[[str], Any]:
+    """The sort key of one order: :data:`version_key_apk2` or :data:`version_key`."""
+    return version_key_apk2 if apk2 else version_key
+
+
+def is_valid_version(version: str, *, apk2: bool = False) -> bool:
+    """Whether ``version`` follows the grammar of apk-tools 2 (``apk2``) or 3 (apk
+    refuses dependencies on others)."""
+    if apk2:
+        return _apk2_tokens(version)[-1][1] == _V2_END
     lexer = _Lexer(version)
     while lexer.token.kind < _END:
         lexer.advance()
     return lexer.token.kind == _END
+
+
+# ------------------------------------------------------------------ apk-tools 2
+# Its lexer reads a token's value, then the type of the token after it; a version is the
+# list of (value, type of the next token) pairs, up to _V2_END or _V2_INVALID.
+(_V2_DIGIT_OR_ZERO, _V2_DIGIT, _V2_LETTER, _V2_SUFFIX, _V2_SUFFIX_NO, _V2_REVISION,
+ _V2_END) = range(7)
+_V2_INVALID = -1
+_V2_PRE = ("alpha", "beta", "pre", "rc")
+_V2_POST = ("cvs", "svn", "git", "hg", "p")
+_V2_SUFFIXES = tuple((w, i - len(_V2_PRE)) for i, w in enumerate(_V2_PRE)) + \
+    tuple((w, i) for i, w in enumerate(_V2_POST))
+_V2_MAX_DIGITS = 18  # apk-tools 2.14 refuses a number this long
+
+
+def _v2_next(text: str, pos: int, kind: int) -> tuple[int, int]:
+    """The type of the token at ``pos`` after one of ``kind``, and where it starts."""
+    char = text[pos]
+    if kind <= _V2_DIGIT and "a" <= char <= "z":
+        new = _V2_LETTER
+    elif kind == _V2_LETTER and "0" <= char <= "9":
+        new = _V2_DIGIT
+    elif kind == _V2_SUFFIX and "0" <= char <= "9":
+        new = _V2_SUFFIX_NO
+    else:
+        new = _V2_INVALID
+        if char == ".":
+            new = _V2_DIGIT_OR_ZERO
+        elif char == "_":
+            new = _V2_SUFFIX
+        elif char == "-" and text.startswith("r", pos + 1):
+            new, pos = _V2_REVISION, pos + 1
+        pos += 1
+    if new < kind and not ((new == _V2_DIGIT_OR_ZERO and kind == _V2_DIGIT)
+                           or (new == _V2_SUFFIX and kind == _V2_SUFFIX_NO)
+                           or (new == _V2_DIGIT and kind == _V2_LETTER)):
+        new = _V2_INVALID
+    return new, pos
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _apk2_tokens(text: str) -> tuple[tuple[int, int], ...]:
+    """apk-tools 2's ``get_token`` over all of ``text``: (value, type of the next token)."""
+    out: list[tuple[int, int]] = []
+    pos, kind, size = 0, _V2_DIGIT, len(text)
+    while True:
+        if pos >= size:
+            out.append((0, _V2_END))
+            return tuple(out)
+        then = None
+        if kind == _V2_DIGIT_OR_ZERO and text[pos] == "0":
+            # the extra leading zeros count as minus their number; the last one stays
+            end = pos
+            while end + 1 < size and text[end + 1] == "0":
+                end += 1
+            value, then = pos - end, _V2_DIGIT
+        elif kind in (_V2_DIGIT_OR_ZERO, _V2_DIGIT, _V2_SUFFIX_NO, _V2_REVISION):
+            end = pos
+            while end < size and "0" <= text[end] <= "9":
+                end += 1
+            if end - pos >= _V2_MAX_DIGITS:
+                out.append((-1, _V2_INVALID))
+                return tuple(out)
+            value = int(text[pos:end]) if end > pos else 0
+        elif kind == _V2_LETTER:
+            value, end = ord(text[pos]), pos + 1
+        elif kind == _V2_SUFFIX:
+            for word, rank in _V2_SUFFIXES:
+                if text.startswith(word, pos):
+                    value, end = rank, pos + len(word)
+                    break
+            else:
+                out.append((-1, _V2_INVALID))
+                return tuple(out)
+        else:  # pragma: no cover - the loop stops at _V2_END and _V2_INVALID
+            out.append((-1, _V2_INVALID))
+            return tuple(out)
+        pos = end
+        if pos >= size:
+            kind = _V2_END
+        elif then is not None:
+            kind = then
+        else:
+            kind, pos = _v2_next(text, pos, kind)
+        out.append((value, kind))
+        if kind in (_V2_END, _V2_INVALID):
+            return tuple(out)
+
+
+def _compare_apk2(a: str, b: str, fuzzy: bool) -> int:
+    """apk-tools 2's ``apk_version_compare_blob_fuzzy``: ``EQUAL``, ``LESS`` or ``GREATER``."""
+    if a == b:
+        return EQUAL
+    ta, tb = _apk2_tokens(a), _apk2_tokens(b)
+    i = 0
+    while True:
+        av, at = ta[i]
+        bv, bt = tb[i]
+        if av != bv:
+            return LESS if av < bv else GREATER
+        if at != bt:
+            break
+        if at in (_V2_END, _V2_INVALID):
+            return EQUAL
+        i += 1
+    if fuzzy and bt == _V2_END:
+        return EQUAL
+    # equal so far: the longer one is newer, unless what follows is a pre-release suffix
+    if at == _V2_SUFFIX and ta[i + 1][0] < 0:
+        return LESS
+    if bt == _V2_SUFFIX and tb[i + 1][0] < 0:
+        return GREATER
+    return LESS if at > bt else GREATER
+
+
+def apk2_order(apk_tools: str | None, os_id: str = "", version_id: str = "") -> bool:
+    """Whether an image's versions are ordered as apk-tools 2 orders them.
+
+    ``apk_tools``: the version of the image's installed ``apk-tools`` package (``None``
+    when it has none, as distroless images): 2.x -> apk-tools 2, 3.x or later -> 3.
+    Without it, Alpine (``os_id`` ``alpine``) by its ``VERSION_ID``: up to 3.22 -> 2,
+    later (and ``edge``, or a version it cannot read) -> 3; any other distribution
+    (Wolfi, Chainguard) -> 2.
+    """
+    if apk_tools:
+        major = apk_tools.split(".", 1)[0]
+        if major.isdigit():
+            return int(major) < 3
+    if os_id == "alpine":
+        parts = version_id.split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return (int(parts[0]), int(parts[1])) <= (3, 22)
+        return False
+    return True
 
 
 def op_mask(op: str) -> int:
@@ -228,8 +390,10 @@ def op_string(mask: int) -> str:
             GREATER: ">", CHECKSUM: "><", ANY: ""}.get(mask, "?")
 
 
-def match_version(version: str, mask: int, target: str) -> bool:
-    """Whether ``version`` stands in relation ``mask`` (see :func:`op_mask`) to ``target``."""
+def match_version(version: str, mask: int, target: str, *, apk2: bool = False) -> bool:
+    """Whether ``version`` stands in relation ``mask`` (see :func:`op_mask`) to ``target``
+    (in apk-tools 2's order with ``apk2``)."""
     if mask & ANY == ANY:
         return True
-    return bool(_compare(version, target, bool(mask & FUZZY)) & mask)
+    compare = _compare_apk2 if apk2 else _compare
+    return bool(compare(version, target, bool(mask & FUZZY)) & mask)
