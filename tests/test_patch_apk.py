@@ -220,7 +220,10 @@ def test_a_config_file_the_user_changed_is_kept(alpine: Scene) -> None:
     entries = [e if e.path != "etc/hello.conf" else Entry.file(e.path, b"a=mine\n")
                for e in apk_rootfs_entries(alpine.v1(), [ALPINE_URL], alpine.key)]
     ref = alpine.image_from(entries, "v1")
-    _ok(alpine.patch(ref, "patched"))
+    platform = _ok(alpine.patch(ref, "patched"))
+    # The user is told, in the result's notes (the CLI prints them too).
+    assert "hello: /etc/hello.conf was changed in the image: kept, the new version is " \
+        "/etc/hello.conf.apk-new" in platform["notes"]
     image = _image(alpine.layout, "patched")
     assert _contents(image, "etc/hello.conf", "etc/hello.conf.apk-new") == {
         "etc/hello.conf": b"a=mine\n", "etc/hello.conf.apk-new": b"a=2\n"}

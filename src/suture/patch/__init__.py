@@ -212,7 +212,9 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     build = engine.build(work, plan, debs)
     if report is None:
         plan = plan.with_vulnerabilities(engine.fixed_vulnerabilities(work, plan, debs, build))
-        outcome.plan = plan
+    if build.notes:
+        plan = replace(plan, notes=(*plan.notes, *build.notes))
+    outcome.plan = plan
     entries = build.entries
     outcome.scripts_not_run = list(build.not_run)
     if mark and len(image.layers) > mark.base_layers:

@@ -280,10 +280,8 @@ class ApkEngine:
                     files[path] = hit.data
         result = apply_updates(state.installed, updates, tree=state.files, files=files,
                                protected=protected, db_dir=db_dir, exec_dir=exec_dir)
-        for note in result.notes:
-            log.warning("%s", note)
-        state.notes.extend(result.notes)
-        return Build(result.entries, result.jobs, result.scratch, result.not_run)
+        return Build(result.entries, result.jobs, result.scratch, result.not_run,
+                     list(result.notes))
 
     # ------------------------------------------------------- vulnerabilities
     def fixed_vulnerabilities(self, state: ApkState, plan: Plan, packages: dict[str, Path],

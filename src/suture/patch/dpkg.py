@@ -260,8 +260,8 @@ class DpkgEngine:
                 hit = found.get(path)
                 conffiles[path] = hit.data if hit is not None else None
         result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
-        state.notes.extend(result.notes)
-        return Build(result.entries, result.jobs, result.scratch, result.not_run)
+        return Build(result.entries, result.jobs, result.scratch, result.not_run,
+                     list(result.notes))
 
     # ------------------------------------------------------- vulnerabilities
     def fixed_vulnerabilities(self, state: DpkgState, plan: Plan, packages: dict[str, Path],
@@ -303,7 +303,8 @@ class DpkgEngine:
                         break
                 entries = parse_changelog(data) if data is not None else []
             except SutureError as exc:
-                state.notes.append(f"{source}: changelog not read: {exc}")
+                build.notes.append(f"{source}: changelog not read, its CVEs are not in "
+                                   f"the VEX: {exc}")
                 continue
             if not entries:
                 continue

@@ -35,6 +35,9 @@ class Build:
     jobs: list[ScriptJob]
     scratch: list[Entry] = field(default_factory=list)
     not_run: list[tuple[str, str]] = field(default_factory=list)  # (script, why not)
+    # What the user should know of the build (a changed config kept, its new version
+    # written beside it; a changelog that could not be read): added to the plan's notes.
+    notes: list[str] = field(default_factory=list)
 
 
 class Engine(Protocol):
