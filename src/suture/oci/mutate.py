@@ -185,17 +185,28 @@ def with_annotations(image: Image, annotations: Mapping[str, str | None]) -> Ima
                     image.source)
 
 
+# The annotation by which a buildx attestation manifest names the image it describes.
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+
+
 def replace_children(index: ImageIndex, replacements: Mapping[str, Artifact],
-                     *, annotations: Mapping[str, str | None] | None = None) -> ImageIndex:
+                     *, annotations: Mapping[str, str | None] | None = None,
+                     drop_stale_attestations: bool = False) -> ImageIndex:
     """``index`` with some children (by old digest) replaced; the rest carried byte for byte.
 
-    Each replacement's descriptor keeps the old entry's platform and annotations.
+    Each replacement's descriptor keeps the old entry's platform and annotations. With
+    ``drop_stale_attestations``, attestation manifests that describe a replaced child
+    (``vnd.docker.reference.digest``) are left out: their SBOM and provenance are of
+    the old image, and the digest they name is no longer in the index.
     """
     entries = []
     new_children: dict[str, Artifact] = {}
     for desc in index.manifests:
         repl = replacements.get(desc.digest)
         if repl is None:
+            if drop_stale_attestations and desc.annotations.get(REFERENCE_DIGEST) \
+                    in replacements:
+                continue
             entries.append(desc)
             continue
         new_desc = replace_descriptor(desc, repl.media_type, repl.digest, len(repl.raw_manifest))

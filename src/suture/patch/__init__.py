@@ -284,7 +284,7 @@ def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
     if isinstance(artifact, Image):
         return changed.get(artifact.digest), outcomes
     assert isinstance(artifact, ImageIndex)
-    return replace_children(artifact, changed), outcomes
+    return replace_children(artifact, changed, drop_stale_attestations=True), outcomes
 
 
 def _patch_parallel(images: list[Image], options: PatchOptions, workdir: Path
