@@ -709,3 +709,22 @@ class socket_closed_port:
 
 def test_gpgv_oracle_is_available():
     assert subprocess.run(["gpgv", "--version"], capture_output=True).returncode == 0
+
+
+def test_cache_sweeps_downloads_a_killed_run_left_behind(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from suture.distro.dpkg.repo import AptCache
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    old, fresh = tmpdir / "dl-old", tmpdir / "dl-fresh"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"in use by another run")
+    day_ago = time.time() - 2 * AptCache.STALE
+    os.utime(old, (day_ago, day_ago))
+    cache = AptCache(tmp_path)
+    path = cache.put(b"content")
+    assert path.read_bytes() == b"content"
+    assert not old.exists() and fresh.exists()

@@ -261,8 +261,22 @@ class AptCache:
     equal content).
     """
 
+    # A download left in tmp/ this long by a process that was killed is removed.
+    STALE = 24 * 3600
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._swept = False
+
+    def _sweep(self, tmpdir: Path) -> None:
+        """Remove downloads a killed run left in ``tmp/`` (once per cache object)."""
+        self._swept = True
+        cutoff = time.time() - self.STALE
+        with contextlib.suppress(OSError):
+            for leftover in tmpdir.glob("dl-*"):
+                with contextlib.suppress(OSError):
+                    if leftover.stat().st_mtime < cutoff:
+                        leftover.unlink()
 
     def path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256
@@ -294,6 +308,8 @@ class AptCache:
     def temp(self) -> tuple[IO[bytes], Path]:
         tmpdir = self.root / "tmp"
         tmpdir.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._sweep(tmpdir)
         fd, name = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
         return os.fdopen(fd, "w+b"), Path(name)
 
