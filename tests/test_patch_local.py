@@ -574,3 +574,23 @@ def test_tag_and_destination_naming(scene: Scene, tmp_path: Path) -> None:
     assert layout_state(scene.layout) == state
     assert a["target"]["digest"] == b["target"]["digest"] == c["target"]["digest"]
     assert versions(open_image(f"oci:{tmp_path}/other:tag"))["b"] == "2.0-1"
+
+
+def test_a_package_moving_from_all_to_the_native_architecture_is_upgraded(
+        apt_repo: AptRepo, gpg_keys: GpgKeys, tmp_path: Path) -> None:
+    """``Architecture: all`` stands for the native architecture (as dpkg and apt read it):
+    d 1.0-1 (all) -> 2.0-1 (amd64) is an upgrade of the one package, its old file gone."""
+    archive = Archive.create(apt_repo, gpg_keys.good, tmp_path, CODENAME)
+    v1 = [archive.add(CODENAME, "d", "1.0-1", {"usr/share/d/old": b"1\n"}, arch="all")]
+    archive.add(SECURITY, "d", "2.0-1", {"usr/share/d/new": b"2\n"})
+    archive.publish()
+    scene = Scene(archive, v1, tmp_path)
+    ref = scene.image("v1")
+    proc, result = scene.patch(ref)
+    _doc, platform = _ok(proc, result)
+    assert _updates(platform) == {"d": ("1.0-1", "2.0-1", "update-all")}
+    after = open_image(ref + "-patched")
+    db = installed(after)
+    assert (db["d"].version, db["d"].architecture) == ("2.0-1", "amd64")
+    assert contents(after, "usr/share/d/old", "usr/share/d/new") == {
+        "usr/share/d/old": None, "usr/share/d/new": b"2\n"}

@@ -11,6 +11,7 @@ build: unpack natively into layer entries and rewrite the database.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,34 @@ class DpkgState:
     candidates: list[PackageEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fetcher: AptFetcher | None = None
+
+    def _arch(self, arch: str) -> str:
+        # As the resolver and dpkg key packages: "all" stands for the native architecture,
+        # so a package that moves between "all" and native is one package upgraded.
+        return self.architecture if arch == "all" else arch
+
+    def candidate(self, update: Update) -> PackageEntry:
+        """The repository entry ``update`` installs."""
+        return self._candidates[(update.name, update.to_version, update.architecture)]
+
+    def replaced(self, update: Update) -> InstalledPackage | None:
+        """The installed package ``update`` upgrades (None when it is newly installed)."""
+        if update.from_version is None:
+            return None
+        return self._installed.get((update.name, self._arch(update.architecture)))
+
+    @functools.cached_property
+    def _candidates(self) -> dict[tuple[str, str, str], PackageEntry]:
+        return {(c.package, c.version, c.architecture): c for c in self.candidates}
+
+    @functools.cached_property
+    def _installed(self) -> dict[tuple[str, str], InstalledPackage]:
+        return {(p.name, self._arch(p.architecture)): p for p in self.installed}
+
+
+def package_key(update: Update) -> str:
+    """How fetched packages are keyed: ``name:architecture``."""
+    return f"{update.name}:{update.architecture}"
 
 
 def deb_architecture(image: Image) -> str:
@@ -218,15 +247,10 @@ class DpkgEngine:
     # ---------------------------------------------------------------- fetch
     def fetch(self, state: DpkgState, plan: Plan) -> dict[str, Path]:
         assert state.fetcher is not None
-        by_key = {(c.package, c.version, c.architecture): c for c in state.candidates}
         fetcher = state.fetcher
 
-        def one(update: object) -> tuple[str, Path]:
-            from suture.plan import Update
-
-            assert isinstance(update, Update)
-            entry = by_key[(update.name, update.to_version, update.architecture)]
-            return f"{update.name}:{update.architecture}", fetcher.fetch_deb(entry)
+        def one(update: Update) -> tuple[str, Path]:
+            return package_key(update), fetcher.fetch_deb(state.candidate(update))
 
         return fetch_parallel(one, plan.updates)
 
@@ -237,13 +261,7 @@ class DpkgEngine:
         paths, prefixes = database_paths()
         files = {p: e.data for p, e in state.files.items() if e.data is not None and (
             p in paths or p.startswith(prefixes))}
-        by_key = {(p.name, p.architecture): p for p in state.installed}
-        updates = []
-        for u in plan.updates:
-            installed = by_key.get((u.name, u.architecture)) or (
-                by_key.get((u.name, "all")) if u.architecture == "all" else None)
-            updates.append((installed if u.from_version is not None else None,
-                            packages[f"{u.name}:{u.architecture}"]))
+        updates = [(state.replaced(u), packages[package_key(u)]) for u in plan.updates]
         conffiles: dict[str, bytes | None] = {}
         follow: list[str] = []
         for path in conffile_paths(files, updates):
@@ -280,11 +298,9 @@ class DpkgEngine:
             source_version,
         )
 
-        installed = {(p.name, p.architecture): p for p in state.installed}
-        candidates = {(c.package, c.version, c.architecture): c for c in state.candidates}
         groups: dict[tuple[str, str], list[Update]] = {}
         for u in plan.updates:
-            entry = candidates[(u.name, u.to_version, u.architecture)]
+            entry = state.candidate(u)
             key = (entry.source_name, source_version(entry.source, entry.version))
             groups.setdefault(key, []).append(u)
         found: dict[str, tuple[str, ...]] = {}
@@ -297,8 +313,7 @@ class DpkgEngine:
                 for u in members:
                     data = changelog_in(build.entries, u.name)
                     if data is None:
-                        data = read_deb_changelog(packages[f"{u.name}:{u.architecture}"],
-                                                  u.name)
+                        data = read_deb_changelog(packages[package_key(u)], u.name)
                     if data is not None:
                         break
                 entries = parse_changelog(data) if data is not None else []
@@ -309,7 +324,7 @@ class DpkgEngine:
             if not entries:
                 continue
             for u in upgraded:
-                old = installed.get((u.name, u.architecture)) or installed.get((u.name, "all"))
+                old = state.replaced(u)
                 if old is not None:
                     found[u.name] = cves_between(entries, old.source_version, new_version)
         return found
