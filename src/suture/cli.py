@@ -299,7 +299,6 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         created = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
     transport = _options(args)
-    progress = renderer
     return PatchOptions(
         reports=reports,
         platforms=tuple(_platforms(args.platform) or ()),
@@ -312,11 +311,11 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         ignore_errors=args.ignore_errors,
         dry_run=args.dry_run,
         transport=replace(transport, registry=replace(transport.registry,
-                                                      progress=progress)),
+                                                      progress=renderer)),
         compression=args.compression,
         created=created,
         deadline=time.monotonic() + parse_duration(args.timeout),
-        progress=progress,
+        progress=renderer,
     )
 
 

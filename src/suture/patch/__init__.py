@@ -102,14 +102,10 @@ def _check_report(report: Report, os_id: str, version: str, platform: Platform |
                   ) -> None:
     """Refuse a report about another OS, release or architecture than the image's."""
     family = report.os_family.lower()
-    image_family = normalize_os_family(os_id)
-    if family != image_family:
-        raise ReportError(f"the report is for {family} {report.os_version}, the image is "
-                          f"{os_id} {version}", hint=_MISMATCH_HINT)
-    if report.os_version and version and not (
+    if family != normalize_os_family(os_id) or (report.os_version and version and not (
         report.os_version == version or report.os_version.startswith(version + ".")
         or version.startswith(report.os_version + ".")
-    ):
+    )):
         raise ReportError(f"the report is for {family} {report.os_version}, the image is "
                           f"{os_id} {version}", hint=_MISMATCH_HINT)
     if platform is not None and not report.matches_platform(platform.architecture,
@@ -150,7 +146,8 @@ def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformO
 
 def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                  outcome: PlatformOutcome, cleanup: ExitStack) -> None:
-    if options.report_for(image.platform) is None and options.per_platform_reports:
+    report = options.report_for(image.platform)
+    if report is None and options.per_platform_reports:
         outcome.status = SKIPPED
         outcome.message = "no report for this platform: left as it is"
         return
@@ -177,7 +174,6 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         base, workdir=_scratch_dir(options, workdir.parent), sandbox=options.sandbox)
     if script_root is not None:
         cleanup.callback(script_root.close)
-    report = options.report_for(image.platform)
     if report is not None:
         _check_report(report, outcome.os_family, outcome.os_version, image.platform)
     check_deadline(options, "planning")
@@ -186,7 +182,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                           tree)
     plan = engine.plan(work, report.os_findings() if report is not None else None)
     outcome.plan = plan
-    fixes = len({v for u in plan.updates for v in u.vulnerabilities})
+    fixes = len(plan.vulnerabilities)
     _say(options, image, f"plan: {len(plan.updates)} package(s) to update"
          + (f" fixing {fixes} vulnerabilities" if fixes else "")
          + (f", {len(plan.skipped)} left alone" if plan.skipped else "")
@@ -356,8 +352,7 @@ def summary_lines(result: PatchResult) -> Iterable[str]:
     yield f"{'PLATFORM':16} {'STATUS':11} {'UPDATED':>7} {'VULNS':>5} {'LAYER':>10}  MESSAGE"
     for o in result.platforms:
         updated = len(o.plan.updates) if o.plan and o.status == PATCHED else 0
-        vulns = len({v for u in o.plan.updates for v in u.vulnerabilities}) \
-            if o.plan and o.status == PATCHED else 0
+        vulns = len(o.plan.vulnerabilities) if o.plan and o.status == PATCHED else 0
         size = f"{o.layer.size / 1e6:.1f} MB" if o.layer else "-"
         yield (f"{o.platform or '-'!s:16} {o.status:11} {updated:>7} {vulns:>5} "
                f"{size:>10}  {o.message}")

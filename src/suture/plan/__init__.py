@@ -83,6 +83,11 @@ class Plan:
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def vulnerabilities(self) -> frozenset[str]:
+        """Every identifier the updates fix (each counted once)."""
+        return frozenset(v for u in self.updates for v in u.vulnerabilities)
+
     def with_vulnerabilities(self, found: dict[str, tuple[str, ...]]) -> Plan:
         """This plan with ``found[name]`` added to each update's vulnerabilities (the
         identifiers a package's own changelog says its new version fixes)."""
