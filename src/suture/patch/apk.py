@@ -45,12 +45,12 @@ from suture.distro.apk.repo import (
 from suture.distro.apk.sign import Keys
 from suture.distro.apk.version import apk2_order
 from suture.distro.detect import OSRelease
-from suture.distro.dpkg.repo import AptFetcher, redact
+from suture.distro.dpkg.repo import redact
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files, resolve
 from suture.oci.image import Image
-from suture.patch.engines import Build, fetch_parallel
+from suture.patch.engines import Build, fetch_parallel, package_fetcher
 from suture.patch.model import PatchOptions
 from suture.plan import Plan
 from suture.reports.model import Finding
@@ -176,11 +176,7 @@ class ApkEngine:
         if len(state.keys) == 0:
             raise SutureError("no trusted apk keys: /etc/apk/keys is empty",
                               hint="pass --keyring FILE with the repository's public key")
-        verify: bool | str = True
-        if options.transport.registry.ca_file is not None:
-            verify = str(options.transport.registry.ca_file)
-        state.fetcher = ApkFetcher(AptFetcher(options.cache_dir / "apk", offline=options.offline,
-                                              verify=verify, progress=options.progress))
+        state.fetcher = ApkFetcher(package_fetcher(options, "apk"))
         arches = {state.arch, "noarch", ""}
         for repo in repos:
             index = state.fetcher.fetch_index(repo, state.arch, state.keys)

@@ -41,7 +41,7 @@ from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
-from suture.patch.engines import Build, fetch_parallel
+from suture.patch.engines import Build, fetch_parallel, package_fetcher
 from suture.patch.model import PatchOptions
 from suture.plan import Plan, Update
 from suture.reports.model import Finding
@@ -200,11 +200,7 @@ class DpkgEngine:
 
     def _load_repositories(self, state: DpkgState) -> None:
         options = state.options
-        verify: bool | str = True
-        if options.transport.registry.ca_file is not None:
-            verify = str(options.transport.registry.ca_file)
-        state.fetcher = AptFetcher(options.cache_dir / "apt", offline=options.offline,
-                                   verify=verify, progress=options.progress)
+        state.fetcher = package_fetcher(options, "apt")
         arches = (state.architecture, *state.foreign)
         indexes: list[tuple[str, str, bytes]] = []
         for entry in self._source_entries(state):

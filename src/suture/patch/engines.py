@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from suture.distro.scripts import ScriptJob
 from suture.errors import SutureError
@@ -21,6 +21,9 @@ from suture.oci.layer import Entry
 from suture.patch.model import PatchOptions
 from suture.plan import Plan
 from suture.reports.model import Finding
+
+if TYPE_CHECKING:
+    from suture.distro.dpkg.repo import AptFetcher
 
 T = TypeVar("T")
 
@@ -81,6 +84,18 @@ def fetch_parallel(fetch_one: Callable[[T], tuple[str, Path]], items: Iterable[T
         raise
     pool.shutdown(wait=True)
     return found
+
+
+def package_fetcher(options: PatchOptions, cache: str) -> AptFetcher:
+    """The verified, cached, resumable downloader every engine fetches with: its cache
+    under ``--cache-dir``/``cache``, offline when asked, TLS checked against
+    ``--ca-file`` when given, its transfers reported to ``options.progress``."""
+    from suture.distro.dpkg.repo import AptFetcher
+
+    ca_file = options.transport.registry.ca_file
+    return AptFetcher(options.cache_dir / cache, offline=options.offline,
+                      verify=str(ca_file) if ca_file is not None else True,
+                      progress=options.progress)
 
 
 def wants_data(path: str) -> bool:
