@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from suture.errors import LayerError, NotFound
@@ -118,7 +118,7 @@ def resolve_links(path: str, readlink: Callable[[str], str | None], *,
     return "/".join(done)
 
 
-def resolve(path: str, symlinks: dict[str, str]) -> str:
+def resolve(path: str, symlinks: Mapping[str, str]) -> str:
     """Resolve ``path`` through ``symlinks`` (path -> target) inside the root."""
     return resolve_links(path, symlinks.get)
 

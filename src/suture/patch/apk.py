@@ -104,7 +104,7 @@ class ApkEngine:
     @staticmethod
     def _data(files: Mapping[str, FileEntry], links: Mapping[str, str], path: str
               ) -> bytes | None:
-        entry = files.get(resolve(path, dict(links)))
+        entry = files.get(resolve(path, links))
         if entry is None or entry.kind != "file":
             return None
         return entry.data
@@ -113,12 +113,12 @@ class ApkEngine:
     def _listing(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
                  ) -> dict[str, bytes]:
         """Regular files directly under ``prefix`` (symlinks followed), by base name."""
-        real = resolve(prefix.rstrip("/"), dict(links)) + "/"
+        real = resolve(prefix.rstrip("/"), links) + "/"
         out: dict[str, bytes] = {}
         for path in files:
             if not path.startswith(real) or "/" in path[len(real):]:
                 continue
-            target = files.get(resolve(path, dict(links)))
+            target = files.get(resolve(path, links))
             if target is not None and target.kind == "file" and target.data is not None:
                 out[path[len(real):]] = target.data
         return out
@@ -237,7 +237,7 @@ class ApkEngine:
             updates.append(Update(by_name.get(u.name) if u.from_version else None, entry,
                                   archive))
         links = state.links
-        db_dir = resolve(state.db_dir, dict(links))
+        db_dir = resolve(state.db_dir, links)
         exec_dir = EXEC
         files: dict[str, bytes] = {}
         for path in ("etc/passwd", "etc/group"):
@@ -259,7 +259,7 @@ class ApkEngine:
                 [p for p, _f in upd.old.files()] if upd.old is not None else [])
             for path in paths:
                 if is_protected(protect_mode(path.rpartition("/")[0], protected)):
-                    real = resolve(path.rpartition("/")[0], dict(links))
+                    real = resolve(path.rpartition("/")[0], links)
                     real = f"{real}/{path.rpartition('/')[2]}" if real else path
                     node = state.files.get(real)
                     if node is None or node.kind != "file":
