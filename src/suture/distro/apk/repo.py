@@ -28,6 +28,7 @@ from suture.distro.apk.index import VerifiedIndex, read_index_archive
 from suture.distro.apk.sign import Keys
 from suture.distro.dpkg.repo import AptFetcher, redact
 from suture.distro.dpkg.repoerrors import OfflineCacheMiss, RepositoryError
+from suture.distro.mirrors import mirror_url
 from suture.errors import SizeMismatch
 
 __all__ = ["ApkFetcher", "Repository", "apk_arch", "mirror_url", "parse_repositories"]
@@ -142,19 +143,6 @@ def parse_repositories(files: Mapping[str, bytes], *, arch: str) -> list[Reposit
                 full = f"{url.rstrip('/')}/{component}" if component else url
                 out.append(Repository(full, tag, len(out), "", where))
     return out
-
-
-def _norm(url: str) -> str:
-    return url.rstrip("/") + "/"
-
-
-def mirror_url(url: str, mirrors: Mapping[str, str]) -> str:
-    """``url`` with its longest matching prefix (whole path segments) replaced."""
-    target = _norm(url)
-    for prefix in sorted(mirrors, key=lambda p: len(_norm(p)), reverse=True):
-        if target.startswith(_norm(prefix)):
-            return (_norm(mirrors[prefix]) + target[len(_norm(prefix)):]).rstrip("/")
-    return url
 
 
 def apply_mirrors(repositories: Iterable[Repository], mirrors: Mapping[str, str]

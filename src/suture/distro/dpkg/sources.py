@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from suture.distro.dpkg.repoerrors import SourcesError
+from suture.distro.mirrors import mirror_url
 
 # Where apt keeps its source lists, as root-relative paths (the image convention).
 SOURCES_LIST = "etc/apt/sources.list"
@@ -382,10 +383,6 @@ def parse_sources_files(files: Mapping[str, bytes]) -> list[SourceEntry]:
 # ---------------------------------------------------------------- standard suites
 
 
-def _norm(uri: str) -> str:
-    return uri if uri.endswith("/") else uri + "/"
-
-
 def debian_security_suite(codename: str) -> str:
     """The name of Debian's security suite for ``codename``.
 
@@ -472,14 +469,8 @@ def apply_mirrors(entries: Sequence[SourceEntry], mirrors: Mapping[str, str]) ->
     ``.../debian-security``); the longest matching prefix wins. Entries that no
     prefix matches are returned unchanged.
     """
-    table = sorted(((_norm(k), _norm(v)) for k, v in mirrors.items()),
-                   key=lambda kv: len(kv[0]), reverse=True)
     out: list[SourceEntry] = []
     for entry in entries:
-        uri = _norm(entry.uri)
-        for prefix, mirror in table:
-            if uri.startswith(prefix):
-                entry = replace(entry, uri=(mirror + uri[len(prefix):]).rstrip("/"))
-                break
-        out.append(entry)
+        uri = mirror_url(entry.uri, mirrors)
+        out.append(entry if uri == entry.uri else replace(entry, uri=uri))
     return out
