@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 STAGE, DOWNLOAD, UPLOAD = "stage", "download", "upload"
 
@@ -49,18 +49,6 @@ class Event:
 
 
 Progress = Callable[[Event], None]
-
-
-def scoped(progress: Progress | None, scope: str) -> Progress | None:
-    """``progress`` with every event's scope set to ``scope`` (None stays None)."""
-    if progress is None:
-        return None
-    sink = progress
-
-    def send(event: Event) -> None:
-        sink(replace(event, scope=scope))
-
-    return send
 
 
 class Transfer:
