@@ -45,7 +45,7 @@ STEPS = [
     ("  wait for the scripts' root", "suture.patch.scripts", "ScriptRoot.wait"),
     ("  write the patch entries", "suture.patch.scripts", "_write_entries"),
     ("  snapshots (before + after)", "suture.patch.scripts", "_snapshot"),
-    ("  maintainer scripts", "suture.patch.scripts", "_run_one"),
+    ("  maintainer scripts", "suture.patch.sandbox", "run_one"),
     ("  diff", "suture.patch.scripts", "_diff"),
     ("  release the root", "suture.patch.scripts", "ScriptRoot.release"),
     ("write_layer", "suture.patch", "write_layer"),

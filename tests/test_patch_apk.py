@@ -345,7 +345,8 @@ def _host_shell() -> list[Entry]:
 
 
 def test_scripts_run_in_the_sandbox(alpine: Scene) -> None:
-    from suture.patch.scripts import _probe_bwrap, host_architecture
+    from suture.patch.sandbox import host_architecture
+    from suture.patch.sandbox import probe_bwrap as _probe_bwrap
 
     if host_architecture() != "amd64" or _probe_bwrap() is not None \
             or not Path("/usr/bin/dash").exists():

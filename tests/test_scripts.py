@@ -21,8 +21,9 @@ from suture.errors import UsageError
 from suture.oci.image import Image
 from suture.oci.layer import DIR, FILE, HARDLINK, SYMLINK, WHITEOUT_PREFIX, Entry
 from suture.oci.model import Platform
-from suture.patch import scripts
-from suture.patch.scripts import ScriptError, host_architecture, run_scripts
+from suture.patch import sandbox
+from suture.patch.sandbox import ScriptError, host_architecture
+from suture.patch.scripts import run_scripts
 from tests.fixtures.images import make_image
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
@@ -269,7 +270,7 @@ def test_script_that_hangs_is_stopped(mini_image: Image, tmp_path: Path) -> None
 @needs_root
 def test_script_that_talks_too_much_is_stopped(mini_image: Image, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scripts, "MAX_SCRIPT_OUTPUT", 100_000)
+    monkeypatch.setattr(sandbox, "MAX_SCRIPT_OUTPUT", 100_000)
     script, job = _broken("chatty", b"#!/bin/sh\nwhile :; do echo yes; done\n")
     with pytest.raises(ScriptError, match="wrote more than 100000 bytes of output: yes"):
         run_scripts(mini_image, [script], [job], workdir=tmp_path)
