@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +23,7 @@ from suture.oci.image import Image
 from suture.oci.layer import Entry
 from suture.oci.model import Platform
 from suture.transports import open_artifact, write_artifact
+from tests.fixtures.fidelity import compare_with_apt, tree, unpack
 
 pytestmark = [pytest.mark.network, pytest.mark.tools]
 AMD64 = Platform.parse("linux/amd64")
@@ -50,14 +49,6 @@ def _patch(ref: str, tmp: Path, *extra: str) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc: dict[str, Any] = json.loads(result.read_text())
     return doc
-
-
-def _unpack(ref: str, dest: Path) -> Path:
-    """The rootfs as umoci (not suture) unpacks it."""
-    layout, _, tag = ref[len("oci:"):].rpartition(":")
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(dest)], check=True,
-                   capture_output=True)
-    return dest / "rootfs"
 
 
 def _installed_versions(image: Image) -> dict[str, str]:
@@ -94,7 +85,7 @@ def test_two_layer_image_patched_end_to_end(tmp_path: Path, bookworm_rootfs: Pat
     for update in platform["updates"]:
         assert versions[update["name"]] == update["to"], update
         assert update["from"] != update["to"]
-    root = _unpack(ref + "-patched", tmp_path / "bundle")
+    root = unpack(ref + "-patched", tmp_path / "bundle")
     _check_root(root)
     run = subprocess.run(["chroot", str(root), "openssl", "version"], capture_output=True,
                          text=True, check=True)
@@ -148,76 +139,24 @@ def test_trixie_dry_run_then_patch(tmp_path: Path, trixie_rootfs: Path) -> None:
     if status == "patched":
         for update in doc["platforms"][0]["updates"]:
             assert update["name"] in dry.stdout
-        _check_root(_unpack(ref + "-patched", tmp_path / "bundle"))
+        _check_root(unpack(ref + "-patched", tmp_path / "bundle"))
 
 
 # --- fidelity: the distribution's own apt-get in a chroot of the same image ------------
-
-# Paths where apt-get's result legitimately differs from suture's: apt's own state,
-# caches and logs, dpkg's backup files, and caches keyed by inode and time.
-ORACLE_IGNORED = (
-    "var/lib/apt/lists/", "var/cache/apt/", "var/log/", "var/cache/ldconfig/aux-cache",
-    "var/cache/debconf/config.dat-old", "var/cache/debconf/templates.dat-old",
-    "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old", "var/lib/dpkg/statoverride-old",
-    "var/lib/dpkg/available", "var/lib/dpkg/lock", "var/lib/dpkg/lock-frontend",
-    "var/lib/dpkg/triggers/Lock", "var/lib/dpkg/triggers/Unincorp", "var/lib/apt/extended_states",
-    "etc/apt/sources.list", "etc/resolv.conf", "dev/", "proc/", "tmp/", "run/",
-    "var/lib/dpkg/tmp.ci/", "var/lib/dpkg/updates/",
-)
-
-
-def _tree(root: Path) -> dict[str, tuple[object, ...]]:
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if rel.startswith(ORACLE_IGNORED) or (rel + "/").startswith(ORACLE_IGNORED):
-                continue
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", oct(st.st_mode), st.st_uid, st.st_gid)
-            elif stat.S_ISREG(st.st_mode):
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                out[rel] = ("file", oct(st.st_mode), st.st_uid, st.st_gid, digest)
-            else:
-                out[rel] = ("other", oct(st.st_mode))
-    return out
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap runs the oracle chroot")
 def test_fidelity_with_apt_get_upgrade(tmp_path: Path, bookworm_rootfs: Path) -> None:
     ref = _layout(tmp_path, [bookworm_rootfs], "fidelity")
-    doc = _patch(ref, tmp_path)
-    [platform] = doc["platforms"]
-    assert platform["status"] == "patched"
-    ours = _unpack(ref + "-patched", tmp_path / "ours")
-    theirs = _unpack(ref, tmp_path / "theirs")
-    sources = theirs / "etc/apt/sources.list"
-    sources.write_text(sources.read_text() +
-                       "deb http://deb.debian.org/debian-security bookworm-security main\n"
-                       "deb http://deb.debian.org/debian bookworm-updates main\n")
-    shutil.copy("/etc/resolv.conf", theirs / "etc/resolv.conf")
-    script = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq "
-              "-o Dpkg::Options::=--force-confold upgrade")
-    proc = subprocess.run(["bwrap", "--bind", str(theirs), "/", "--dev", "/dev", "--proc",
-                           "/proc", "--die-with-parent", "/bin/sh", "-c",
-                           script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    apt_versions = {p.name: p.version for p in
-                    parse_status((theirs / "var/lib/dpkg/status").read_bytes())}
-    for update in platform["updates"]:
-        assert apt_versions[update["name"]] == update["to"]
-    a, b = _tree(ours), _tree(theirs)
-    original = _tree(_unpack(ref, tmp_path / "original"))
-    changed = [p for p in a if a[p] != original.get(p)]
-    assert len(a) > 5000 and len(changed) > len(platform["updates"])
-    only_ours = sorted(set(a) - set(b))
-    only_apt = sorted(set(b) - set(a))
-    differ = sorted(p for p in set(a) & set(b) if a[p] != b[p])
-    assert (only_ours, only_apt, differ) == ([], [], [])
+    fid = compare_with_apt(ref, tmp_path / "fidelity")
+    assert fid.status == "patched", fid.platform
+    apt_versions = fid.apt_versions
+    for name, version in fid.updates.items():
+        assert apt_versions[name] == version, name
+    ours, original = tree(fid.ours), tree(fid.original)
+    changed = [p for p in ours if ours[p] != original.get(p)]
+    assert len(ours) > 5000 and len(changed) > len(fid.updates)
+    assert fid.diff.empty, str(fid.diff)
 
 
 @pytest.mark.registry
