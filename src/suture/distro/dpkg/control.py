@@ -581,16 +581,46 @@ class InstalledPackage:
 
 
 _SOURCE = re.compile(r"(\S+)(?:\s*\((\S+)\s*\))?")
+# dpkg's pkg_name_is_illegal (lib/dpkg/parsehelp.c): an ASCII letter or digit, then
+# letters, digits and "-+._" (dpkg folds upper case to lower; "_" is deprecated).
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*")
+# dpkg_arch_name_is_illegal (lib/dpkg/arch.c): a letter or digit, then letters, digits, "-".
+_ARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def _name_problem(name: str) -> str | None:
+    """Why dpkg refuses ``name`` as a package name (as ``pkg_name_is_illegal``), or None."""
+    if _PACKAGE_NAME.fullmatch(name):
+        return None
+    if not name[:1].isascii() or not name[:1].isalnum():
+        return "must start with an alphanumeric character"
+    bad = next(c for c in name if not (c.isascii() and (c.isalnum() or c in "+._-")))
+    return f"character {bad!r} not allowed (only letters, digits and characters '-+._')"
+
+
+def _check_single_line(paragraph: Paragraph, field: str) -> str | None:
+    value = paragraph.get(field)
+    if value is not None and "\n" in value:
+        raise PackageFormatError(f"{field} {value!r} spans more than one line", text=value)
+    return value
 
 
 def _installed_package(paragraph: Paragraph) -> InstalledPackage:
-    name = paragraph.get("Package")
+    name = _check_single_line(paragraph, "Package")
     if not name:
         raise PackageFormatError("stanza without a Package field", text=format_paragraph(
             paragraph)[:200])
-    version = paragraph.get("Version") or ""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise PackageFormatError(f"invalid package name {name!r}: {problem}", text=name)
+    version = _check_single_line(paragraph, "Version") or ""
     if version:
         split_version(version, strict=False)
+    architecture = _check_single_line(paragraph, "Architecture")
+    if architecture and not _ARCH_NAME.fullmatch(architecture):
+        # dpkg only warns here, but the name becomes part of paths (info/NAME:ARCH.list)
+        # and of package URLs, and dpkg cannot match such a package to anything.
+        raise PackageFormatError(f"invalid architecture name {architecture!r}", text=architecture)
     status_text = paragraph.get("Status")
     status = None if status_text is None else parse_package_status(status_text)
     source_name, source_version = name, version
@@ -608,7 +638,7 @@ def _installed_package(paragraph: Paragraph) -> InstalledPackage:
     return InstalledPackage(
         name=name,
         version=version,
-        architecture=paragraph.get("Architecture") or "",
+        architecture=architecture or "",
         source_name=source_name,
         source_version=source_version,
         multi_arch=(paragraph.get("Multi-Arch") or "no").lower(),
@@ -625,14 +655,21 @@ def parse_status(
 
     Every stanza is returned, whatever its status (filter with
     :attr:`InstalledPackage.is_installed`). A malformed stanza, version,
-    ``Status`` or ``Conffiles`` raises :class:`PackageDBError` with
-    ``path=source``. Relation fields are parsed only when asked for.
+    ``Status`` or ``Conffiles``, a package name dpkg refuses (its
+    ``pkg_name_is_illegal``), an illegal architecture name (dpkg warns), or a
+    ``Package``, ``Version`` or ``Architecture`` value on more than one line
+    raises :class:`PackageDBError` with ``path=source``, naming the stanza by
+    number (and by package when its name is valid). Relation fields are parsed
+    only when asked for.
     """
     packages = []
-    for paragraph in parse_paragraphs(data, source=source):
+    for number, paragraph in enumerate(parse_paragraphs(data, source=source), 1):
         try:
             packages.append(_installed_package(paragraph))
         except PackageFormatError as exc:
-            what = paragraph.get("Package") or "?"
-            raise PackageDBError(f"package {what}: {exc.message}", path=source) from None
+            what = paragraph.get("Package")
+            stanza = f"stanza {number}"
+            if what and _PACKAGE_NAME.fullmatch(what):  # an invalid name is in the message
+                stanza += f" (package {what})"
+            raise PackageDBError(f"{stanza}: {exc.message}", path=source) from None
     return packages
