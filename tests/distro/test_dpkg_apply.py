@@ -6,7 +6,8 @@ into a root with the real ``dpkg --root``, copies that root, and then:
 * upgrades the first copy with ``dpkg --force-confold -i`` (the oracle);
 * applies :func:`apply_updates` to the second copy: reads its database and
   tree, writes the layer's entries onto it (whiteouts delete), and runs the
-  jobs in order (old scripts from ``scratch``).
+  jobs in order as its script sequence gives them (old scripts and the control
+  area staged while each job runs, as suture's runner stages them).
 
 The two trees must then be the same, file by file (kind, mode, owner, content,
 link target, and package files' mtimes), the dpkg database byte for byte, and
@@ -30,7 +31,6 @@ from pathlib import Path
 import pytest
 
 from suture.distro.dpkg.apply import (
-    SCRATCH,
     DpkgApplyResult,
     FileConflictError,
     Node,
@@ -41,8 +41,10 @@ from suture.distro.dpkg.apply import (
 from suture.distro.dpkg.control import InstalledPackage, parse_md5sums, parse_status
 from suture.distro.dpkg.triggers import parse_triggers
 from suture.distro.dpkg.version import compare_versions
+from suture.distro.scripts import ScriptJob
 from suture.errors import PackageDBError, UsageError
 from suture.oci.layer import DIR, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT_PREFIX, Entry
+from suture.patch.scripts import RootDirectory, Staging
 from tests.fixtures.debs import (
     Dir,
     DpkgRoot,
@@ -182,14 +184,34 @@ def write_layer(root: Path, entries: Sequence[Entry]) -> None:
             write_entry(root, entry)
 
 
+def replay(root: Path, result: DpkgApplyResult, run: Callable[[ScriptJob], None]) -> list[str]:
+    """Drive ``result``'s script sequence over ``root`` as suture's runner does (each
+    job's files staged while ``run`` runs it); the jobs' descriptions."""
+    ran: list[str] = []
+    sequence = result.sequence
+    if sequence is None:
+        assert result.jobs == []
+        return ran
+    files = RootDirectory(root)
+    staging = Staging(root, root.parent / f"{root.name}-staged")
+    while (job := sequence.next_job(files)) is not None:
+        try:
+            staging.stage(job.staged)
+            run(job)
+        finally:
+            staging.restore()
+        ran.append(job.describe())
+    sequence.finish(files)
+    return ran
+
+
 def run_jobs(root: Path, result: DpkgApplyResult) -> None:
-    """Run the jobs in order on the host (the scripts only log), old scripts from scratch."""
-    for entry in result.scratch:
-        write_entry(root, entry)
-    for job in result.jobs:
+    """Run the jobs in order on the host (the scripts only log)."""
+    def run(job: ScriptJob) -> None:
         env = {**os.environ, **dict(job.env), "DPKG_ROOT": str(root)}
         subprocess.run(["/bin/sh", str(root / job.path), *job.args], env=env, check=True)
-    shutil.rmtree(root / SCRATCH, ignore_errors=True)
+
+    assert replay(root, result, run) == [job.describe() for job in result.jobs]
 
 
 # --------------------------------------------------------------------------- comparison
@@ -457,13 +479,22 @@ def test_jobs_are_in_dpkgs_order(tmp_path: Path) -> None:
         "intr triggered intr-other",
         "bar triggered /usr/lib/foo",
     ]
+    # The old prerm runs from info/ as dpkg has it before unpacking: the old scripts
+    # there, none of the new version's files; the new preinst from the control area.
     prerm = result.jobs[0]
-    assert prerm.path == f"{SCRATCH}/foo.prerm"
-    assert [e.path for e in result.scratch] == [f"{SCRATCH}/foo.prerm", f"{SCRATCH}/foo.postrm",
-                                                 f"{SCRATCH}/libx:amd64.prerm"]
+    staged = {s.path: s.data for s in prerm.staged}
+    assert prerm.path == "var/lib/dpkg/info/foo.prerm"
+    old_prerm = (main.oracle.ours.path / prerm.path).read_bytes()
+    assert staged[prerm.path] == old_prerm
+    preinst = result.jobs[3]
+    assert preinst.path == "var/lib/dpkg/tmp.ci/preinst"
+    staged = {s.path: s.data for s in preinst.staged}
+    assert staged["var/lib/dpkg/tmp.ci/control"] is not None
+    assert b"Version: 2" in staged["var/lib/dpkg/tmp.ci/control"]  # type: ignore[operator]
+    assert staged["var/lib/dpkg/tmp.ci/preinst"] is not None
     paths = {e.path for e in result.entries}
     for job in result.jobs:
-        assert job.path in paths or job.path.startswith(SCRATCH + "/") or \
+        assert job.path in paths or job.path in {s.path for s in job.staged} or \
             (main.oracle.ours.path / job.path).exists()
     assert dict(result.jobs[3].env)["DPKG_MAINTSCRIPT_NAME"] == "preinst"
     assert dict(result.jobs[3].env)["DPKG_MAINTSCRIPT_ARCH"] == "amd64"
@@ -689,7 +720,7 @@ def test_distroless_status_d(tmp_path: Path) -> None:
     assert by_path["usr/lib/x86_64-linux-gnu/libssl.so.3"].data == b"ssl2\n"
     assert by_path["etc/ssl/openssl.cnf"].data == conf("cnf")
     assert not any(p.startswith("var/lib/dpkg/info") for p in by_path)
-    assert result.jobs == [] and result.scratch == []
+    assert result.jobs == [] and result.sequence is None
     assert "var/lib/dpkg/status" not in by_path
     assert [p.version for p in result.packages] == ["3.0.2-1", "1"]
     write_layer(root, result.entries)
@@ -830,12 +861,12 @@ def test_real_debian_image_matches_dpkg(tmp_path: Path, bookworm_rootfs: Path) -
                             check=True).stdout.decode().strip() for deb in debs]
     result = apply_to(ours, list(zip(names, debs, strict=True)))
     write_layer(ours, result.entries)
-    for entry in result.scratch:
-        write_entry(ours, entry)
-    for job in result.jobs:
+
+    def run(job: ScriptJob) -> None:
         subprocess.run(["chroot", ours, "/" + job.path, *job.args],
                        env={**env, **dict(job.env)}, check=True, capture_output=True)
-    shutil.rmtree(ours / SCRATCH)
+
+    replay(ours, result, run)
 
     shipped = {e.path for e in result.entries}
     assert_same_tree(real, ours, mtimes=lambda p: p in shipped,

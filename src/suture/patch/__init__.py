@@ -225,9 +225,17 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         _say(options, image, f"running {len(build.jobs)} maintainer scripts in a sandbox")
         scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
                               workdir=_scratch_dir(options, workdir), sandbox=options.sandbox,
-                              root=script_root)
+                              root=script_root, sequence=build.sequence)
         outcome.scripts_ran = list(scripts.ran)
         outcome.scripts_not_run += scripts.not_run
+        if scripts.ran and base.platform is not None:
+            from suture.patch.emulation import emulation_note
+            from suture.patch.sandbox import host_architecture
+
+            note = emulation_note(base.platform.architecture, host_architecture())
+            if note is not None:
+                plan = replace(plan, notes=(*plan.notes, note))
+                outcome.plan = plan
         entries = merge_entries(entries, scripts.entries)
     elif script_root is not None:
         script_root.close()

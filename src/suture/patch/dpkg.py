@@ -274,8 +274,8 @@ class DpkgEngine:
                 hit = found.get(path)
                 conffiles[path] = hit.data if hit is not None else None
         result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
-        return Build(result.entries, result.jobs, result.scratch, result.not_run,
-                     list(result.notes))
+        return Build(result.entries, result.jobs, [], result.not_run, list(result.notes),
+                     result.sequence)
 
     # ------------------------------------------------------- vulnerabilities
     def fixed_vulnerabilities(self, state: DpkgState, plan: Plan, packages: dict[str, Path],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from suture.distro.scripts import ScriptJob
+from suture.distro.scripts import ScriptJob, ScriptSequence
 from suture.errors import SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry
@@ -31,8 +31,10 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Build:
     """The patch layer's entries, the scripts to run over them, ``scratch``: files the
-    scripts need (old maintainer scripts) that never go in the layer, and ``not_run``:
-    scripts the family knows cannot be run, to be reported."""
+    scripts need that never go in the layer, and ``not_run``: scripts the family knows
+    cannot be run, to be reported. ``sequence``, when the family decides what runs
+    next from what the scripts did: the jobs as they run (``jobs`` are then the
+    ones known in advance, reported when nothing can run)."""
 
     entries: list[Entry]
     jobs: list[ScriptJob]
@@ -41,6 +43,7 @@ class Build:
     # What the user should know of the build (a changed config kept, its new version
     # written beside it; a changelog that could not be read): added to the plan's notes.
     notes: list[str] = field(default_factory=list)
+    sequence: ScriptSequence | None = None
 
 
 class Engine(Protocol):
@@ -89,13 +92,18 @@ def fetch_parallel(fetch_one: Callable[[T], tuple[str, Path]], items: Iterable[T
 def package_fetcher(options: PatchOptions, cache: str) -> AptFetcher:
     """The verified, cached, resumable downloader every engine fetches with: its cache
     under ``--cache-dir``/``cache``, offline when asked, TLS checked against
-    ``--ca-file`` when given, its transfers reported to ``options.progress``."""
+    ``--ca-file`` when given, its transfers reported to ``options.progress``. The
+    repositories come from the image, so every URL and redirect is checked: private,
+    loopback and link-local addresses only under a ``--mirror`` target or a host of
+    ``--allow-private-repos``."""
     from suture.distro.dpkg.repo import AptFetcher
+    from suture.distro.mirrors import RepositoryHosts
 
     ca_file = options.transport.registry.ca_file
+    hosts = RepositoryHosts(options.allow_private_repos, trusted=options.mirrors.values())
     return AptFetcher(options.cache_dir / cache, offline=options.offline,
                       verify=str(ca_file) if ca_file is not None else True,
-                      progress=options.progress)
+                      progress=options.progress, hosts=hosts)
 
 
 def wants_data(path: str) -> bool:

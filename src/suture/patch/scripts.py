@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suture.distro.dpkg.control import parse_status
-from suture.distro.scripts import ScriptJob
+from suture.distro.scripts import FixedSequence, ScriptJob, ScriptSequence, Staged
 from suture.errors import LayerError, SutureError, UsageError
 from suture.oci.extract import Extraction, RootWriter, remove_tree, resolve_in_root
 from suture.oci.fs import normalize
@@ -187,9 +187,13 @@ def start_root(image: Image, *, workdir: Path | None = None, sandbox: str = "aut
 
 def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[ScriptJob], *,
                 workdir: Path | None = None, sandbox: str = "auto",
-                timeout: float = SCRIPT_TIMEOUT, root: ScriptRoot | None = None
-                ) -> ScriptOutcome:
+                timeout: float = SCRIPT_TIMEOUT, root: ScriptRoot | None = None,
+                sequence: ScriptSequence | None = None) -> ScriptOutcome:
     """Run ``jobs`` in order over ``image`` with ``patch_entries`` written on top.
+
+    With ``sequence``, the jobs run are the ones it gives as they run (``jobs`` are
+    then what is reported when nothing can run: the jobs known in advance); the
+    files it writes at the end are part of the result like the scripts' own changes.
 
     The root is ``root`` when given (from :func:`start_root` with the same image);
     once used it is released (removed in the background: closing or dropping it
@@ -216,7 +220,7 @@ def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[Scr
             root = ScriptRoot(image, workdir)
         writer = root.wait()
         _write_entries(writer, patch_entries)
-        return _run_in(root.path, writer, kind, jobs,
+        return _run_in(root.path, writer, kind, sequence or FixedSequence(jobs),
                        _debian_arch(image.platform.architecture, image.platform.variant),
                        timeout)
     finally:
@@ -492,29 +496,108 @@ def _remove_policy(policy: Path | None) -> None:
         policy.unlink()
 
 
-def _run_in(root: Path, writer: RootWriter, kind: str, jobs: Sequence[ScriptJob],
+class RootDirectory:
+    """:class:`~suture.distro.scripts.RootFiles` over a root on disk (paths resolved
+    inside it, symlinks included, never outside)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read(self, path: str, limit: int = 16 << 20) -> bytes | None:
+        found = resolve_in_root(self.root, path, follow_last=True)
+        try:
+            st = found.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return None
+            return found.read_bytes()
+        except OSError:
+            return None
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        target = resolve_in_root(self.root, path, follow_last=False)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise LayerError(f"cannot write /{normalize(path)} in the scripts' root: "
+                             "not a regular file")
+        tmp = target.with_name(f".{target.name}.suture-new")
+        tmp.write_bytes(data)
+        tmp.chmod(mode)
+        os.replace(tmp, target)
+
+
+class Staging:
+    """Puts a job's :class:`~suture.distro.scripts.Staged` files in place and, once it
+    ran, puts back what was there (moved aside to ``stash``, outside the root)."""
+
+    def __init__(self, root: Path, stash: Path) -> None:
+        self.root = root
+        self.stash = stash
+        self._moved: list[tuple[Path, Path | None]] = []  # (path in root, where it went)
+        self._made: list[Path] = []  # directories made for staged files
+
+    def stage(self, staged: Sequence[Staged]) -> None:
+        for number, item in enumerate(staged):
+            target = resolve_in_root(self.root, item.path, follow_last=False)
+            aside: Path | None = None
+            if target.is_symlink() or target.exists():
+                self.stash.mkdir(exist_ok=True)
+                aside = self.stash / f"{len(self._moved)}-{number}"
+                os.rename(target, aside)
+            self._moved.append((target, aside))
+            if item.data is None:
+                continue
+            missing = []
+            parent = target.parent
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            for directory in reversed(missing):
+                directory.mkdir(mode=0o755)
+                self._made.append(directory)
+            target.write_bytes(item.data)
+            target.chmod(item.mode)
+
+    def restore(self) -> None:
+        for target, aside in reversed(self._moved):
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                remove_tree(target)
+            if aside is not None:
+                os.rename(aside, target)
+        for directory in reversed(self._made):
+            if directory.is_dir() and not directory.is_symlink():
+                remove_tree(directory)
+        self._moved, self._made = [], []
+
+
+def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
             image_arch: str, timeout: float) -> ScriptOutcome:
     dpkg = _read_dpkg_facts(root)
     before = _snapshot(root)
     ran: list[str] = []
     not_run: list[tuple[str, str]] = []
+    files = RootDirectory(root)
+    staging = Staging(root, root.parent / "staged")
     policy = _install_policy(root)
     try:
-        for job in jobs:
-            why = _why_not(root, job)
-            if why is not None:
-                log.info("not running %s: %s", job.describe(), why)  # reported in the result
-                not_run.append((job.describe(), why))
-                continue
-            env = _job_env(job, dpkg, image_arch)
-            argv = ["/" + normalize(job.path), *job.args]
-            log.info("running %s (%s)", job.describe(), kind)
-            run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {},
-                     timeout)
-            ran.append(job.describe())
+        while (job := sequence.next_job(files)) is not None:
+            try:
+                staging.stage(job.staged)
+                why = _why_not(root, job)
+                if why is not None:
+                    log.info("not running %s: %s", job.describe(), why)  # in the result
+                    not_run.append((job.describe(), why))
+                    continue
+                env = _job_env(job, dpkg, image_arch)
+                argv = ["/" + normalize(job.path), *job.args]
+                log.info("running %s (%s)", job.describe(), kind)
+                run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {},
+                        timeout)
+                ran.append(job.describe())
+            finally:
+                staging.restore()
+        sequence.finish(files)
     finally:
         _remove_policy(policy)
     after = _snapshot(root)
     return ScriptOutcome(_diff(root, before, after, writer), ran, not_run)
-
-

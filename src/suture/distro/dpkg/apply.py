@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -104,9 +104,10 @@ from suture.distro.dpkg.triggers import (
     parse_explicit_interests,
     parse_file_interests,
     parse_triggers,
+    parse_unincorp,
 )
 from suture.distro.dpkg.version import parse_version
-from suture.distro.scripts import ScriptJob
+from suture.distro.scripts import RootFiles, ScriptJob, Staged
 from suture.errors import PackageDBError, PackageFormatError, SutureError, UsageError
 from suture.oci.fs import resolve
 from suture.oci.layer import DIR, FILE, HARDLINK, SYMLINK, Entry
@@ -133,8 +134,10 @@ TRIGGERS_FILE = f"{TRIGGERS}/File"
 DIVERSIONS = f"{ADMINDIR}/diversions"
 STATOVERRIDE = f"{ADMINDIR}/statoverride"
 PASSWD, GROUP = "etc/passwd", "etc/group"
-SCRATCH = f"{ADMINDIR}/suture-old"
-"""Where :attr:`DpkgApplyResult.scratch` puts the old maintainer scripts the jobs need."""
+CONTROL_AREA = f"{ADMINDIR}/tmp.ci"
+"""Where dpkg unpacks a package's control area, and runs its new ``preinst`` from."""
+UNINCORP = f"{TRIGGERS}/Unincorp"
+MAX_TRIGGER_RUNS = 1000  # trigger processing that does not end is a cycle
 
 # The order dpkg writes the fields it knows (lib/dpkg/parse.c); other fields
 # follow in the order the package's control file gives them.
@@ -206,23 +209,24 @@ class DpkgApplyResult:
     ``entries``: the one new layer (files, directories, links, whiteouts and
     database files), paths root-relative. ``jobs``: the maintainer-script
     invocations dpkg would make, in its order; every script they name is in
-    ``entries`` (new scripts) or in ``scratch``. ``scratch``: old maintainer
-    scripts (``prerm``/``postrm`` of the replaced versions) under
-    :data:`SCRATCH`, needed only while the jobs run and never part of the
-    layer. ``packages``: the new stanzas of the updated packages, parsed back
-    from what was written. ``kept_conffiles``: absolute paths of conffiles left
-    as the user changed them. ``notes``: anything done differently from what
-    a caller might expect, one sentence each. ``not_run``: the maintainer scripts dpkg
-    would have run but that cannot be run here (status.d images), with the reason.
+    ``entries`` (new scripts) or in the job's ``staged`` files (old scripts,
+    the control area a ``preinst`` runs from). ``sequence``: the same jobs as
+    they run, with the triggers the scripts activate themselves processed
+    (:class:`DpkgScripts`; None without jobs). ``packages``: the new stanzas of
+    the updated packages, parsed back from what was written.
+    ``kept_conffiles``: absolute paths of conffiles left as the user changed
+    them. ``notes``: anything done differently from what a caller might expect,
+    one sentence each. ``not_run``: the maintainer scripts dpkg would have run
+    but that cannot be run here (status.d images), with the reason.
     """
 
     entries: list[Entry]
     jobs: list[ScriptJob]
-    scratch: list[Entry] = field(default_factory=list)
     packages: list[InstalledPackage] = field(default_factory=list)
     kept_conffiles: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     not_run: list[tuple[str, str]] = field(default_factory=list)
+    sequence: DpkgScripts | None = field(default=None, compare=False)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -807,13 +811,13 @@ class _Applier:
         self._remove_old_files()
         jobs = self._jobs()
         packages = self._write_database()
-        scratch = self._scratch()
         entries = self._layer_entries()
         log.debug("dpkg apply: %d packages, %d entries, %d jobs", len(self.todo), len(entries),
                   len(jobs))
-        return DpkgApplyResult(entries=entries, jobs=jobs, scratch=scratch, packages=packages,
+        return DpkgApplyResult(entries=entries, jobs=jobs, packages=packages,
                                kept_conffiles=self.kept, notes=self.notes,
-                               not_run=self.not_run)
+                               not_run=self.not_run,
+                               sequence=self.sequence() if jobs else None)
 
     # ----------------------------------------------------------------- unpacking
 
@@ -1069,16 +1073,20 @@ class _Applier:
         data = _encode(format_paragraphs(p.paragraph for p in written))
         self.db_entries[STATUS] = _db_entry(STATUS, data)
 
-    def _after_triggers(self, pkg: InstalledPackage) -> InstalledPackage:
-        """``pkg`` once the jobs' trigger processing is done (its stanza as dpkg leaves it)."""
+    def _after_triggers(self, pkg: InstalledPackage,
+                        processed: set[str] | None = None) -> InstalledPackage:
+        """``pkg`` once the jobs' trigger processing is done (its stanza as dpkg leaves
+        it), the owners in ``processed`` (by default those the jobs known in advance
+        process) having had their triggers processed."""
+        done = self.processed if processed is None else processed
         status = pkg.status
         if status is None or status.status not in ("triggers-pending", "triggers-awaited"):
             return pkg
         pending = (pkg.paragraph.get("Triggers-Pending") or "").split()
         awaited = (pkg.paragraph.get("Triggers-Awaited") or "").split()
-        if self.db.pkg_owner(pkg) in self.processed:
+        if self.db.pkg_owner(pkg) in done:
             pending = []
-        left = [owner for owner in awaited if owner not in self.processed]
+        left = [owner for owner in awaited if owner not in done]
         if left == awaited and pending:
             return pkg
         paragraph = pkg.paragraph.copy()
@@ -1305,7 +1313,9 @@ class _Applier:
         return tuple(env)
 
     def _jobs(self) -> list[ScriptJob]:
-        """The scripts one ``dpkg --install`` of the updates runs, in its order.
+        """The scripts one ``dpkg --install`` of the updates runs, in its order, as far as
+        it can be known before any runs (what scripts activate themselves comes on top:
+        see :meth:`sequence`).
 
         Unpacking, package by package: the old ``prerm upgrade NEW``, the new
         ``preinst upgrade OLD NEW`` (``install`` for a new package), the old
@@ -1330,7 +1340,9 @@ class _Applier:
                 self.notes.append("status.d image: maintainer scripts are not run "
                                   "(the image has no dpkg database to run them against)")
             return []
-        jobs: list[ScriptJob] = []
+        return list(self._steps(self._trigger_run(), self.processed))
+
+    def _trigger_run(self) -> _TriggerState:
         interests = self._initial_interests()
         run = TriggerRun(interests.all(),
                          {self.db.pkg_owner(p) for p in self.db.packages if p.is_installed})
@@ -1340,6 +1352,13 @@ class _Applier:
             left = (pkg.paragraph.get("Triggers-Pending") or "").split()
             if left and pkg.is_installed:
                 run.pending[self.db.pkg_owner(pkg)] = left
+        return _TriggerState(run, interests)
+
+    def _steps(self, state: _TriggerState, processed: set[str]) -> Iterator[ScriptJob]:
+        """The jobs, one at a time: what dpkg does between two jobs happens when the
+        next one is asked for, so activations recorded meanwhile (a script's
+        ``dpkg-trigger``) are taken into account as dpkg takes them."""
+        run, interests = state.run, state.interests
         for update in self.todo:
             previous, old_owner = update.previous, self._old_owner(update)
             old_version = "" if previous is None else _canonical_version(previous.version)
@@ -1351,12 +1370,14 @@ class _Applier:
             if old_owner is not None:
                 run.unpacking(old_owner)
             run.unpacking(update.owner)
+            before_unpack = self._info_before_unpack(update)
             if update.upgrade and previous is not None and \
                     f"{update.old_infoname}.prerm" in self.db.info:
-                jobs.append(ScriptJob(old_owner or update.owner, "prerm",
-                                      f"{SCRATCH}/{update.old_infoname}.prerm",
-                                      ("upgrade", update.version),
-                                      self._env(previous.name, previous.architecture, "prerm")))
+                yield ScriptJob(old_owner or update.owner, "prerm",
+                                f"{INFO}/{update.old_infoname}.prerm",
+                                ("upgrade", update.version),
+                                self._env(previous.name, previous.architecture, "prerm"),
+                                before_unpack)
             if "preinst" in update.control.files:
                 if update.upgrade:
                     args: tuple[str, ...] = ("upgrade", old_version, update.version)
@@ -1364,9 +1385,12 @@ class _Applier:
                     args = ("install", old_version, update.version)
                 else:
                     args = ("install",)
-                jobs.append(ScriptJob(update.owner, "preinst",
-                                      f"{INFO}/{update.infoname}.preinst", args,
-                                      self._env(update.name, update.arch, "preinst")))
+                # dpkg runs the new preinst from the control area it is installing.
+                control_area = tuple(Staged(f"{CONTROL_AREA}/{m.name}", m.data, m.mode)
+                                     for m in update.control.files.values())
+                yield ScriptJob(update.owner, "preinst", f"{CONTROL_AREA}/preinst", args,
+                                self._env(update.name, update.arch, "preinst"),
+                                before_unpack + control_area)
             interests.replace(old_owner, update.triggers_old, update.owner, update.triggers_new)
             run.set_interests(interests.all())
             for member in update.data:  # conffiles too: dpkg activates them as it unpacks
@@ -1375,22 +1399,25 @@ class _Applier:
                 run.activate_path("/" + path)
             if update.upgrade and previous is not None and \
                     f"{update.old_infoname}.postrm" in self.db.info:
-                jobs.append(ScriptJob(old_owner or update.owner, "postrm",
-                                      f"{SCRATCH}/{update.old_infoname}.postrm",
-                                      ("upgrade", update.version),
-                                      self._env(previous.name, previous.architecture, "postrm")))
+                yield ScriptJob(old_owner or update.owner, "postrm",
+                                f"{INFO}/{update.old_infoname}.postrm",
+                                ("upgrade", update.version),
+                                self._env(previous.name, previous.architecture, "postrm"),
+                                before_unpack)
         for update in self._configure_order():
             for trigger, _ in update.triggers_new.activates:
                 run.activate(trigger)
             for conffile in update.conffiles:  # dpkg activates each as it settles it
                 if not conffile.obsolete and not conffile.remove_on_upgrade:
                     run.activate_path(conffile.path)
-            if "postinst" in update.control.files:
-                jobs.append(ScriptJob(update.owner, "postinst",
-                                      f"{INFO}/{update.infoname}.postinst",
-                                      ("configure", self._configured_version(update)),
-                                      self._env(update.name, update.arch, "postinst")))
+            # Installed once its postinst is done: what that postinst activates reaches
+            # it too (dpkg records the activation after the script).
             run.configured(update.owner)
+            if "postinst" in update.control.files:
+                yield ScriptJob(update.owner, "postinst",
+                                f"{INFO}/{update.infoname}.postinst",
+                                ("configure", self._configured_version(update)),
+                                self._env(update.name, update.arch, "postinst"))
         scripts: dict[str, tuple[str, str, str, bool]] = {}
         for pkg in self.db.packages:
             infoname = _infoname(pkg.name, pkg.architecture, pkg.multi_arch)
@@ -1399,13 +1426,39 @@ class _Applier:
         for update in self.todo:
             scripts[update.owner] = (update.name, update.arch, update.infoname,
                                      "postinst" in update.control.files)
-        for owner, names in run.process():
-            self.processed.add(owner)
+        count = 0
+        while (item := run.take()) is not None:
+            owner, names = item
+            processed.add(owner)
+            count += 1
+            if count > MAX_TRIGGER_RUNS:
+                raise PackageDBError(f"trigger processing does not end (looping at {owner} "
+                                     f"{names}): dpkg would stop with a trigger cycle",
+                                     path="/" + TRIGGERS)
             name, arch, infoname, has_postinst = scripts.get(owner, (owner, "", owner, False))
             if has_postinst:
-                jobs.append(ScriptJob(owner, "triggered", f"{INFO}/{infoname}.postinst",
-                                      ("triggered", names), self._env(name, arch, "postinst")))
-        return jobs
+                yield ScriptJob(owner, "triggered", f"{INFO}/{infoname}.postinst",
+                                ("triggered", names), self._env(name, arch, "postinst"))
+
+    def _info_before_unpack(self, update: _Update) -> tuple[Staged, ...]:
+        """``info/`` as dpkg has it while unpacking ``update``: the old version's files
+        (its scripts among them), none of the new version's yet."""
+        old = set(self.db.info_files(update.old_infoname)) if update.upgrade and \
+            update.old_infoname is not None else set()
+        staged = [Staged(f"{INFO}/{name}", self.db.info[name],
+                         0o755 if name.rpartition(".")[2] in (*_SCRIPT_NAMES, "config")
+                         else 0o644)
+                  for name in sorted(old)]
+        new = {f"{update.infoname}.{m.name}" for m in update.control.files.values()
+               if m.name != "control"} | {f"{update.infoname}.list",
+                                          f"{update.infoname}.md5sums"}
+        staged += [Staged(f"{INFO}/{name}", None) for name in sorted(new - old)]
+        return tuple(staged)
+
+    def sequence(self) -> DpkgScripts:
+        """The jobs as they run, with what the scripts themselves activate: see
+        :class:`DpkgScripts`."""
+        return DpkgScripts(self)
 
     @staticmethod
     def _configured_version(update: _Update) -> str:
@@ -1417,20 +1470,6 @@ class _Applier:
             return _canonical_version(previous.version)
         config_version = previous.paragraph.get("Config-Version")
         return _canonical_version(config_version) if config_version else ""
-
-    def _scratch(self) -> list[Entry]:
-        out: list[Entry] = []
-        if self.db.kind != "status":
-            return out
-        for update in self.todo:
-            if not update.upgrade or update.old_infoname is None:
-                continue
-            for script in ("prerm", "postrm"):
-                name = f"{update.old_infoname}.{script}"
-                data = self.db.info.get(name)
-                if data is not None:
-                    out.append(Entry.file(f"{SCRATCH}/{name}", data, 0o755, mtime=None))
-        return out
 
     # ----------------------------------------------------------------- output
 
@@ -1490,3 +1529,57 @@ class _Applier:
                 except PackageFormatError as exc:
                     raise PackageDBError(exc.message, path="/" + path) from None
         return written
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class _TriggerState:
+    run: TriggerRun
+    interests: _Interests
+
+
+class DpkgScripts:
+    """The maintainer scripts of one application as dpkg runs them, job by job
+    (a :class:`~suture.distro.scripts.ScriptSequence`).
+
+    Before each job (and once all ran) the triggers scripts activated with
+    ``dpkg-trigger`` (``triggers/Unincorp``) are incorporated as dpkg does: the
+    interested packages get them pending, the file is emptied, and the deferred
+    queue processes them (``postinst triggered``) until nothing is pending. At
+    the end, packages whose pending triggers were processed only because a
+    script activated them are written back as installed in ``status``.
+    """
+
+    def __init__(self, applier: _Applier) -> None:
+        self._applier = applier
+        self.processed: set[str] = set()
+        self._state = applier._trigger_run()
+        self._steps = applier._steps(self._state, self.processed)
+
+    def next_job(self, root: RootFiles) -> ScriptJob | None:
+        self._incorporate(root)
+        return next(self._steps, None)
+
+    def _incorporate(self, root: RootFiles) -> None:
+        data = root.read(UNINCORP)
+        if not data:
+            return
+        for trigger, _awaiters in parse_unincorp(data, source="/" + UNINCORP):
+            # Every job runs to the end before the next, so what a trigger awaits is
+            # always processed before this run ends: the awaiters need no record.
+            self._state.run.activate(trigger)
+        root.write(UNINCORP, b"")
+
+    def finish(self, root: RootFiles) -> None:
+        extra = self.processed - self._applier.processed
+        if not extra:
+            return
+        data = root.read(STATUS, limit=1 << 30)
+        if data is None:
+            raise PackageDBError("gone after the maintainer scripts", path="/" + STATUS)
+        packages = parse_status(data, source=f"/{STATUS} (after the maintainer scripts)")
+        after = [self._applier._after_triggers(p, self.processed) for p in packages]
+        if after != packages:
+            root.write(STATUS, _encode(format_paragraphs(p.paragraph for p in after)))

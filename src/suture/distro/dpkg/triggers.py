@@ -36,6 +36,7 @@ __all__ = [
     "parse_explicit_interests",
     "parse_file_interests",
     "parse_triggers",
+    "parse_unincorp",
 ]
 
 _INTEREST = {"interest": False, "interest-await": False, "interest-noawait": True}
@@ -139,6 +140,24 @@ def parse_explicit_interests(trigger: str, data: bytes | str, *,
     return out
 
 
+def parse_unincorp(data: bytes | str, *, source: str = "triggers/Unincorp"
+                   ) -> list[tuple[str, tuple[str, ...]]]:
+    """Parse dpkg's ``triggers/Unincorp``, what ``dpkg-trigger`` recorded and dpkg has
+    not taken in yet: ``<trigger> <awaiter>...`` a line (``-`` for no awaiter)."""
+    text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        words = line.split()
+        if not words:
+            continue
+        _check_name(words[0], source, number)
+        if len(words) < 2:
+            raise PackageDBError(f"line {number}: a trigger without an awaiter: {line!r}",
+                                 path=source)
+        out.append((words[0], tuple(w for w in words[1:] if w != "-")))
+    return out
+
+
 def format_file_interests(interests: Iterable[Interest]) -> bytes:
     """The text of ``triggers/File`` for ``interests`` (in the order given)."""
     return "".join(f"{i.trigger} {i.owner_field()}\n" for i in interests).encode(
@@ -223,13 +242,20 @@ class TriggerRun:
         """``owner`` is installed again (its ``postinst configure`` ran)."""
         self.installed.add(owner)
 
-    def process(self, *, limit: int = 1000) -> list[tuple[str, str]]:
-        """Run the deferred queue: ``(owner, "name1 name2")`` for each ``postinst triggered``."""
-        out: list[tuple[str, str]] = []
-        while self.queue and len(out) < limit:
+    def take(self) -> tuple[str, str] | None:
+        """The deferred queue's next ``(owner, "name1 name2")`` for a ``postinst
+        triggered`` (its triggers are then no longer pending), or None when empty."""
+        while self.queue:
             owner = self.queue.pop(0)
             names = self.pending.pop(owner, None)
             if names:
-                out.append((owner, " ".join(names)))
+                return owner, " ".join(names)
+        return None
+
+    def process(self, *, limit: int = 1000) -> list[tuple[str, str]]:
+        """Run the deferred queue: ``(owner, "name1 name2")`` for each ``postinst triggered``."""
+        out: list[tuple[str, str]] = []
+        while len(out) < limit and (item := self.take()) is not None:
+            out.append(item)
         return out
 
