@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -24,6 +24,46 @@ from suture.progress import DOWNLOAD, STAGE, UPLOAD, Event, Progress
 from suture.transports import Credentials, Options, RegistryOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def printable(text: str) -> str:
+    """``text`` made safe for a terminal: one line, no control sequences.
+
+    Every character Python does not call printable (C0 and C1 controls, ``DEL``,
+    line breaks, Unicode format characters such as bidirectional overrides and
+    zero-width spaces, unassigned and private-use code points) is shown escaped:
+    ``\\xNN`` (bytes that were not UTF-8, kept as surrogates, show as the byte they
+    were), ``\\uNNNN`` or ``\\UNNNNNNNN``. Everything the CLI prints that may hold
+    text from an image, a report, a plugin or the network goes through this.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        code -= 0xDC00
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _print_lines(lines: Iterable[str], *, file: TextIO | None = None) -> None:
+    """Print each line through :func:`printable` (a line break inside one is escaped)."""
+    print("\n".join(printable(line) for line in lines), file=file or sys.stdout)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log records through :func:`printable`: the message on one line, tracebacks line
+    by line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(printable(line) for line in super().formatException(ei).split("\n"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,7 +218,7 @@ def _print_inspection(ref: str, results: Sequence[Any], top_digest: str) -> None
         out.append(f"  layers    {len(r.layers)}")
         for d in r.layers:
             out.append(f"    {d.digest}  {_human_size(d.size):>9}  {d.media_type}")
-    print("\n".join(out))
+    _print_lines(out)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -211,7 +251,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
             raise UsageError("copy --platform takes one platform")
         artifact = select_images(artifact, platforms)[0]
     digest = write_artifact(artifact, dest, options)
-    print(f"{dest} {digest}")
+    _print_lines([f"{dest} {digest}"])
     return EXIT_OK
 
 
@@ -341,7 +381,7 @@ class _Renderer:
             elif event.kind == STAGE:
                 self._clear()
                 where = f"{event.scope}: " if event.scope else ""
-                self._write(f"suture: {where}{event.message}\n")
+                self._write(printable(f"suture: {where}{event.message}") + "\n")
                 self._draw()
             else:
                 self._transfer(event)
@@ -355,8 +395,8 @@ class _Renderer:
             if self.mode == "plain":
                 verb = "downloaded" if event.kind == DOWNLOAD else "uploaded"
                 where = f"{event.scope}: " if event.scope else ""
-                self._write(f"suture: {where}{verb} {event.name} "
-                            f"({_human_size(event.done)})\n")
+                self._write(printable(f"suture: {where}{verb} {event.name} "
+                                      f"({_human_size(event.done)})") + "\n")
         else:
             self.active[key] = (event.done, event.total)
         if self.mode == "bars":
@@ -411,18 +451,19 @@ def _renderer(mode: str) -> _Renderer | None:
 
 def _print_plan(result: Any) -> None:
     for outcome in result.platforms:
-        print(f"platform {outcome.platform or '-'}: {outcome.status} {outcome.message}")
-        if outcome.plan is None:
-            continue
-        for u in outcome.plan.updates:
-            why = u.reason + (f" ({', '.join(u.vulnerabilities)})" if u.vulnerabilities else "")
-            print(f"  {u.name:28} {u.from_version or '(new)':>24} -> {u.to_version:24} {why}")
-        for s in outcome.plan.skipped:
-            print(f"  {s.name:28} skipped: {s.reason} {s.detail}".rstrip())
-        for f in outcome.plan.failures:
-            print(f"  {f.name:28} FAILED: {f.message}")
-        for note in outcome.plan.notes:
-            print(f"  note: {note}")
+        lines = [f"platform {outcome.platform or '-'}: {outcome.status} {outcome.message}"]
+        plan = outcome.plan
+        if plan is not None:
+            for u in plan.updates:
+                why = u.reason + (f" ({', '.join(u.vulnerabilities)})" if u.vulnerabilities
+                                  else "")
+                lines.append(f"  {u.name:28} {u.from_version or '(new)':>24} -> "
+                             f"{u.to_version:24} {why}")
+            lines += [f"  {s.name:28} skipped: {s.reason} {s.detail}".rstrip()
+                      for s in plan.skipped]
+            lines += [f"  {f.name:28} FAILED: {f.message}" for f in plan.failures]
+            lines += [f"  note: {note}" for note in plan.notes]
+        _print_lines(lines)
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -451,13 +492,13 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(result)
     else:
-        print("\n".join(summary_lines(result)))
+        _print_lines(summary_lines(result))
         if result.target_reference:
-            print(f"wrote {result.target_reference} {result.target_digest}")
+            _print_lines([f"wrote {result.target_reference} {result.target_digest}"])
         for outcome in result.platforms:
             for script, reason in outcome.scripts_not_run:
-                print(f"warning: {outcome.platform}: not run: {script}: {reason}",
-                      file=sys.stderr)
+                _print_lines([f"warning: {outcome.platform}: not run: {script}: {reason}"],
+                             file=sys.stderr)
     if args.result:
         _write_json_atomic(Path(args.result), result.to_json())
     if args.output and result.target_reference:
@@ -465,7 +506,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         _write_json_atomic(Path(args.output), _vex(result, author))
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
-        print(f"suture: error: {first.platform or 'image'}: {first.message}", file=sys.stderr)
+        _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
+                     file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -564,7 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -579,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # Disk full, permission denied, a path that is a directory: one line, no traceback.
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"suture: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _print_lines([f"suture: error: {exc.strerror or exc}{where}"], file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
@@ -605,4 +649,4 @@ def _error(exc: SutureError) -> None:
     line = f"suture: error: {exc}"
     if exc.hint:
         line += f" (hint: {exc.hint})"
-    print(line.replace("\n", " "), file=sys.stderr)
+    _print_lines([line.replace("\n", " ")], file=sys.stderr)
