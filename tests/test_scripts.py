@@ -74,12 +74,17 @@ def test_image_without_a_shell_runs_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_other_architecture_runs_nothing_and_says_why(tmp_path: Path) -> None:
+def test_other_architecture_runs_nothing_and_says_why(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     arch = _other_arch()
+    nowhere = tmp_path.parent / "no-binfmt_misc"  # no binfmt_misc: nothing emulates arch
+    monkeypatch.setattr("suture.patch.emulation.BINFMT_MISC", nowhere)
     image = make_image([Entry.file("bin/sh", b"#!/nothing\n", mode=0o755)],
                        platform=f"linux/{arch}")
     outcome = run_scripts(image, [], [DEMO_JOB], workdir=tmp_path)
-    reason = f"image architecture {arch} differs from host {host_architecture()}"
+    reason = (f"image architecture {arch} differs from host {host_architecture()}: no "
+              f"binfmt_misc handler with the F flag for {arch} (binfmt_misc is not mounted "
+              f"or not enabled at {nowhere}); install qemu-user-static")
     assert outcome.not_run == [("demo postinst configure 1.0", reason)]
     assert outcome.entries == [] and outcome.ran == []
     assert list(tmp_path.iterdir()) == []  # nothing was extracted

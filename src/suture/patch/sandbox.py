@@ -107,8 +107,10 @@ def preflight(image: Image, sandbox: str, *, quiet: bool = False) -> tuple[str |
         return None, "image architecture unknown"
     if image_platform.architecture != host and emulator_for(
             image_platform.architecture, image_platform.variant) is None:
+        from suture.patch.emulation import no_emulator_reason
+
         return None, (f"image architecture {image_platform.architecture} differs "
-                      f"from host {host}")
+                      f"from host {host}: {no_emulator_reason(image_platform.architecture)}")
     return choose_sandbox(sandbox, quiet=quiet)
 
 
