@@ -151,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--no-host-keyrings", action="store_true",
                        help="never fall back to this host's distribution keyrings")
     patch.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
-                       help="how to run maintainer scripts (default: auto)")
+                       help="how to run maintainer scripts (default: auto: bubblewrap, or "
+                            "report them as not run; chroot confines nothing and is used "
+                            "only when named)")
+    patch.add_argument("--scripts-required", action="store_true",
+                       help="fail, writing nothing, when a maintainer script cannot run "
+                            "(default: patch and report it as not run)")
     patch.add_argument("--progress", default="auto",
                        choices=["auto", "plain", "quiet", "json"],
                        help="progress on stderr: auto (bars on a terminal, else plain "
@@ -348,6 +353,7 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         keyrings=tuple(keyrings),
         host_keyrings=not args.no_host_keyrings,
         sandbox=args.sandbox,
+        scripts_required=args.scripts_required,
         ignore_errors=args.ignore_errors,
         dry_run=args.dry_run,
         transport=replace(transport, registry=replace(transport.registry,

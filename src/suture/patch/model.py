@@ -38,6 +38,9 @@ class PatchOptions:
     keyrings: tuple[bytes, ...] = ()
     host_keyrings: bool = True
     sandbox: str = "auto"
+    # Fail (nothing written) when any maintainer script cannot run, instead of
+    # patching and reporting it as not run.
+    scripts_required: bool = False
     ignore_errors: bool = False
     dry_run: bool = False
     transport: Options = field(default_factory=Options)

@@ -1,28 +1,47 @@
 """The sandbox maintainer scripts run in, and running one command inside it.
 
 Which sandbox (:func:`preflight`, :func:`choose_sandbox`), the command line that
-enters it (:func:`command`), and running one job to completion with its time and
-output bounded (:func:`run_one`). It knows no package family: what to run, in
-which order and with which environment is the caller's business.
+enters it (:func:`command`), and running one job to completion with its time,
+output, processes, memory and files bounded (:func:`run_one`). It knows no
+package family: what to run, in which order and with which environment is the
+caller's business. docs/security.md gives the threat model: the image (its
+scripts, its shell, its perl, its ldconfig) is hostile; the user's flags are not.
 
 Sandboxes
     ``bwrap`` (bubblewrap): the root is bind-mounted read-write as ``/``, with a
-    fresh ``/dev``, ``/proc``, and tmpfs ``/tmp`` and ``/run``; new IPC, PID, UTS,
-    network (no network at all) and cgroup namespaces; an empty environment. As
-    root, no user namespace is made (scripts must be able to ``chown`` to any id)
-    and the capabilities are cut to those a ``docker build`` step has, minus
-    ``CAP_MKNOD``. As a normal user, a user namespace maps the caller to root.
+    fresh ``/dev`` and ``/proc``, and size-bounded tmpfs ``/tmp``, ``/run`` and
+    ``/dev/shm``; new user, mount, IPC, PID, UTS, network (no network at all) and
+    cgroup namespaces; an empty environment. In ``/proc``, ``sys``, ``sysrq-trigger``,
+    ``irq``, ``bus`` and ``fs`` are read-only and ``kcore``, ``keys``, ``kallsyms``,
+    ``timer_list``, ``sched_debug`` and the like are masked, as Docker does; ``/sys``
+    is not mounted. As root, the user namespace maps every uid and gid to itself
+    (scripts must be able to ``chown`` to any id, as ``adduser`` and
+    ``dpkg-statoverride`` do), so the files they write keep their real owners, but
+    their capabilities count in that namespace only (no say over the host's
+    kernel, devices or mounts), and the few they keep are those of a ``docker
+    build`` step, minus ``CAP_MKNOD`` (:data:`_CAPS`). As a normal user, the user
+    namespace maps the caller to root. Always, a seccomp filter no weaker than
+    Docker's default (:mod:`suture.patch.seccomp`) refuses ``mount``, ``unshare``,
+    ``ptrace``, ``bpf``, module loading and the like.
 
-    ``chroot`` (root only, the fallback): ``chroot ROOT SCRIPT``. Weaker isolation:
-    no namespaces (the script shares the host's network, PIDs and IPC, with all of
-    root's capabilities), and nothing is mounted, so there is no ``/proc`` and no
-    ``/dev`` in the root (scripts that need them fail). Mounting nothing also means
-    the temporary root can always be removed without touching the host.
+    ``chroot`` (root only, and only when asked for by name: it confines nothing
+    from a hostile script, which can leave it with ``chroot`` and ``chdir``):
+    ``chroot ROOT SCRIPT``, with no namespaces, all of root's capabilities, no
+    ``/proc`` and no ``/dev``. The limits below still apply.
 
     ``none``: nothing runs; every job is reported as ``scripts disabled``.
 
-    ``auto``: ``bwrap`` if it works here (probed once per process), else ``chroot``
-    when running as root, else nothing runs and every job says why.
+    ``auto``: ``bwrap`` if it works here (probed once per process), else nothing
+    runs and every job says why. ``auto`` never picks ``chroot``.
+
+Limits (:class:`Limits`, :data:`LIMITS`): each script runs in a cgroup of its own
+(v2, or the v1 ``pids`` and ``memory`` controllers; :func:`cgroup_support` says
+which) with at most ``processes`` tasks and ``memory`` bytes (tmpfs pages
+included); without cgroups, ``RLIMIT_AS`` bounds each process's memory and
+nothing bounds the number of processes (``RLIMIT_NPROC`` does not hold for root),
+which is logged. Always: ``RLIMIT_FSIZE`` (``file_size``), ``RLIMIT_CORE`` 0,
+``RLIMIT_NOFILE``, and ``tmpfs`` bytes for each of ``/tmp``, ``/run`` and
+``/dev/shm``. A script stopped by a limit raises :class:`ScriptError` naming it.
 
 Scripts of the image's architecture only are run: if it differs from the host's,
 every job is reported, unless :mod:`suture.patch.emulation` finds a way to run
@@ -37,13 +56,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import platform
 import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -51,6 +74,7 @@ from suture.distro.scripts import ScriptJob
 from suture.errors import SutureError, UsageError
 from suture.oci.image import Image
 from suture.patch.emulation import emulator_for
+from suture.patch.seccomp import SeccompUnavailable, filter_bpf
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +83,17 @@ SCRIPT_TIMEOUT = 300.0
 MAX_SCRIPT_OUTPUT = 16 << 20  # stdout + stderr of one script
 _TAIL = 4096
 # What a `docker build` step may do, without CAP_MKNOD (no device nodes in layers).
+# As root they count inside the scripts' user namespace only.
 _CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW",
          "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
          "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
+# /proc as Docker leaves it: kernel interfaces read-only, the revealing ones masked.
+_PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+_PROC_MASKED_FILES = ("kcore", "keys", "kallsyms", "kmsg", "latency_stats", "timer_list",
+                      "timer_stats", "sched_debug", "config.gz", "kpagecount", "kpageflags",
+                      "kpagecgroup", "iomem", "ioports", "vmallocinfo")
+_PROC_MASKED_DIRS = ("acpi", "asound", "scsi", "driver")
+_FULL_MAP = "0 0 4294967295\n"  # every id to itself
 _HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
               "i386": "386", "i486": "386", "i586": "386", "i686": "386", "armv5l": "arm",
               "armv6l": "arm", "armv7l": "arm", "armv8l": "arm", "ppc64le": "ppc64le",
@@ -69,15 +101,39 @@ _HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": 
               "loongarch64": "loong64"}
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one maintainer script (with everything it starts) may use.
+
+    ``processes``: tasks at once (cgroup ``pids``); ``memory``: bytes of memory,
+    the pages of its tmpfs files included (cgroup ``memory``; else ``RLIMIT_AS`` per
+    process); ``tmpfs``: bytes in each of ``/tmp``, ``/run`` and ``/dev/shm``;
+    ``file_size``: the largest file it may write (``RLIMIT_FSIZE``); ``open_files``:
+    descriptors per process (``RLIMIT_NOFILE``).
+    """
+
+    processes: int = 512
+    memory: int = 2 << 30
+    tmpfs: int = 512 << 20
+    file_size: int = 1 << 30
+    open_files: int = 4096
+
+
+LIMITS = Limits()
+
+
 class ScriptError(SutureError):
-    """A maintainer script that failed: non-zero exit, killed, timed out or too verbose.
+    """A maintainer script that failed: non-zero exit, killed, timed out, too verbose,
+    or stopped by a limit.
 
     ``exit_code`` is ``None`` when the script did not exit by itself; ``detail`` is
-    the last line of its stderr (or stdout), or what went wrong.
+    the last line of its stderr (or stdout), or what went wrong; ``limit`` names the
+    limit that stopped it (``"processes"``, ``"memory"``, ``"file size"``, ``"tmpfs"``)
+    when one did.
     """
 
     def __init__(self, job: ScriptJob, *, exit_code: int | None, detail: str,
-                 how: str | None = None) -> None:
+                 how: str | None = None, limit: str | None = None) -> None:
         what = how or (f"exited with code {exit_code}" if exit_code is not None
                        else "did not finish")
         super().__init__(f"maintainer script {job.describe()} {what}: {detail}",
@@ -87,6 +143,7 @@ class ScriptError(SutureError):
         self.script = job.script
         self.exit_code = exit_code
         self.detail = detail
+        self.limit = limit
 
 
 def host_architecture() -> str:
@@ -118,15 +175,95 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+# --------------------------------------------------------------------------- namespaces
+
+_USERNS_CHILD = ("import ctypes,sys\n"
+                 "libc=ctypes.CDLL(None,use_errno=True)\n"
+                 "if libc.unshare(0x10000000)!=0: sys.exit(ctypes.get_errno() or 1)\n"
+                 "sys.stdout.write('ready\\n');sys.stdout.flush();sys.stdin.read()\n")
+_userns_lock = threading.Lock()
+_userns: list[int] = []
+
+
+class SandboxUnavailable(Exception):
+    """Part of the sandbox cannot be made here (the message says why)."""
+
+
+def _make_userns() -> int:
+    """An open descriptor of a new user namespace in which every uid and gid maps to
+    itself (made by a short-lived child: a threaded process cannot unshare one)."""
+    if not sys.executable:
+        raise SandboxUnavailable("no interpreter to make a user namespace with")
+    try:
+        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _USERNS_CHILD],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot make a user namespace: {exc}") from None
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        if child.stdout.readline() != b"ready\n":
+            child.wait()
+            raise SandboxUnavailable("cannot make a user namespace: "
+                                     f"{os.strerror(child.returncode or 1)}")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{child.pid}/{name}", "w") as fh:
+                fh.write(_FULL_MAP)
+        return os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot map ids in a user namespace: {exc}") from None
+    finally:
+        child.stdin.close()
+        child.stdout.close()
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def _userns_fd() -> int:
+    """The user namespace scripts run in as root (made once per process)."""
+    with _userns_lock:
+        if not _userns:
+            _userns.append(_make_userns())
+        return _userns[0]
+
+
+def _seccomp() -> bytes:
+    try:
+        return filter_bpf()
+    except SeccompUnavailable as exc:
+        raise SandboxUnavailable(f"no seccomp filter: {exc}") from None
+
+
 def _namespace_args() -> list[str]:
-    args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    """bwrap's options for namespaces and capabilities; ``@USERNS@`` and ``@SECCOMP@``
+    stand for descriptors that :func:`run_one` opens for each run."""
+    args = ["--seccomp", "@SECCOMP@", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if _as_root():
-        args += ["--cap-drop", "ALL"]
+        args = ["--userns", "@USERNS@", *args, "--cap-drop", "ALL"]
         for cap in _CAPS:
             args += ["--cap-add", cap]
     else:
-        args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+        args += ["--unshare-user", "--disable-userns", "--uid", "0", "--gid", "0"]
+    return args
+
+
+def _proc_args(limits: Limits) -> list[str]:
+    """A fresh ``/proc`` with the kernel's interfaces read-only or masked, ``/dev``
+    with a bounded ``/dev/shm``."""
+    args = ["--dev", "/dev", "--size", str(limits.tmpfs), "--tmpfs", "/dev/shm",
+            "--proc", "/proc"]
+    for name in _PROC_READ_ONLY:
+        if os.path.lexists(f"/proc/{name}"):
+            args += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    for name in _PROC_MASKED_FILES:
+        if os.path.isfile(f"/proc/{name}"):
+            args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    for name in _PROC_MASKED_DIRS:
+        if os.path.isdir(f"/proc/{name}"):
+            args += ["--perms", "0555", "--size", "4096", "--tmpfs", f"/proc/{name}",
+                     "--remount-ro", f"/proc/{name}"]
     return args
 
 
@@ -137,11 +274,13 @@ def probe_bwrap() -> str | None:
     if bwrap is None:
         return "bwrap is not installed"
     true = shutil.which("true") or "/bin/true"
-    cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-           *_namespace_args(), "--", true]
+    cmd = [bwrap, *_namespace_args(), "--ro-bind", "/", "/", *_proc_args(LIMITS), "--", true]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=30, check=False)
+        with _descriptors(cmd) as (filled, fds):
+            proc = subprocess.run(filled, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=30, check=False, pass_fds=fds)
+    except SandboxUnavailable as exc:
+        return str(exc)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap does not start: {exc}"
     if proc.returncode != 0:
@@ -150,41 +289,293 @@ def probe_bwrap() -> str | None:
 
 
 def choose_sandbox(requested: str, *, quiet: bool = False) -> tuple[str | None, str]:
-    """The sandbox to use, or ``None`` and why no script can run."""
-    chroot_ok = _as_root() and shutil.which("chroot") is not None
+    """The sandbox to use, or ``None`` and why no script can run. ``auto`` is bwrap or
+    nothing: ``chroot`` confines nothing from a hostile script and is used only when
+    asked for by name."""
+    del quiet  # nothing to warn about: what is not run is reported
     if requested == "bwrap":
         why = probe_bwrap()
         if why is not None:
             raise UsageError(f"sandbox 'bwrap' is not usable here: {why}",
-                             hint="use --sandbox auto, chroot (as root) or none")
+                             hint="use --sandbox none (scripts reported, not run)")
         return "bwrap", ""
     if requested == "chroot":
-        if not chroot_ok:
+        if not (_as_root() and shutil.which("chroot") is not None):
             raise UsageError("sandbox 'chroot' needs root and the chroot command",
                              hint="use --sandbox auto, bwrap or none")
         return "chroot", ""
     why = probe_bwrap()
     if why is None:
         return "bwrap", ""
-    if chroot_ok:
-        if not quiet:
-            log.warning("%s; running maintainer scripts under chroot (no namespaces, "
-                        "no /proc or /dev)", why)
-        return "chroot", ""
-    return None, f"no sandbox available ({why}; chroot needs root)"
-
+    return None, f"no sandbox available ({why})"
 
 
 def command(kind: str, root: Path, env: dict[str, str], argv: list[str]) -> list[str]:
+    """The command that runs ``argv`` in sandbox ``kind`` over ``root`` (for
+    :func:`run_one`, which supplies the descriptors it names and the limits)."""
     if kind == "chroot":
         return [shutil.which("chroot") or "chroot", str(root), *argv]
-    cmd = [shutil.which("bwrap") or "bwrap", "--bind", str(root), "/", "--dev", "/dev",
-           "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", *_namespace_args(),
-           "--chdir", "/", "--clearenv"]
+    size = str(LIMITS.tmpfs)
+    cmd = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--bind", str(root), "/",
+           *_proc_args(LIMITS), "--size", size, "--tmpfs", "/tmp", "--size", size,
+           "--tmpfs", "/run", "--chdir", "/", "--clearenv"]
     for name, value in sorted(env.items()):
         cmd += ["--setenv", name, value]
     return [*cmd, "--", *argv]
 
+
+@contextlib.contextmanager
+def _descriptors(cmd: list[str]):  # type: ignore[no-untyped-def]
+    """``cmd`` with its ``@USERNS@``/``@SECCOMP@`` placeholders (only as the values of
+    bwrap's own ``--userns``/``--seccomp``, before any other option) replaced by open
+    descriptors, and those descriptors (to pass to the child)."""
+    filled = list(cmd)
+    fds: list[int] = []
+    opened: list[int] = []
+    try:
+        for i in range(1, min(len(filled) - 1, 5)):
+            if filled[i] == "--userns" and filled[i + 1] == "@USERNS@":
+                fd = _userns_fd()
+                filled[i + 1] = str(fd)
+                fds.append(fd)
+            elif filled[i] == "--seccomp" and filled[i + 1] == "@SECCOMP@":
+                program = _seccomp()
+                read_fd, write_fd = os.pipe()
+                opened.append(read_fd)
+                try:
+                    os.write(write_fd, program)  # a few kB: fits in the pipe
+                finally:
+                    os.close(write_fd)
+                filled[i + 1] = str(read_fd)
+                fds.append(read_fd)
+        yield filled, tuple(fds)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- limits
+
+@dataclass(frozen=True)
+class _Hierarchy:
+    controller: str
+    version: int
+    base: Path  # this process's cgroup in that hierarchy
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, type, super options) of the cgroup file systems."""
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 3 and rest[0] in ("cgroup", "cgroup2"):
+            point = fields[4].replace("\\040", " ")
+            found.append((point, rest[0], set(rest[2].split(","))))
+    return found
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller (``""`` for v2) -> this process's cgroup path."""
+    paths: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+def _enable_v2(base: Path, controller: str) -> bool:
+    try:
+        if controller in (base / "cgroup.subtree_control").read_text().split():
+            return True
+        if controller not in (base / "cgroup.controllers").read_text().split():
+            return False
+        (base / "cgroup.subtree_control").write_text(f"+{controller}")
+        return True
+    except OSError:
+        return False
+
+
+@functools.cache
+def _hierarchies() -> tuple[_Hierarchy, ...]:
+    """Where a cgroup for one script can be made with each controller (v2 first)."""
+    if not _as_root():
+        return ()
+    own = _own_cgroups()
+    found: dict[str, _Hierarchy] = {}
+    mounts = _mounts()
+    for point, kind, _options in mounts:
+        if kind == "cgroup2" and "" in own:
+            base = Path(point + own[""])
+            for controller in ("pids", "memory"):
+                if controller not in found and _enable_v2(base, controller):
+                    found[controller] = _Hierarchy(controller, 2, base)
+    for point, kind, options in mounts:
+        for controller in ("pids", "memory"):
+            if kind == "cgroup" and controller in options and controller not in found \
+                    and controller in own:
+                base = Path(point + own[controller])
+                if os.access(base, os.W_OK):
+                    found[controller] = _Hierarchy(controller, 1, base)
+    return tuple(found[c] for c in ("pids", "memory") if c in found)
+
+
+def cgroup_support() -> str:
+    """Which of the script limits cgroups enforce here, as a phrase (for the docs and
+    logs): e.g. ``pids (cgroup v1), memory (cgroup v1)``, or ``none``."""
+    found = _hierarchies()
+    return ", ".join(f"{h.controller} (cgroup v{h.version})" for h in found) or "none"
+
+
+class _Cgroups:
+    """The cgroups of one script run (one per hierarchy), with its limits set; the
+    process joins them by writing itself into :attr:`procs` before it execs."""
+
+    _counter = 0
+    _lock = threading.Lock()
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.made: list[tuple[_Hierarchy, Path]] = []
+        with _Cgroups._lock:
+            _Cgroups._counter += 1
+            name = f"suture-{os.getpid()}-{_Cgroups._counter}"
+        for hierarchy in _hierarchies():
+            path = hierarchy.base / name
+            try:
+                path.mkdir()
+            except OSError as exc:
+                log.debug("no %s cgroup for a script: %s", hierarchy.controller, exc)
+                continue
+            self.made.append((hierarchy, path))
+            try:
+                self._set(hierarchy, path)
+            except OSError as exc:
+                log.debug("cannot limit %s: %s", hierarchy.controller, exc)
+                self.made.pop()
+                self._rmdir(path)
+        self.controllers = {h.controller for h, _ in self.made}
+
+    def _set(self, hierarchy: _Hierarchy, path: Path) -> None:
+        if hierarchy.controller == "pids":
+            (path / "pids.max").write_text(str(self.limits.processes))
+        elif hierarchy.version == 2:
+            (path / "memory.max").write_text(str(self.limits.memory))
+            with contextlib.suppress(OSError):
+                (path / "memory.swap.max").write_text("0")
+        else:
+            (path / "memory.limit_in_bytes").write_text(str(self.limits.memory))
+            with contextlib.suppress(OSError):
+                (path / "memory.memsw.limit_in_bytes").write_text(str(self.limits.memory))
+
+    @property
+    def procs(self) -> list[str]:
+        return [str(path / "cgroup.procs") for _, path in self.made]
+
+    def _events(self, path: Path, name: str) -> dict[str, int]:
+        try:
+            pairs = (line.split() for line in (path / name).read_text().splitlines())
+            return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
+        except OSError:
+            return {}
+
+    def hit(self) -> str | None:
+        """The limit the script ran into, if any (processes first: a fork bomb)."""
+        for hierarchy, path in self.made:
+            if hierarchy.controller == "pids" and self._events(path, "pids.events").get("max"):
+                return "processes"
+        for hierarchy, path in self.made:
+            if hierarchy.controller != "memory":
+                continue
+            if hierarchy.version == 2:
+                events = self._events(path, "memory.events")
+                if events.get("oom_kill") or events.get("oom") or events.get("max"):
+                    return "memory"
+            else:
+                oom = self._events(path, "memory.oom_control")
+                if oom.get("oom_kill") or oom.get("under_oom"):
+                    return "memory"
+                with contextlib.suppress(OSError, ValueError):
+                    if int((path / "memory.failcnt").read_text()) > 0:
+                        return "memory"
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL whatever is left in the cgroups."""
+        for _, path in self.made:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(pid), signal.SIGKILL)
+
+    @staticmethod
+    def _rmdir(path: Path) -> bool:
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def remove(self) -> None:
+        for _, path in self.made:
+            for _attempt in range(50):
+                if self._rmdir(path):
+                    break
+                self.kill()
+                time.sleep(0.1)
+            else:
+                log.warning("cannot remove cgroup %s", path)
+        self.made = []
+
+
+# The first program of every script run: joins the run's cgroups, sets the rlimits,
+# then execs the sandbox. Exit 125 if it cannot.
+_ENTER = ("import json,os,resource,sys\n"
+          "spec=json.loads(sys.argv[1])\n"
+          "try:\n"
+          "    for p in spec['procs']:\n"
+          "        with open(p,'w') as f: f.write(str(os.getpid()))\n"
+          "    for name,value in spec['rlimits']:\n"
+          "        resource.setrlimit(getattr(resource,name),(value,value))\n"
+          "    os.execv(sys.argv[2],sys.argv[2:])\n"
+          "except OSError as e:\n"
+          "    sys.stderr.write('suture: cannot enter the sandbox: %s\\n' % e); sys.exit(125)\n")
+
+
+def _entry(cgroups: _Cgroups, limits: Limits) -> list[str]:
+    rlimits: list[tuple[str, int]] = [("RLIMIT_CORE", 0), ("RLIMIT_FSIZE", limits.file_size),
+                                      ("RLIMIT_NOFILE", limits.open_files)]
+    if "memory" not in cgroups.controllers:
+        rlimits.append(("RLIMIT_AS", limits.memory))
+    spec = json.dumps({"procs": cgroups.procs, "rlimits": rlimits})
+    return [sys.executable, "-I", "-S", "-c", _ENTER, spec]
+
+
+_unlimited_said = False
+
+
+def _say_unlimited(cgroups: _Cgroups) -> None:
+    global _unlimited_said
+    if not _unlimited_said and "pids" not in cgroups.controllers:
+        _unlimited_said = True
+        log.warning("no pids cgroup here: the number of processes of maintainer scripts "
+                    "is not limited (memory: %s)",
+                    "cgroup" if "memory" in cgroups.controllers else "RLIMIT_AS per process")
+
+
+# --------------------------------------------------------------------------- running
 
 class _Output:
     """Drains the script's pipes, keeping the tails, and kills it past the output limit."""
@@ -232,12 +623,50 @@ def _last_line(data: bytes | bytearray, default: str) -> str:
     return lines[-1][:300] if lines else default
 
 
+_SIGXFSZ = getattr(signal, "SIGXFSZ", 25)
+
+
+def _limit_hit(cgroups: _Cgroups, code: int, tails: dict[str, bytearray],
+               limits: Limits) -> tuple[str, str] | None:
+    """(limit, phrase) for the limit that stopped a failed script, if one did."""
+    hit = cgroups.hit()
+    if hit == "processes":
+        return hit, f"hit the limit of {limits.processes} processes"
+    if hit == "memory":
+        return hit, f"hit the memory limit of {limits.memory >> 20} MiB"
+    if code in (-_SIGXFSZ, 128 + _SIGXFSZ):
+        return "file size", f"hit the file size limit of {limits.file_size >> 20} MiB"
+    text = bytes(tails["stderr"] + tails["stdout"])
+    if b"No space left on device" in text:
+        return "tmpfs", (f"ran out of space (/tmp, /run and /dev/shm hold "
+                         f"{limits.tmpfs >> 20} MiB each)")
+    return None
+
+
 def run_one(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float) -> None:
-    """Run one sandboxed command; raise :class:`ScriptError` unless it exits 0."""
+    """Run one sandboxed command under :data:`LIMITS`; raise :class:`ScriptError`
+    unless it exits 0."""
+    limits = LIMITS
+    cgroups = _Cgroups(limits)
+    _say_unlimited(cgroups)
+    try:
+        with _descriptors(cmd) as (filled, fds):
+            _run(job, [*_entry(cgroups, limits), *filled], env, timeout, fds, cgroups,
+                 limits)
+    except SandboxUnavailable as exc:
+        raise ScriptError(job, exit_code=None, detail=str(exc), how="could not start") \
+            from None
+    finally:
+        cgroups.kill()
+        cgroups.remove()
+
+
+def _run(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float,
+         fds: tuple[int, ...], cgroups: _Cgroups, limits: Limits) -> None:
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, cwd="/",
-                                start_new_session=True, umask=0o022)
+                                start_new_session=True, umask=0o022, pass_fds=fds)
     except OSError as exc:
         raise ScriptError(job, exit_code=None, detail=str(exc), how="could not start") from None
     output = _Output(proc)
@@ -250,6 +679,7 @@ def run_one(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float)
         code = proc.wait()
     finally:
         _kill_group(proc)  # whatever it left behind in its session
+        cgroups.kill()
         output.join()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -261,7 +691,13 @@ def run_one(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float)
     if output.too_much:
         raise ScriptError(job, exit_code=None, detail=last,
                           how=f"wrote more than {MAX_SCRIPT_OUTPUT} bytes of output")
+    if code == 0:
+        return
+    limit = _limit_hit(cgroups, code, output.tails, limits)
+    what = (f"exited with code {code}" if code > 0 else f"was killed by signal {-code}")
+    if limit is not None:
+        raise ScriptError(job, exit_code=code if code > 0 else None, detail=last,
+                          how=f"{what} ({limit[1]})", limit=limit[0])
     if code < 0:
-        raise ScriptError(job, exit_code=None, detail=last, how=f"was killed by signal {-code}")
-    if code != 0:
-        raise ScriptError(job, exit_code=code, detail=last)
+        raise ScriptError(job, exit_code=None, detail=last, how=what)
+    raise ScriptError(job, exit_code=code, detail=last)
