@@ -470,9 +470,14 @@ def conffile_paths(files: Mapping[str, bytes],
     for installed, deb in updates:
         control = _read_control(deb)
         previous = installed or db.find(control.name, control.architecture)
+        declared = [c.path.lstrip("/") for c in control.conffiles]
         if previous is not None:
-            paths.update(c.path.lstrip("/") for c in previous.conffiles)
-        paths.update(c.path.lstrip("/") for c in control.conffiles)
+            declared += [c.path.lstrip("/") for c in previous.conffiles]
+        for path in declared:
+            # A conffile diverted away from its package is settled where it was diverted.
+            diversion = db.diversions.get(path)
+            diverted = diversion is not None and diversion[1] != control.name
+            paths.add(diversion[0] if diversion is not None and diverted else path)
     return sorted(paths)
 
 
@@ -909,7 +914,7 @@ class _Applier:
                 member, located + ".dpkg-new", path, update.name)
             self.kept.append("/" + path)
             return "newconffile" if old is None else old.md5
-        current = self.current_conffiles.get(path)
+        current = self.current_conffiles.get(self.locator.divert(path, update.name))
         if self.db.kind == "status.d":
             # No recorded hashes: the image's copy is taken as the old version's.
             old_hash = None if current is None else _md5(current)
@@ -930,7 +935,7 @@ class _Applier:
     def _remove_on_upgrade(self, update: _Update, conffile: Conffile,
                            old_conffiles: Mapping[str, Conffile]) -> None:
         path = conffile.path.lstrip("/")
-        current = self.current_conffiles.get(path)
+        current = self.current_conffiles.get(self.locator.divert(path, update.name))
         old = old_conffiles.get(conffile.path)
         if current is None or old is None or not update.upgrade:
             return
@@ -1300,13 +1305,19 @@ class _Applier:
         return False
 
     def _env(self, name: str, arch: str, script: str) -> tuple[tuple[str, str], ...]:
+        """What dpkg, run by apt with ``--force-confold``, puts in a script's environment
+        (apt adds ``DPKG_FRONTEND_LOCKED``: it holds the frontend lock)."""
         refcount = sum(1 for p in self.db.packages if p.name == name and p.has_files) or 1
         env = [("DPKG_MAINTSCRIPT_PACKAGE", name),
                ("DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT", str(refcount)),
                ("DPKG_MAINTSCRIPT_ARCH", arch),
                ("DPKG_MAINTSCRIPT_NAME", script),
+               ("DPKG_MAINTSCRIPT_DEBUG", "0"),
                ("DPKG_ADMINDIR", "/" + ADMINDIR),
-               ("DPKG_ROOT", "")]
+               ("DPKG_ROOT", ""),
+               ("DPKG_COLORS", "never"),
+               ("DPKG_FORCE", "security-mac,downgrade,confold"),
+               ("DPKG_FRONTEND_LOCKED", "true")]
         running = self.db.version_of_dpkg()
         if running:
             env.append(("DPKG_RUNNING_VERSION", running))
@@ -1393,7 +1404,11 @@ class _Applier:
                                 before_unpack + control_area)
             interests.replace(old_owner, update.triggers_old, update.owner, update.triggers_new)
             run.set_interests(interests.all())
-            for member in update.data:  # conffiles too: dpkg activates them as it unpacks
+            # Every path it unpacks (conffiles too) and removes, by the name the package
+            # gives it: dpkg does not apply diversions to trigger paths (checked with
+            # dpkg 1.21: a file diverted into a watched directory activates only the
+            # directory the package names).
+            for member in update.data:
                 run.activate_path("/" + member.path)
             for path in reversed(update.removed):
                 run.activate_path("/" + path)
