@@ -97,7 +97,8 @@ class Packages:
 
 
 def build_packages(debs: Path) -> Packages:
-    old, new = [], []
+    old: list[Path] = []
+    new: list[Path] = []
     for version, templates, preinst, out in (("1", DC_TEMPLATES_1, "", old),
                                              ("2", DC_TEMPLATES_2, DC_PREINST, new)):
         scripts = {"config": DC_CONFIG, "postinst": DC_POSTINST}
