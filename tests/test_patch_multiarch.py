@@ -1,10 +1,18 @@
 """`suture patch` on image indexes whose platforms are built from real Debian amd64, arm64
-and armhf packages (tests/fixtures/multiarch.py), patched on this host with no emulation.
+and armhf packages (tests/fixtures/multiarch.py), patched on this host.
+
+Packages are unpacked and the database written natively for every architecture; the
+maintainer scripts of a foreign platform run under emulation (a binfmt_misc handler
+with the F flag, as scripts/setup-binfmt registers qemu-user-static's), or are
+reported as not run, with what is missing, when the host has none.
 
 Checked against outcomes: versions in each platform's written database, the ELF
 machine of every file in each patch layer, the maintainer scripts each platform ran or
-reported, the children and annotations of the written index byte for byte, the real
-dpkg reading the patched foreign-architecture roots, and skopeo reading the pushed index.
+reported, the ``ld.so.cache`` their ``ldconfig`` trigger wrote (whose flags say which
+architecture's ldconfig made it), the environment scripts get, the children and
+annotations of the written index byte for byte, the real dpkg reading the patched
+foreign-architecture roots, the patched programs running, and skopeo reading the
+pushed index.
 """
 
 from __future__ import annotations
@@ -22,20 +30,29 @@ from typing import Any
 
 import pytest
 
+from suture.cli import main as cli_main
 from suture.devtools.debs_image import main as debs_image_main
 from suture.distro.dpkg.control import parse_md5sums, parse_status
+from suture.distro.scripts import ScriptJob
 from suture.oci.fs import read_files
 from suture.oci.image import Image, ImageIndex
+from suture.oci.layer import Entry
 from suture.oci.model import Platform
+from suture.patch import emulation
+from suture.patch.emulation import emulation_note, emulator_for, no_emulator_reason
+from suture.patch.scripts import run_scripts
 from suture.transports import open_artifact, write_artifact
 from tests.fixtures.debian import CACHE
 from tests.fixtures.multiarch import (
     ATTESTATION_TYPE,
     ELF_MACHINE,
+    LD_CACHE_FLAGS,
+    PACKAGES,
     PLATFORMS,
     Multiarch,
     elf_machine,
     installed_versions,
+    ld_cache_flags,
     raw_index,
     top_layer_files,
 )
@@ -49,6 +66,8 @@ HOST = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64",
 # Debian architecture names by OCI architecture.
 DEB_ARCH = {Platform.parse(p).architecture: arch for arch, p in PLATFORMS.items()}
 ALIASED = ("bin/", "sbin/", "lib/", "lib64/")  # symlinks into usr/ in these images
+SANDBOXED = shutil.which("bwrap") is not None or os.geteuid() == 0
+EMULATION_NOTE = "maintainer scripts ran under emulation"
 
 
 def suture(*args: str) -> subprocess.CompletedProcess[str]:
@@ -129,11 +148,27 @@ def _dpkg_clean(image: Image, tmp: Path, umoci: Runner) -> Path:
     return root
 
 
-def test_index_patched_per_platform_without_emulation(tmp_path: Path, multiarch: Multiarch,
-                                                      umoci_cli: Runner) -> None:
+def _needs_emulation(*architectures: str) -> None:
+    """Skip unless scripts can run here, for ``architectures`` too."""
+    if not SANDBOXED:
+        pytest.skip("no sandbox for maintainer scripts (bubblewrap, or root for chroot)")
+    for arch in architectures:
+        if arch != HOST and emulator_for(arch) is None:
+            pytest.skip(f"{arch} programs cannot run here: {no_emulator_reason(arch)} "
+                        "(scripts/setup-binfmt registers it)")
+
+
+def _ld_cache(image: Image) -> dict[str, int]:
+    """The ``ld.so.cache`` the patch layer of ``image`` holds: library path -> flags."""
+    return ld_cache_flags(top_layer_files(image)["etc/ld.so.cache"])
+
+
+def test_index_patched_per_platform_scripts_emulated(tmp_path: Path, multiarch: Multiarch,
+                                                     umoci_cli: Runner) -> None:
+    _needs_emulation("amd64", "arm64")
     dest = f"oci:{tmp_path}/out:patched"
     vex_file = tmp_path / "vex.json"
-    doc, stderr = _patch(multiarch.two, tmp_path, "--dest", dest, "-o", str(vex_file))
+    doc, _stderr = _patch(multiarch.two, tmp_path, "--dest", dest, "-o", str(vex_file))
     outcomes = {o["platform"]: o for o in doc["platforms"]}
     assert sorted(outcomes) == ["linux/amd64", "linux/arm64/v8"]  # not the attestation
     assert len(doc["platforms"]) == 2
@@ -172,34 +207,102 @@ def test_index_patched_per_platform_without_emulation(tmp_path: Path, multiarch:
             for sub in product["subcomponents"]:
                 assert sub["@id"].startswith("pkg:deb/debian/"), sub
 
-    # Scripts run where the image's architecture is the host's; elsewhere each one is
-    # reported with the reason, and the CLI warns.
-    foreign = [o for k, o in outcomes.items() if Platform.parse(k).architecture != HOST]
-    native = [o for k, o in outcomes.items() if Platform.parse(k).architecture == HOST]
-    assert foreign, f"no platform differs from this host ({HOST})"
-    for outcome in foreign:
-        arch = Platform.parse(outcome["platform"]).architecture
-        assert outcome["scripts"]["ran"] == []
-        assert outcome["scripts"]["notRun"], "the upgraded packages have no scripts"
-        for item in outcome["scripts"]["notRun"]:
-            assert item["reason"] == f"image architecture {arch} differs from host {HOST}"
-            assert f"{outcome['platform']}: not run: {item['script']}" in stderr
-    sandboxed = shutil.which("bwrap") is not None or os.geteuid() == 0
-    for outcome in native:  # the same jobs, run (or not, for another reason)
-        scripts = outcome["scripts"]
-        assert [*scripts["ran"], *(s["script"] for s in scripts["notRun"])] == [
-            s["script"] for s in foreign[0]["scripts"]["notRun"]]
-        assert not [s for s in scripts["notRun"] if "differs from host" in s["reason"]]
-        if sandboxed:
-            assert scripts["notRun"] == [], scripts
+    # Every platform ran the same maintainer scripts, the foreign one under emulation (its
+    # note says how); the ldconfig trigger of each wrote an ld.so.cache of its own
+    # architecture's libraries, the upgraded ones among them.
+    ran = {key: o["scripts"]["ran"] for key, o in outcomes.items()}
+    assert ran["linux/amd64"] == ran["linux/arm64/v8"], ran
+    assert "libc-bin triggered ldconfig" in ran["linux/amd64"], ran
+    for key, outcome in outcomes.items():
+        arch = Platform.parse(key).architecture
+        assert outcome["scripts"]["notRun"] == [], outcome["scripts"]
+        notes = [n for n in outcome["notes"] if n.startswith(EMULATION_NOTE)]
+        if arch == HOST:
+            assert notes == []
+        else:
+            assert notes == [emulation_note(arch, HOST)]
+            assert "binfmt_misc qemu-aarch64: " in notes[0]
+        cache = _ld_cache(_child(dest, key))
+        assert set(cache.values()) == {LD_CACHE_FLAGS[DEB_ARCH[arch]]}, cache
+        names = {path.rpartition("/")[2] for path in cache}
+        assert {"libc.so.6", "libssl.so.3", "libcrypto.so.3"} <= names, names
 
-    # The real dpkg reads both patched roots (the arm64 one too) and finds them whole.
+    # The real dpkg reads both patched roots and finds them whole; as root, the upgraded
+    # openssl of each runs in a chroot of its root (arm64's under emulation).
     roots = {key: _dpkg_clean(_child(dest, key), tmp_path, umoci_cli) for key in outcomes}
-    if HOST == "amd64" and os.geteuid() == 0:
-        run = subprocess.run(["chroot", str(roots["linux/amd64"]), "openssl", "version"],
-                             capture_output=True, text=True, check=True)
-        new = installed_versions(_child(dest, "linux/amd64"))["openssl"]
-        assert new.split("-")[0] in run.stdout
+    if os.geteuid() == 0:
+        for key, root in roots.items():
+            run = subprocess.run(["chroot", str(root), "openssl", "version"],
+                                 capture_output=True, text=True, check=True)
+            new = installed_versions(_child(dest, key))["openssl"]
+            assert run.stdout.startswith(f"OpenSSL {new.split('-')[0]} "), (key, run.stdout)
+
+
+def test_foreign_scripts_reported_without_emulation(tmp_path: Path, multiarch: Multiarch,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    """With no binfmt_misc where suture looks, the arm64 platform's scripts are each
+    reported with what is missing (and the CLI warns); the amd64 ones still run."""
+    _needs_emulation("amd64")
+    nowhere = tmp_path / "no-binfmt_misc"
+    monkeypatch.setattr(emulation, "BINFMT_MISC", nowhere)
+    result = tmp_path / "result.json"
+    dest = f"oci:{tmp_path}/out:patched"
+    code = cli_main(["patch", "-i", multiarch.two, "--dest", dest, "--result", str(result)])
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr
+    outcomes = {o["platform"]: o for o in json.loads(result.read_text())["platforms"]}
+    native, foreign = outcomes["linux/amd64"], outcomes["linux/arm64/v8"]
+    assert "libc-bin triggered ldconfig" in native["scripts"]["ran"]
+    assert native["scripts"]["notRun"] == []
+    assert foreign["scripts"]["ran"] == []
+    assert [item["script"] for item in foreign["scripts"]["notRun"]] == \
+        native["scripts"]["ran"]
+    reason = (f"image architecture arm64 differs from host {HOST}: no binfmt_misc handler "
+              f"with the F flag for arm64 (binfmt_misc is not mounted or not enabled at "
+              f"{nowhere}); install qemu-user-static")
+    for item in foreign["scripts"]["notRun"]:
+        assert item["reason"] == reason
+        assert f"linux/arm64/v8: not run: {item['script']}" in stderr
+    assert not [n for o in outcomes.values() for n in o["notes"] if EMULATION_NOTE in n]
+    # Nothing ran for arm64: no ld.so.cache in its layer (the image had none); amd64's
+    # ldconfig wrote one.
+    assert "etc/ld.so.cache" not in top_layer_files(_child(dest, "linux/arm64/v8"))
+    assert set(_ld_cache(_child(dest, "linux/amd64")).values()) == {LD_CACHE_FLAGS["amd64"]}
+
+
+# The images have no coreutils: the shell's builtins, and the image's own openssl, whose
+# `version -p` names the platform it was built for.
+ENV_SCRIPT = b"""#!/bin/sh
+set -e
+echo "$DPKG_MAINTSCRIPT_PACKAGE $DPKG_MAINTSCRIPT_NAME $DPKG_MAINTSCRIPT_ARCH" >> /etc/suture-env
+openssl version -p >> /etc/suture-env
+"""
+
+
+@pytest.mark.parametrize("deb_arch", ["arm64", "armhf"])
+def test_emulated_scripts_see_the_image_architecture(tmp_path: Path, multiarch: Multiarch,
+                                                     deb_arch: str) -> None:
+    """Scripts of a foreign image run under emulation with dpkg's environment from the
+    image's own database (a Multi-Arch: same package's architecture, ``all`` for an
+    architecture-independent one) and run the image's own programs."""
+    image = multiarch.images[deb_arch]
+    assert image.platform is not None
+    _needs_emulation(image.platform.architecture)
+    entries = [Entry.file(f"var/lib/dpkg/info/{name}.postinst", ENV_SCRIPT, mode=0o755)
+               for name in (f"libssl3:{deb_arch}", "debian-archive-keyring")]
+    jobs = [ScriptJob(f"libssl3:{deb_arch}", "postinst",
+                      f"var/lib/dpkg/info/libssl3:{deb_arch}.postinst", ("configure", "1")),
+            ScriptJob("debian-archive-keyring", "postinst",
+                      "var/lib/dpkg/info/debian-archive-keyring.postinst", ("configure", "1"))]
+    outcome = run_scripts(image, entries, jobs, workdir=tmp_path)
+    assert outcome.not_run == [] and outcome.ran == [j.describe() for j in jobs]
+    written = {e.path: e.data for e in outcome.entries if isinstance(e.data, bytes)}
+    assert set(written) == {"etc/suture-env"}
+    assert written["etc/suture-env"] == (
+        f"libssl3 postinst {deb_arch}\nplatform: debian-{deb_arch}\n"
+        f"debian-archive-keyring postinst all\nplatform: debian-{deb_arch}\n").encode()
 
 
 def test_one_platform_selected_others_carried_byte_for_byte(tmp_path: Path,
@@ -311,7 +414,8 @@ def test_built_database_is_what_dpkg_writes(tmp_path: Path, multiarch: Multiarch
 def test_debs_image_cli_builds_the_same_image(tmp_path: Path, multiarch: Multiarch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     dest = f"oci:{tmp_path}/cli:arm64"
-    code = debs_image_main(["bookworm", "arm64", dest, "--cache-dir", str(CACHE / "apt")])
+    code = debs_image_main(["bookworm", "arm64", dest, "--cache-dir", str(CACHE / "apt"),
+                            "--packages", ",".join(PACKAGES)])
     assert code == 0
     assert capsys.readouterr().out.split() == [dest, multiarch.images["arm64"].digest]
     built = open_artifact(dest)
