@@ -490,7 +490,7 @@ def test_jobs_are_in_dpkgs_order(tmp_path: Path) -> None:
     assert preinst.path == "var/lib/dpkg/tmp.ci/preinst"
     staged = {s.path: s.data for s in preinst.staged}
     assert staged["var/lib/dpkg/tmp.ci/control"] is not None
-    assert b"Version: 2" in staged["var/lib/dpkg/tmp.ci/control"]  # type: ignore[operator]
+    assert b"Version: 2" in staged["var/lib/dpkg/tmp.ci/control"]
     assert staged["var/lib/dpkg/tmp.ci/preinst"] is not None
     paths = {e.path for e in result.entries}
     for job in result.jobs:
@@ -967,3 +967,65 @@ def test_conffile_reached_through_a_symlink(tmp_path: Path) -> None:
     assert (oracle.ours.path / "etc/lc.conf").is_symlink()
     assert (oracle.ours.path / "etc/real/lc.conf").read_bytes() == conf("1")
     assert (oracle.ours.path / "etc/lc.conf.dpkg-new").read_bytes() == conf("2")
+
+
+def test_two_packages_of_one_update_shipping_a_file(tmp_path: Path) -> None:
+    """dpkg refuses the second unless it Replaces the first (at its new version); with
+    Replaces the file is the second's, and the first's list no longer has it."""
+    pkgs = tmp_path / "debs"
+    one1 = build_deb(pkgs, "one", "1", files={"usr/share/one/x": b"one 1\n"})
+    two1 = build_deb(pkgs, "two", "1", files={"usr/share/two/x": b"two 1\n"})
+    one2 = build_deb(pkgs, "one", "2", files={"usr/share/shared/f": b"from one\n",
+                                              "usr/share/one/x": b"one 2\n"})
+    two2 = build_deb(pkgs, "two", "2", files={"usr/share/shared/f": b"from two\n"})
+    oracle = make_oracle(tmp_path, [one1, two1])
+    proc = oracle.real.dpkg("-i", one2, two2, check=False)
+    assert proc.returncode != 0 and b"trying to overwrite" in proc.stderr
+    with pytest.raises(FileConflictError) as info:
+        apply_to(oracle.ours.path, [("one", one2), ("two", two2)])
+    assert (info.value.path, info.value.package, info.value.owner) == (
+        "usr/share/shared/f", "two", "one")
+
+    replacing = build_deb(pkgs, "two", "3", files={"usr/share/shared/f": b"from two\n"},
+                          fields={"Replaces": "one (<< 3)"})
+    oracle = make_oracle(tmp_path / "replaces", [one1, two1])
+    oracle.upgrade([one2, replacing])
+    oracle.apply([("one", one2), ("two", replacing)])
+    oracle.compare()
+    assert (oracle.ours.path / "usr/share/shared/f").read_bytes() == b"from two\n"
+
+
+def _without_root_member(deb: Path) -> Path:
+    """``deb`` rebuilt with a data.tar that lacks the ``./`` member (as some non-dpkg-deb
+    tools write them); dpkg installs it all the same."""
+    work = deb.parent / f"{deb.stem}-noroot"
+    work.mkdir()
+    subprocess.run(["ar", "x", str(deb)], cwd=work, check=True)
+    [data] = work.glob("data.tar*")
+    tree = work / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "-xf", str(data), "-C", str(tree)], check=True)
+    data.unlink()
+    members = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    subprocess.run(["tar", "--owner=0", "--group=0", "--numeric-owner", "--no-recursion",
+                    "-cJf", str(work / "data.tar.xz"), "-C", str(tree), *members], check=True)
+    out = deb.with_name(f"{deb.stem}-noroot.deb")
+    control = next(work.glob("control.tar*")).name
+    subprocess.run(["ar", "rc", str(out), "debian-binary", control, "data.tar.xz"], cwd=work,
+                   check=True)
+    return out
+
+
+def test_list_has_root_only_when_the_archive_has_it(tmp_path: Path) -> None:
+    pkgs = tmp_path / "debs"
+    one1 = build_deb(pkgs, "one", "1", files={"usr/share/one/x": b"1\n"})
+    one2 = _without_root_member(build_deb(pkgs, "one", "2", files={"usr/share/one/x": b"2\n"}))
+    listing = subprocess.run(["tar", "-tf", "-"], input=subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(one2)], capture_output=True, check=True).stdout,
+        capture_output=True, check=True).stdout.decode().split()
+    assert "./" not in listing and "usr/share/one/x" in listing
+    oracle = make_oracle(tmp_path, [one1])
+    oracle.upgrade([one2])
+    oracle.apply([("one", one2)])
+    oracle.compare()
+    assert not (oracle.ours.path / "var/lib/dpkg/info/one.list").read_text().startswith("/.\n")

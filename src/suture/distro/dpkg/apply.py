@@ -513,6 +513,7 @@ class _Update:
     conffiles: list[Conffile] = field(default_factory=list)  # new, with md5 of the new file
     list_paths: list[str] = field(default_factory=list)  # the new .list, root-relative
     removed: list[str] = field(default_factory=list)  # old paths not in the new version
+    has_root: bool = True  # the data.tar has a "./" member (listed as "/.")
 
     @property
     def key(self) -> Key:
@@ -527,8 +528,11 @@ class _Update:
 def _load_update(db: _Database, installed: InstalledPackage | None, deb: Path) -> _Update:
     try:
         with open(deb, "rb") as stream:
-            control, members = read_deb(stream, source=str(deb))
+            control, members = read_deb(stream, source=str(deb), include_root=True)
             data = list(members)
+        has_root = bool(data) and data[0].path == ""
+        if has_root:
+            data = data[1:]
     except OSError as exc:
         raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
     name, arch = control.name, control.architecture
@@ -565,7 +569,7 @@ def _load_update(db: _Database, installed: InstalledPackage | None, deb: Path) -
         arch=arch, multi_arch=multi_arch, version=_canonical_version(control.version),
         owner=db.owner_name(name, arch, multi_arch),
         infoname=_infoname(name, arch, multi_arch), old_infoname=old_infoname,
-        triggers_old=triggers_old, triggers_new=triggers_new,
+        triggers_old=triggers_old, triggers_new=triggers_new, has_root=has_root,
     )
 
 
@@ -805,6 +809,8 @@ class _Applier:
         self.not_run: list[tuple[str, str]] = []
         self.replaced_keys = {_key(u.previous) for u in todo if u.previous is not None}
         self.taken: dict[Key, set[str]] = {}  # other packages' paths taken over (Replaces)
+        # Where the run's packages unpacked their (non-directory) paths -> (update, path).
+        self._unpacked: dict[str, tuple[_Update, str]] = {}
         self._written_dirs: set[str] = set()
         self.processed: set[str] = set()  # owners whose triggers the jobs process
 
@@ -849,7 +855,8 @@ class _Applier:
         members = {m.path: m for m in update.data}
         self._check_conflicts(update)
 
-        list_paths = [""]  # dpkg lists the archive's root directory as "/."
+        # dpkg lists the archive's root directory as "/." when the archive has one.
+        list_paths = [""] if update.has_root else []
         for member in update.data:
             list_paths.append(member.path)
             if member.path in declared_paths:
@@ -978,6 +985,22 @@ class _Applier:
                     self.taken.setdefault(key, set()).add(path)
                     continue
                 raise FileConflictError(member.path, update.owner, self.db.pkg_owner(other))
+            # A package unpacked earlier in this run ships it too: the same rule, against
+            # the version it is being upgraded to.
+            earlier = self._unpacked.get(located)
+            if earlier is not None and earlier[0] is not update:
+                first, path = earlier
+                if first.name == update.name:
+                    continue  # another architecture of a M-A: same package
+                if not any(r.name == first.name and r.version_matches(first.version)
+                           for r in relations):
+                    raise FileConflictError(member.path, update.owner, first.owner)
+                if path in first.list_paths:  # taken over: no longer the first one's
+                    first.list_paths.remove(path)
+        for member in update.data:
+            if member.kind != DIR:
+                self._unpacked[self.locator.locate(member.path, update.name)] = (update,
+                                                                                 member.path)
 
     _owners: dict[str, list[tuple[Key, str]]] | None = None
 

@@ -438,22 +438,26 @@ def iter_deb_data(stream: IO[bytes], *, source: str = "<deb>", max_size: int = M
 
 def read_deb(stream: IO[bytes], *, source: str = "<deb>",
              max_control_size: int = MAX_CONTROL_SIZE, max_size: int = MAX_DATA_SIZE,
-             max_file_size: int = MAX_FILE_SIZE) -> tuple[DebControl, Iterator[DataEntry]]:
+             max_file_size: int = MAX_FILE_SIZE, include_root: bool = False
+             ) -> tuple[DebControl, Iterator[DataEntry]]:
     """Read a ``.deb`` in one pass: its control part now, its data lazily.
 
     The same contracts as :func:`read_deb_control` and :func:`iter_deb_data`;
-    iterate the data before reading anything else from ``stream``.
+    iterate the data before reading anything else from ``stream``. With
+    ``include_root`` the archive's root directory member (``./``), when it has
+    one, is yielded too, first, as a directory with the empty path.
     """
     deb = _Deb(stream, source)
     control_kind, reader = deb.next_tar("control.tar")
     paragraph, files = _read_control_member(reader, control_kind, source, max_control_size)
     data_kind, reader = deb.next_tar("data.tar")
     control = DebControl(paragraph, files, deb.format_version, control_kind, data_kind)
-    return control, _iter_data(reader, data_kind, source, max_size, max_file_size)
+    return control, _iter_data(reader, data_kind, source, max_size, max_file_size,
+                               include_root)
 
 
 def _iter_data(reader: _MemberReader, kind: str, source: str, max_size: int,
-               max_file_size: int) -> Iterator[DataEntry]:
+               max_file_size: int, include_root: bool = False) -> Iterator[DataEntry]:
     what = f"{source}: data.tar"
     stream = _decompressed(reader, kind, max_size, what)
     tar = _open_tar(stream, what)
@@ -465,6 +469,11 @@ def _iter_data(reader: _MemberReader, kind: str, source: str, max_size: int,
             path = _normalise(info.name, what)
             if not path:
                 if info.isdir():
+                    if include_root and not seen:
+                        seen.add(path)
+                        yield DataEntry("", DIR, mode=info.mode & 0o7777, uid=info.uid,
+                                        gid=info.gid, uname=info.uname, gname=info.gname,
+                                        mtime=int(info.mtime))
                     continue
                 raise LayerError(f"{what}: member {info.name!r} has an empty path",
                                  path=info.name)
