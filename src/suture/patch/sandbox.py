@@ -499,15 +499,12 @@ class _Cgroups:
                 continue
             if hierarchy.version == 2:
                 events = self._events(path, "memory.events")
-                if events.get("oom_kill") or events.get("oom") or events.get("max"):
+                if events.get("oom_kill") or events.get("oom"):
                     return "memory"
             else:
                 oom = self._events(path, "memory.oom_control")
                 if oom.get("oom_kill") or oom.get("under_oom"):
                     return "memory"
-                with contextlib.suppress(OSError, ValueError):
-                    if int((path / "memory.failcnt").read_text()) > 0:
-                        return "memory"
         return None
 
     def kill(self) -> None:
@@ -540,10 +537,12 @@ class _Cgroups:
         self.made = []
 
 
-# The first program of every script run: joins the run's cgroups, sets the rlimits,
-# then execs the sandbox. Exit 125 if it cannot.
-_ENTER = ("import json,os,resource,sys\n"
+# The first program of every script run: puts back the signals Python ignores, joins
+# the run's cgroups, sets the rlimits, then execs the sandbox. Exit 125 if it cannot.
+_ENTER = ("import json,os,resource,signal,sys\n"
           "spec=json.loads(sys.argv[1])\n"
+          "for s in ('SIGPIPE','SIGXFSZ','SIGXFZ'):\n"
+          "    if hasattr(signal,s): signal.signal(getattr(signal,s),signal.SIG_DFL)\n"
           "try:\n"
           "    for p in spec['procs']:\n"
           "        with open(p,'w') as f: f.write(str(os.getpid()))\n"
@@ -634,9 +633,9 @@ def _limit_hit(cgroups: _Cgroups, code: int, tails: dict[str, bytearray],
         return hit, f"hit the limit of {limits.processes} processes"
     if hit == "memory":
         return hit, f"hit the memory limit of {limits.memory >> 20} MiB"
-    if code in (-_SIGXFSZ, 128 + _SIGXFSZ):
-        return "file size", f"hit the file size limit of {limits.file_size >> 20} MiB"
     text = bytes(tails["stderr"] + tails["stdout"])
+    if code in (-_SIGXFSZ, 128 + _SIGXFSZ) or b"File too large" in text:
+        return "file size", f"hit the file size limit of {limits.file_size >> 20} MiB"
     if b"No space left on device" in text:
         return "tmpfs", (f"ran out of space (/tmp, /run and /dev/shm hold "
                          f"{limits.tmpfs >> 20} MiB each)")

@@ -1,0 +1,293 @@
+"""Hostile maintainer scripts stay inside the sandbox (docs/security.md).
+
+Each test runs a real script through suture's own runner (:func:`run_scripts`) over a
+real bookworm minbase root (mmdebstrap, cached) and checks an outcome on the host or in
+what the scripts changed: the host's kernel settings, the host's files, a listener on
+127.0.0.1, the limits that stopped a script. The probe's cases B13-B20 (see the
+reliability probe) are the model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from suture.devtools.debian_image import image_from_layers
+from suture.distro.scripts import ScriptJob
+from suture.oci.image import Image
+from suture.oci.layer import DIR, FILE, Entry
+from suture.oci.model import Platform
+from suture.patch import sandbox
+from suture.patch.sandbox import Limits, ScriptError, host_architecture
+from suture.patch.scripts import ScriptOutcome, run_scripts
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.skipif(os.geteuid() != 0, reason="scripts run as root over a root with real "
+                                                 "ownership"),
+    pytest.mark.skipif(host_architecture() != "amd64", reason="the test root is amd64"),
+]
+
+
+@pytest.fixture(scope="module")
+def bookworm_image(bookworm_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Image:
+    return image_from_layers([bookworm_rootfs], Platform.parse("linux/amd64"),
+                             tmp_path_factory.mktemp("bookworm-image"))
+
+
+@pytest.fixture(autouse=True)
+def _bwrap_probed_afresh() -> Iterator[None]:
+    sandbox.probe_bwrap.cache_clear()
+    yield
+    sandbox.probe_bwrap.cache_clear()
+
+
+def _job(name: str) -> ScriptJob:
+    return ScriptJob(name, "postinst", f"var/lib/dpkg/info/{name}.postinst", ("configure",))
+
+
+def _run(image: Image, name: str, body: str, workdir: Path, **kwargs: object
+         ) -> ScriptOutcome:
+    script = Entry.file(f"var/lib/dpkg/info/{name}.postinst", body.encode(), mode=0o755)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return run_scripts(image, [script], [_job(name)], workdir=workdir,
+                       **kwargs)  # type: ignore[arg-type]
+
+
+def _file(outcome: ScriptOutcome, path: str) -> str:
+    found = {e.path: e for e in outcome.entries}
+    entry = found[path]
+    assert entry.kind == FILE and isinstance(entry.data, bytes)
+    return entry.data.decode()
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PATH with chroot and everything else but bwrap (the probe's B20 setting)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("chroot", "true", "sh"):
+        found = shutil.which(name)
+        assert found is not None
+        (bin_dir / name).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert shutil.which("bwrap") is None and shutil.which("chroot") is not None
+
+
+# --------------------------------------------------------------------------- the kernel
+
+def test_host_sysctls_and_kernel_files_cannot_be_written(bookworm_image: Image,
+                                                          tmp_path: Path) -> None:
+    # Harmless even if the write went through: the value read is written back.
+    body = """#!/bin/sh
+v=$(cat /proc/sys/kernel/core_pattern)
+if printf '%s\\n' "$v" > /proc/sys/kernel/core_pattern 2>/dev/null; then
+    echo core_pattern written > /etc/probe
+else
+    echo core_pattern refused > /etc/probe
+fi
+if [ -e /proc/sysrq-trigger ] && echo h > /proc/sysrq-trigger 2>/dev/null; then
+    echo sysrq written >> /etc/probe
+fi
+echo "kcore $(head -c 16 /proc/kcore 2>/dev/null | wc -c)" >> /etc/probe
+echo "sys $(ls -A /sys | wc -l)" >> /etc/probe
+"""
+    before = Path("/proc/sys/kernel/core_pattern").read_text()
+    outcome = _run(bookworm_image, "sysctl", body, tmp_path, sandbox="bwrap")
+    assert outcome.ran == ["sysctl postinst configure"]
+    assert _file(outcome, "etc/probe").splitlines() == ["core_pattern refused", "kcore 0",
+                                                         "sys 0"]
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == before
+
+
+def test_scripts_have_their_own_user_namespace_and_still_chown_to_any_id(
+        bookworm_image: Image, tmp_path: Path) -> None:
+    """What adduser and dpkg-statoverride do in real postinsts still works; the
+    namespaces, devices and mounts of the host are out of reach."""
+    body = """#!/bin/sh
+set -e
+readlink /proc/self/ns/user > /etc/probe-userns
+groupadd --system demo
+useradd --system --gid demo --home-dir /var/lib/demo --no-create-home demo
+install -d -o demo -g demo -m 0750 /var/lib/demo
+echo x > /etc/demo.conf
+dpkg-statoverride --update --add demo demo 0640 /etc/demo.conf
+touch /etc/far-ids && chown 123456:654321 /etc/far-ids
+: > /etc/probe
+mknod /dev/probe-disk b 8 0 2>/dev/null && echo mknod allowed >> /etc/probe
+mkdir -p /mnt/t && mount -t tmpfs none /mnt/t 2>/dev/null && echo mount allowed >> /etc/probe
+unshare --user --map-root-user true 2>/dev/null && echo userns allowed >> /etc/probe
+unshare --mount true 2>/dev/null && echo mountns allowed >> /etc/probe
+exit 0
+"""
+    outcome = _run(bookworm_image, "owners", body, tmp_path, sandbox="bwrap")
+    assert outcome.ran == ["owners postinst configure"]
+    assert _file(outcome, "etc/probe") == ""
+    host_userns = os.readlink("/proc/self/ns/user")
+    assert _file(outcome, "etc/probe-userns").strip() not in ("", host_userns)
+    entries = {e.path: e for e in outcome.entries}
+    passwd = _file(outcome, "etc/passwd").splitlines()
+    demo = next(line.split(":") for line in passwd if line.startswith("demo:"))
+    uid, gid = int(demo[2]), int(demo[3])
+    assert 0 < uid < 1000 and 0 < gid < 1000
+    home = entries["var/lib/demo"]
+    assert (home.kind, home.uid, home.gid, home.mode) == (DIR, uid, gid, 0o750)
+    conf = entries["etc/demo.conf"]
+    assert (conf.uid, conf.gid, conf.mode) == (uid, gid, 0o640)
+    assert "demo demo 640 /etc/demo.conf" in _file(outcome, "var/lib/dpkg/statoverride")
+    far = entries["etc/far-ids"]
+    assert (far.uid, far.gid) == (123456, 654321)
+
+
+# --------------------------------------------------------------------------- limits
+
+def test_a_fork_bomb_stops_at_the_process_limit(bookworm_image: Image, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if "pids" not in sandbox.cgroup_support():
+        pytest.skip("no pids cgroup here: the process limit cannot hold for root")
+    monkeypatch.setattr(sandbox, "LIMITS", Limits(processes=64))
+    body = """#!/bin/sh
+i=0
+while [ $i -lt 300 ]; do sleep 30 & i=$((i+1)); done
+echo "all $i started" > /etc/probe
+"""
+    with pytest.raises(ScriptError) as err:
+        _run(bookworm_image, "forks", body, tmp_path, sandbox="bwrap")
+    assert err.value.limit == "processes"
+    assert "(hit the limit of 64 processes)" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filling_tmp_stops_at_the_tmpfs_limit(bookworm_image: Image, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "LIMITS", Limits(tmpfs=8 << 20))
+    body = "#!/bin/sh\nset -e\ndd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1\n"
+    with pytest.raises(ScriptError) as err:
+        _run(bookworm_image, "filler", body, tmp_path, sandbox="bwrap")
+    assert err.value.limit == "tmpfs"
+    assert "(ran out of space (/tmp, /run and /dev/shm hold 8 MiB each))" in str(err.value)
+
+
+def test_memory_is_bounded(bookworm_image: Image, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "LIMITS", Limits(memory=64 << 20))
+    body = "#!/bin/sh\nset -e\nperl -e '$x = q(a) x (512 * 1024 * 1024); print length $x'\n"
+    with pytest.raises(ScriptError) as err:
+        _run(bookworm_image, "hog", body, tmp_path, sandbox="bwrap")
+    if "memory" in sandbox.cgroup_support():
+        assert err.value.limit == "memory"
+        assert "(hit the memory limit of 64 MiB)" in str(err.value)
+    else:  # RLIMIT_AS: perl cannot get the memory and says so
+        assert "Out of memory" in err.value.detail
+
+
+def test_files_larger_than_the_file_size_limit_stop_the_script(
+        bookworm_image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "LIMITS", Limits(file_size=4 << 20))
+    body = "#!/bin/sh\nset -e\ndd if=/dev/zero of=/var/big bs=1M count=64\n"
+    with pytest.raises(ScriptError) as err:
+        _run(bookworm_image, "bigfile", body, tmp_path, sandbox="bwrap")
+    assert err.value.limit == "file size"
+    assert "(hit the file size limit of 4 MiB)" in str(err.value)
+
+
+# --------------------------------------------------------------------------- escapes
+
+def _listener() -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    return server
+
+
+def _connections(server: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+def test_the_hosts_network_is_out_of_reach(bookworm_image: Image, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _listener()
+    port = server.getsockname()[1]
+    body = f"""#!/bin/bash
+if exec 3<>/dev/tcp/127.0.0.1/{port}; then echo hello >&3; echo reached > /etc/probe
+else echo refused > /etc/probe; fi
+exit 0
+"""
+    try:
+        contained = _run(bookworm_image, "net", body, tmp_path / "a", sandbox="auto")
+        assert contained.ran == ["net postinst configure"]
+        assert _file(contained, "etc/probe") == "refused\n"
+        # Without bwrap, auto runs nothing (it once fell back to chroot, on the host's
+        # network).
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "chroot").symlink_to(shutil.which("chroot") or "/usr/sbin/chroot")
+        monkeypatch.setenv("PATH", str(bin_dir))
+        sandbox.probe_bwrap.cache_clear()
+        unconfined = _run(bookworm_image, "net", body, tmp_path / "b", sandbox="auto")
+        assert _connections(server) == 0
+        assert unconfined.ran == []
+    finally:
+        server.close()
+
+
+ESCAPE = """#!/bin/sh
+cat > /var/escape.pl <<'PERL'
+mkdir "/cx";
+chroot "/cx" or die "chroot: $!";
+chdir ".." for 1 .. 64;
+chroot "." or die "chroot back: $!";
+open(my $f, ">", "{target}") or die "open: $!";
+print $f "escaped\\n";
+close $f;
+PERL
+perl /var/escape.pl 2> /var/escape.err || true
+exit 0
+"""
+
+
+def test_the_classic_chroot_escape_stays_in_the_image(bookworm_image: Image, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "escaped-to-the-host"
+    body = ESCAPE.replace("{target}", str(target))
+    contained = _run(bookworm_image, "escape", body, tmp_path / "a", sandbox="auto")
+    assert contained.ran == ["escape postinst configure"]
+    assert not target.exists()
+    # Inside the sandbox, the escape ends at the image's root: the host path is not there.
+    assert "open: No such file or directory" in _file(contained, "var/escape.err")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chroot").symlink_to(shutil.which("chroot") or "/usr/sbin/chroot")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    sandbox.probe_bwrap.cache_clear()
+    _run(bookworm_image, "escape", body, tmp_path / "b", sandbox="auto")
+    assert not target.exists()
+
+
+def test_auto_without_bwrap_reports_scripts_as_not_run_and_never_chroots(
+        bookworm_image: Image, tmp_path: Path, no_bwrap: None) -> None:
+    marker = tmp_path / "ran-on-the-host"
+    body = f"#!/bin/sh\necho ran > /etc/probe\necho ran > {marker} 2>/dev/null\nexit 0\n"
+    outcome = _run(bookworm_image, "fallback", body, tmp_path / "w", sandbox="auto")
+    assert outcome.ran == []
+    assert outcome.entries == []
+    assert outcome.not_run == [("fallback postinst configure",
+                                "no sandbox available (bwrap is not installed)")]
+    assert not marker.exists()
+    # chroot stays available, by name only.
+    named = _run(bookworm_image, "fallback", body, tmp_path / "c", sandbox="chroot")
+    assert named.ran == ["fallback postinst configure"]
+    assert _file(named, "etc/probe") == "ran\n"
