@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use only the cache; say what is missing")
     patch.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
                        help="replace an archive URI prefix with a mirror (repeatable)")
+    patch.add_argument("--allow-private-repos", action="append", default=[],
+                       metavar="HOST[:PORT]",
+                       help="let the image's repositories be on this loopback or private "
+                            "host, or on any with 'all' (repeatable)")
     patch.add_argument("--keyring", action="append", default=[], type=Path, metavar="FILE",
                        help="also trust the keys in FILE: OpenPGP (.gpg/.asc) for apt "
                             "repositories, PEM RSA public keys for apk ones (repeatable)")
@@ -275,33 +279,42 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _read_one_report(file: Path, scanner: str | None) -> Any:
+def _read_one_report(file: Path, scanner: str | None, deadline: float | None = None) -> Any:
+    """Parse one report; a plugin (``--scanner NAME``) gets the time left before the
+    run's ``deadline`` (a ``time.monotonic()`` value)."""
+    import time
+
+    from suture.patch import PatchTimeout
     from suture.reports import BUILTIN_SCANNERS, ReportError, parse_report, run_plugin
 
     try:
         if scanner is None or scanner in BUILTIN_SCANNERS:
             return parse_report(file.read_bytes(), scanner)
-        data = run_plugin(scanner, file, search_path=os.environ.get("PATH"), timeout=300)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        data = run_plugin(scanner, file, search_path=os.environ.get("PATH"), timeout=left)
         return parse_report(data, "native")
     except ReportError as exc:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PatchTimeout(f"report {file}: {exc}", hint="raise --timeout") from None
         raise ReportError(f"report {file}: {exc}", hint=exc.hint) from None
 
 
-def _read_reports(path: str, scanner: str | None) -> dict[str, Any]:
+def _read_reports(path: str, scanner: str | None, deadline: float | None = None
+                  ) -> dict[str, Any]:
     """``-r FILE``: one report for every platform (``"*"``); ``-r DIR``: the JSON files
     in DIR, one per platform, keyed by the platform their report names."""
     from suture.reports import ReportError
 
     where = Path(path)
     if where.is_file():
-        return {"*": _read_one_report(where, scanner)}
+        return {"*": _read_one_report(where, scanner, deadline)}
     if not where.is_dir():
         raise UsageError(f"report {path}: no such file or directory")
     reports: dict[str, Any] = {}
     for file in sorted(where.iterdir()):
         if not file.is_file() or file.name.startswith("."):
             continue
-        report = _read_one_report(file, scanner)
+        report = _read_one_report(file, scanner, deadline)
         if not report.architecture:
             raise ReportError(f"report {file}: names no architecture, so it cannot be "
                               "matched to a platform of the image")
@@ -316,6 +329,7 @@ def _read_reports(path: str, scanner: str | None) -> dict[str, Any]:
 
 
 def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
+    import threading
     import time
 
     from suture.patch.model import PatchOptions
@@ -328,6 +342,14 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         if not sep or not src or not dst:
             raise UsageError(f"--mirror {item!r}: expected FROM=TO")
         mirrors[src] = dst
+    from suture.distro.mirrors import RepositoryHosts
+
+    for item in args.allow_private_repos:
+        try:
+            RepositoryHosts.parse_rule(item)
+        except ValueError:
+            raise UsageError(f"--allow-private-repos {item!r}: expected HOST[:PORT] or "
+                             "all") from None
     keyrings = []
     for path in args.keyring:
         if not path.is_file():
@@ -335,7 +357,12 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         keyrings.append(path.read_bytes())
     if args.scanner and not args.report:
         raise UsageError("--scanner needs a report (-r)")
-    reports = _read_reports(args.report, args.scanner) if args.report else {}
+    # The run's clock starts here: a scanner plugin gets only what is left of --timeout.
+    seconds = parse_duration(args.timeout)
+    deadline = time.monotonic() + seconds
+    cancel = threading.Event()
+    with _run_timer(cancel, seconds, deadline):
+        reports = _read_reports(args.report, args.scanner, deadline) if args.report else {}
     epoch = env.get("SOURCE_DATE_EPOCH", "")
     created = None
     if epoch.isdigit():
@@ -350,6 +377,7 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         cache_dir=cache,
         offline=args.offline,
         mirrors=mirrors,
+        allow_private_repos=tuple(args.allow_private_repos),
         keyrings=tuple(keyrings),
         host_keyrings=not args.no_host_keyrings,
         sandbox=args.sandbox,
@@ -360,7 +388,8 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
                                                       progress=renderer)),
         compression=args.compression,
         created=created,
-        deadline=time.monotonic() + parse_duration(args.timeout),
+        deadline=deadline,
+        cancel=cancel,
         progress=renderer,
     )
 
@@ -490,7 +519,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
                                   push=args.push)
     try:
-        with _run_timer(options, parse_duration(args.timeout)):
+        with _run_timer(options.cancel, parse_duration(args.timeout), options.deadline):
             result = patch(source, destination, options)
     finally:
         if renderer is not None:
@@ -519,12 +548,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _run_timer(options: Any, seconds: float) -> Iterator[None]:
-    """Bound the whole run: when ``seconds`` pass, every platform is told to stop and
-    the main thread is interrupted (a blocking download or upload included). Only the
-    main thread can take signals; elsewhere the per-step deadline checks remain."""
+def _run_timer(cancel: Any, seconds: float, deadline: float) -> Iterator[None]:
+    """Bound the whole run of ``seconds`` (``--timeout``): at ``deadline`` (a
+    ``time.monotonic()`` value) ``cancel`` is set, so every platform is told to stop,
+    and the main thread is interrupted (a blocking download or upload, or a scanner
+    plugin, included). Only the main thread can take signals; elsewhere the per-step
+    deadline checks remain."""
     import signal
     import threading
+    import time
 
     from suture.patch import PatchTimeout
 
@@ -533,15 +565,15 @@ def _run_timer(options: Any, seconds: float) -> Iterator[None]:
         return
 
     def expired(signum: int, frame: object) -> None:
-        options.cancel.set()
+        cancel.set()
         raise PatchTimeout(f"timed out after {seconds:g} s", hint="raise --timeout")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-3))
     try:
         yield
     except KeyboardInterrupt:
-        options.cancel.set()
+        cancel.set()
         raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -616,13 +648,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     try:
-        return COMMANDS[args.command](args)
+        with _terminate_on_signals():
+            return COMMANDS[args.command](args)
     except UsageError as exc:
         _error(exc)
         return EXIT_USAGE
     except SutureError as exc:
         _error(exc)
         return EXIT_FAILED
+    except Terminated as exc:
+        print("suture: terminated", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("suture: interrupted", file=sys.stderr)
         return 130
@@ -633,6 +669,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except BrokenPipeError:
         return EXIT_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached suture: the run stops as for Ctrl-C (work cancelled, a
+    scanner plugin's process group and maintainer scripts ended, temporary files
+    removed), then exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """While in this block (main thread only), SIGTERM and SIGHUP raise
+    :class:`Terminated` in the main thread; a second one kills at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGHUP)
+
+    def terminate(signum: int, frame: object) -> None:
+        for s in signals:  # the next one is not caught: a stuck cleanup can be ended
+            signal.signal(s, signal.SIG_DFL)
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, terminate) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run() -> NoReturn:

@@ -57,9 +57,13 @@ def run_plugin(name: str, report_path: Path, *, search_path: str | None,
 
     The executable is looked up on ``search_path`` only (see
     :func:`plugin_executable`); it inherits this process's environment, gets no
-    standard input, and runs in its own session, so that a timeout ends it and
-    whatever it started. ``timeout`` is in seconds (``None``: no limit); standard
-    output is bounded by ``max_output`` bytes.
+    standard input, and runs in its own session (so a Ctrl-C on the terminal reaches
+    suture, not the plugin). However this function is left (the plugin's exit, a
+    timeout, or an exception raised in this thread by a signal handler: Ctrl-C, the
+    CLI's ``--timeout`` alarm, SIGTERM), the plugin's whole process group is killed
+    first. ``timeout`` is in seconds (``None``: no limit; the CLI passes what is
+    left of the run's ``--timeout``); standard output is bounded by ``max_output``
+    bytes.
 
     Raises :class:`ReportError`: the plugin is missing, cannot be started, exits
     non-zero or by a signal (with the last line it wrote to standard error), runs
@@ -101,7 +105,7 @@ def run_plugin(name: str, report_path: Path, *, search_path: str | None,
             proc.stdout.close()
             proc.stderr.close()
     if timed_out:
-        raise ReportError(f"{label} timed out after {timeout:g} s")
+        raise ReportError(f"{label} timed out after {round(timeout or 0, 1):g} s")
     if out.size > max_output:
         raise ReportError(f"{label} printed more than {max_output} bytes")
     if proc.returncode != 0:
