@@ -1,9 +1,30 @@
-"""Mirror overrides shared by every family: archive URL prefixes replaced for
-air-gapped users (``--mirror FROM=TO``)."""
+"""What the user says about repositories, shared by every family: mirrors (archive URL
+prefixes replaced, ``--mirror FROM=TO``) and which repository hosts may be private.
+
+An image names its own repositories (apt sources, ``/etc/apk/repositories``), and
+suture fetches them from this host's position on the network. So that an image
+cannot aim those requests at services only this host reaches (a loopback admin
+port, a cloud metadata endpoint, the office network), :class:`RepositoryHosts`
+refuses URLs whose host resolves to a loopback, link-local, private, shared
+(100.64/10) or otherwise non-global address, unless the user allowed that host
+(``--allow-private-repos``) or the URL is under one of the user's mirrors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from suture.distro.dpkg.repoerrors import PrivateRepository
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _norm(url: str) -> str:
@@ -21,3 +42,119 @@ def mirror_url(url: str, mirrors: Mapping[str, str]) -> str:
         if target.startswith(_norm(prefix)):
             return (_norm(mirrors[prefix]) + target[len(_norm(prefix)):]).rstrip("/")
     return url
+
+
+def address_class(address: IPAddress) -> str | None:
+    """Why ``address`` is not a public one (``"loopback"``, ``"link-local"``,
+    ``"private"``...), or ``None`` when it is a global unicast address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if address in _SHARED:
+        return "shared (100.64.0.0/10)"
+    if address.is_private:
+        return "private"
+    if not address.is_global:
+        return "reserved"
+    return None
+
+
+def _getaddrinfo(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class _HostRule:
+    host: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, spec: str) -> _HostRule:
+        spec = spec.strip().lower()
+        if spec.startswith("["):  # [v6] or [v6]:port
+            host, _, rest = spec[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        elif spec.count(":") == 1:
+            host, _, port = spec.partition(":")
+        else:  # a name, an IPv4 address, or a bare IPv6 address
+            host, port = spec, ""
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"{spec!r} is not HOST[:PORT]")
+        return cls(host, int(port) if port else None)
+
+    def matches(self, host: str, port: int) -> bool:
+        return self.host == host and self.port in (None, port)
+
+
+class RepositoryHosts:
+    """Decides whether a repository URL may be fetched from this host.
+
+    ``allow``: ``HOST``, ``HOST:PORT`` (``[v6]:PORT``) or ``all``, hosts whose
+    private addresses the user accepts. ``trusted``: URL prefixes (the targets of
+    the user's mirrors) that are fetched whatever they resolve to. ``resolve``
+    maps (host, port) to addresses (default: :func:`socket.getaddrinfo`).
+    """
+
+    def __init__(self, allow: Iterable[str] = (), trusted: Iterable[str] = (), *,
+                 resolve: Resolver | None = None) -> None:
+        specs = [a for a in allow if a.strip()]
+        self.allow_all = any(a.strip().lower() == "all" for a in specs)
+        self.rules = tuple(_HostRule.parse(a) for a in specs if a.strip().lower() != "all")
+        self.trusted = tuple(_norm(t) for t in trusted)
+        self._resolve = resolve or _getaddrinfo
+
+    @classmethod
+    def parse_rule(cls, spec: str) -> None:
+        """Raise :class:`ValueError` when ``spec`` is not ``all`` or ``HOST[:PORT]``."""
+        if spec.strip().lower() != "all":
+            _HostRule.parse(spec)
+
+    def _trusted(self, url: str) -> bool:
+        target = _norm(url.split("?", 1)[0].split("#", 1)[0])
+        if any(seg in (".", "..") for seg in urlsplit(target).path.split("/")):
+            return False
+        return any(target.startswith(prefix) for prefix in self.trusted)
+
+    def check(self, url: str, *, shown: str | None = None) -> None:
+        """Raise :class:`PrivateRepository` when ``url`` may not be fetched.
+
+        ``shown`` is the URL as messages may name it (credentials redacted). A
+        name that does not resolve passes: the request itself will fail.
+        """
+        if self.allow_all:
+            return
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+        except ValueError:
+            port = _DEFAULT_PORTS.get(parts.scheme, 80)
+        if any(rule.matches(host, port) for rule in self.rules) or self._trusted(url):
+            return
+        try:
+            addresses = self._resolve(host, port)
+        except (OSError, UnicodeError):
+            return
+        for text in addresses:
+            try:
+                address = ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                continue
+            kind = address_class(address)
+            if kind is not None:
+                where = f"{host}:{port}" if parts.port else host
+                what = f"{host} is" if text == host else f"{host} resolves to {text}, which is"
+                raise PrivateRepository(
+                    f"{shown or url}: refused: {what} a {kind} address",
+                    url=shown or url,
+                    hint=f"a repository the image names may not reach this host's or its "
+                         f"network's private services; if this one is yours, pass "
+                         f"--allow-private-repos {where}, or map it with --mirror")

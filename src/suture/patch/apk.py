@@ -176,7 +176,7 @@ class ApkEngine:
         if len(state.keys) == 0:
             raise SutureError("no trusted apk keys: /etc/apk/keys is empty",
                               hint="pass --keyring FILE with the repository's public key")
-        state.fetcher = ApkFetcher(package_fetcher(options, "apk"))
+        state.fetcher = ApkFetcher(package_fetcher(options, "apk"), keys=state.keys)
         arches = {state.arch, "noarch", ""}
         for repo in repos:
             index = state.fetcher.fetch_index(repo, state.arch, state.keys)

@@ -22,6 +22,7 @@ from suture.distro.dpkg.release import Keyring
 from suture.distro.dpkg.relevant import relevant_stanzas
 from suture.distro.dpkg.repo import (
     AptFetcher,
+    AptRepository,
     PackageEntry,
     keyring_for,
     keyring_paths,
@@ -36,6 +37,7 @@ from suture.distro.dpkg.sources import (
     add_standard_suites,
     apply_mirrors,
     parse_sources_files,
+    unique_sources,
 )
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
@@ -157,7 +159,8 @@ class DpkgEngine:
         files = state.files
         source_files = {p: f.data for p, f in files.items() if f.data is not None and (
             p == SOURCES_LIST or (p.startswith(SOURCES_DIR) and p.endswith((".list", ".sources"))))}
-        entries = [e for e in parse_sources_files(source_files) if e.is_binary]
+        # Repeats are dropped (and the distinct ones bounded) before anything is fetched.
+        entries = unique_sources(e for e in parse_sources_files(source_files) if e.is_binary)
         os_release = state.inspection.os
         if os_release is None:
             raise SutureError("the image has no os-release: cannot tell its distribution")
@@ -170,7 +173,7 @@ class DpkgEngine:
             raise SutureError(f"no apt repositories for {os_release.id} "
                               f"{os_release.version_id}")
         if state.options.mirrors:
-            entries = apply_mirrors(entries, state.options.mirrors)
+            entries = unique_sources(apply_mirrors(entries, state.options.mirrors), limit=None)
         return entries
 
     def _keyring(self, state: DpkgState, entry: SourceEntry) -> Keyring:
@@ -203,22 +206,32 @@ class DpkgEngine:
         state.fetcher = package_fetcher(options, "apt")
         arches = (state.architecture, *state.foreign)
         indexes: list[tuple[str, str, bytes]] = []
+        # One Release per repository, suite and trust, and one fetch per index, however
+        # many entries name them (a suite's components may be spread over lines).
+        releases: dict[tuple[object, ...], AptRepository] = {}
+        loaded: set[tuple[str, str, str]] = set()
         for entry in self._source_entries(state):
-            keyring = self._keyring(state, entry)
-            try:
-                repo = state.fetcher.fetch_source(entry, keyring)
-            except SignatureError as exc:
-                if any("this host's" in note for note in state.notes):
-                    raise SignatureError(
-                        f"{exc} (the image has no apt keyring; this host's archive keyring "
-                        "was tried)", hint="pass --keyring FILE with the archive's signing "
-                        "keys") from None
-                raise
+            trust = (entry.uri.rstrip("/"), entry.suite, entry.signed_by, entry.signed_by_key,
+                     entry.check_valid_until)
+            repo = releases.get(trust)
+            if repo is None:
+                keyring = self._keyring(state, entry)
+                try:
+                    repo = state.fetcher.fetch_source(entry, keyring)
+                except SignatureError as exc:
+                    if any("this host's" in note for note in state.notes):
+                        raise SignatureError(
+                            f"{exc} (the image has no apt keyring; this host's archive "
+                            "keyring was tried)", hint="pass --keyring FILE with the "
+                            "archive's signing keys") from None
+                    raise
+                releases[trust] = repo
             wanted = entry.architectures or arches
             for component in entry.components or ("main",):
                 for arch in wanted:
-                    if arch not in arches:
+                    if arch not in arches or (repo.url, component, arch) in loaded:
                         continue
+                    loaded.add((repo.url, component, arch))
                     try:
                         data = repo.fetch_packages(component, arch)
                     except IndexNotListed as exc:

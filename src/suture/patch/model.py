@@ -35,6 +35,8 @@ class PatchOptions:
     cache_dir: Path = Path.home() / ".cache" / "suture"
     offline: bool = False
     mirrors: dict[str, str] = field(default_factory=dict)
+    # Repository hosts (HOST, HOST:PORT or "all") that may be loopback or private.
+    allow_private_repos: tuple[str, ...] = ()
     keyrings: tuple[bytes, ...] = ()
     host_keyrings: bool = True
     sandbox: str = "auto"

@@ -13,7 +13,13 @@ A repository's index is ``<url>/<arch>/APKINDEX.tar.gz`` and its packages
 ``<url>/<arch>/<name>-<version>.apk`` (``ndx``: next to the index). Downloads
 go through the apt fetcher's content-addressed cache (:mod:`suture.distro.dpkg.repo`):
 an index is kept by URL and revalidated, or read from the cache offline; a
-package is found in the cache by its identity (``C:``) and re-verified.
+package is found in the cache by its identity (``C:``) only, never by its URL, and
+a cached copy that no longer verifies (a re-signed rebuild, another mirror's copy)
+is fetched again.
+
+Bounds: a configuration file over :data:`MAX_REPOSITORIES_FILE` bytes, or more than
+:data:`MAX_REPOSITORIES` distinct repositories, is refused naming the file;
+repeated lines are read once.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from suture.distro.apk.index import VerifiedIndex, read_index_archive
+from suture.distro.apk.package import read_apk
 from suture.distro.apk.sign import Keys
 from suture.distro.dpkg.repo import AptFetcher, redact
 from suture.distro.dpkg.repoerrors import OfflineCacheMiss, RepositoryError
 from suture.distro.mirrors import mirror_url
-from suture.errors import SizeMismatch
+from suture.errors import SutureError
 
 __all__ = ["ApkFetcher", "Repository", "apk_arch", "mirror_url", "parse_repositories"]
 
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 REPOSITORIES = "etc/apk/repositories"
 REPOSITORIES_D = ("etc/apk/repositories.d/", "lib/apk/repositories.d/")
 MAX_APKINDEX = 256 << 20  # compressed; Alpine edge community is ~2 MB
+MAX_PACKAGE = 1 << 31
+MAX_REPOSITORIES_FILE = 1 << 20  # bytes of one configuration file
+MAX_REPOSITORIES = 256  # distinct repositories
 _OCI_TO_APK = {"amd64": "x86_64", "arm64": "aarch64", "386": "x86", "ppc64le": "ppc64le",
                "s390x": "s390x", "riscv64": "riscv64", "loong64": "loongarch64",
                "mips64le": "mips64el"}
@@ -102,7 +112,23 @@ def parse_repositories(files: Mapping[str, bytes], *, arch: str) -> list[Reposit
                 names.append(path)
     variables = {"APK_ARCH": arch}
     out: list[Repository] = []
+    seen_repos: set[tuple[str, str, str]] = set()
+
+    def add(repo: Repository, where: str) -> None:
+        key = (repo.url.rstrip("/"), repo.index, repo.tag)
+        if key in seen_repos:
+            return
+        seen_repos.add(key)
+        out.append(replace(repo, order=len(out)))
+        if len(out) > MAX_REPOSITORIES:
+            raise RepositoryError(f"{where}: more than {MAX_REPOSITORIES} distinct apk "
+                                  "repositories")
+
     for path in names:
+        if len(files[path]) > MAX_REPOSITORIES_FILE:
+            raise RepositoryError(f"/{path}: {len(files[path])} bytes, over the "
+                                  f"{MAX_REPOSITORIES_FILE} byte limit for an apk "
+                                  "repositories file")
         for lineno, raw in enumerate(files[path].decode("utf-8", "replace").splitlines(), 1):
             where = f"/{path}:{lineno}"
             words = raw.split("#", 1)[0].split() if raw.lstrip().startswith("#") else \
@@ -137,11 +163,11 @@ def parse_repositories(files: Mapping[str, bytes], *, arch: str) -> list[Reposit
             if kind == "ndx":
                 if components:
                     raise RepositoryError(f"{where}: components are not valid with ndx")
-                out.append(Repository(url.rpartition("/")[0], tag, len(out), url, where))
+                add(Repository(url.rpartition("/")[0], tag, len(out), url, where), where)
                 continue
             for component in components or [""]:
                 full = f"{url.rstrip('/')}/{component}" if component else url
-                out.append(Repository(full, tag, len(out), "", where))
+                add(Repository(full, tag, len(out), "", where), where)
     return out
 
 
@@ -156,10 +182,12 @@ def apply_mirrors(repositories: Iterable[Repository], mirrors: Mapping[str, str]
 
 class ApkFetcher:
     """Indexes and packages through an :class:`AptFetcher` (its cache, retries,
-    offline mode and progress)."""
+    offline mode, progress and repository host checks). ``keys``, when given, check a
+    cached package before it is reused: one that fails is fetched again."""
 
-    def __init__(self, fetcher: AptFetcher) -> None:
+    def __init__(self, fetcher: AptFetcher, keys: Keys | None = None) -> None:
         self.fetcher = fetcher
+        self.keys = keys
 
     def fetch_index(self, repo: Repository, arch: str, keys: Keys) -> VerifiedIndex:
         url = repo.index_url(arch)
@@ -172,17 +200,21 @@ class ApkFetcher:
 
     def fetch_package(self, repo: Repository, arch: str, filename: str, identity: str,
                       size: int) -> Path:
-        """The package file, from the cache (found by ``identity``) or downloaded.
+        """The package file, from the cache (found by ``identity``, the index's ``C:``)
+        or downloaded (never revalidated by URL: a URL may serve another build).
 
-        Returned unverified: the caller checks it (:func:`suture.distro.apk.package.read_apk`)
-        and calls :meth:`forget` when it fails.
+        A cached copy is reused only when its size is the index's and, with
+        ``keys``, it verifies against ``identity`` and the keys; otherwise it is
+        fetched again. A download is returned unverified: the caller checks it
+        (:func:`suture.distro.apk.package.read_apk`) and calls :meth:`forget` when
+        it fails.
         """
         key = f"apk-identity:{identity}"
         cache = self.fetcher.cache
         ref = cache.ref(key)
         if ref is not None and "sha256" in ref:
             hit = cache.lookup(ref["sha256"], size or None)
-            if hit is not None:
+            if hit is not None and self._still_good(hit, identity, filename):
                 return hit
         url = repo.package_url(arch, filename)
         if not repo.remote:
@@ -190,18 +222,20 @@ class ApkFetcher:
                                   "read", url=redact(url))
         if self.fetcher.offline:
             raise OfflineCacheMiss(f"{filename} ({redact(url)})", url=redact(url))
-        limit = size if size else 1 << 31
-        try:
-            self.fetcher.fetch_meta(url, filename, limit=limit)
-        except SizeMismatch:
-            raise SizeMismatch(filename, size, size + 1) from None
-        got = cache.ref(url)
-        assert got is not None
-        path = cache.path(got["sha256"])
-        if size and path.stat().st_size != size:
-            raise SizeMismatch(filename, size, path.stat().st_size)
-        cache.set_ref(key, got["sha256"], etag=None, last_modified=None)
+        path, sha256 = self.fetcher.download(url, filename, size=size or None,
+                                             limit=MAX_PACKAGE)
+        cache.set_ref(key, sha256, etag=None, last_modified=None)
         return path
+
+    def _still_good(self, path: Path, identity: str, filename: str) -> bool:
+        if self.keys is None:
+            return True
+        try:
+            read_apk(path, identity=identity, keys=self.keys, what=filename, members=False)
+        except SutureError as exc:
+            log.info("cache: %s no longer verifies (%s): fetching it again", filename, exc)
+            return False
+        return True
 
     def forget(self, identity: str) -> None:
         """Stop finding ``identity`` in the cache (its file failed verification)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -33,12 +34,12 @@ import posixpath
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -52,6 +53,7 @@ from suture.distro.dpkg.release import (
     verify_release,
 )
 from suture.distro.dpkg.repoerrors import (
+    CacheFull,
     IndexNotListed,
     KeyringError,
     NotSigned,
@@ -61,6 +63,7 @@ from suture.distro.dpkg.repoerrors import (
     RepositoryNotFound,
 )
 from suture.distro.dpkg.sources import SourceEntry
+from suture.distro.mirrors import RepositoryHosts
 from suture.errors import DigestMismatch, PackageDBError, SizeMismatch
 from suture.progress import DOWNLOAD, Progress, Transfer
 
@@ -71,6 +74,9 @@ STREAM_CHUNK = 64 << 10
 MAX_INDEX = 1 << 30  # decompressed Packages; bookworm main/amd64 is ~45 MB
 MAX_SIGNATURE = 1 << 20
 DEFAULT_TIMEOUT = (15.0, 60.0)  # connect, read (seconds)
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # Compressed variants of an index, in the order they are preferred.
 _COMPRESSIONS = ((".xz", "xz"), (".gz", "gzip"), (".bz2", "bzip2"), ("", "none"))
@@ -257,7 +263,9 @@ class AptCache:
     """A content-addressed directory: ``sha256/<hex>`` files and ``refs/`` by URL.
 
     Files are written to ``tmp/`` and renamed into place, so a reader never sees
-    a partial file. Safe to share between processes (last writer wins, with
+    a partial file; a write that fails removes its temporary file. A full file
+    system (or quota) raises :class:`~suture.distro.dpkg.repoerrors.CacheFull`
+    naming the cache. Safe to share between processes (last writer wins, with
     equal content).
     """
 
@@ -305,26 +313,55 @@ class AptCache:
             return None
         return path
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turns a full file system or quota under the cache into :class:`CacheFull`."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise CacheFull(str(self.root), os.strerror(exc.errno or errno.ENOSPC)
+                                .lower()) from None
+            raise
+
     def temp(self) -> tuple[IO[bytes], Path]:
         tmpdir = self.root / "tmp"
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        if not self._swept:
-            self._sweep(tmpdir)
-        fd, name = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
+        with self.writing():
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            if not self._swept:
+                self._sweep(tmpdir)
+            fd, name = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
         return os.fdopen(fd, "w+b"), Path(name)
 
     def commit(self, tmp: Path, sha256: str) -> Path:
         dest = self.path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
+        with self.writing():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
         return dest
 
-    def put(self, data: bytes) -> Path:
-        digest = hashlib.sha256(data).hexdigest()
+    def _write(self, data: bytes, dest: Path) -> None:
+        """``data`` written to a temporary file renamed to ``dest``; nothing left on failure."""
         f, tmp = self.temp()
-        with f:
-            f.write(data)
-        return self.commit(tmp, digest)
+        try:
+            with self.writing():
+                try:
+                    f.write(data)
+                finally:
+                    f.close()  # flushes: may fail too
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                f.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def put(self, data: bytes) -> Path:
+        dest = self.path(hashlib.sha256(data).hexdigest())
+        self._write(data, dest)
+        return dest
 
     def _ref_path(self, url: str) -> Path:
         return self.root / "refs" / (hashlib.sha256(url.encode()).hexdigest() + ".json")
@@ -342,16 +379,12 @@ class AptCache:
     def set_ref(self, url: str, sha256: str, *, etag: str | None,
                 last_modified: str | None) -> None:
         path = self._ref_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"url": redact(url), "sha256": sha256}  # no credentials on disk
         if etag:
             record["etag"] = etag
         if last_modified:
             record["last_modified"] = last_modified
-        f, tmp = self.temp()
-        with f:
-            f.write(json.dumps(record, sort_keys=True).encode())
-        os.replace(tmp, path)
+        self._write(json.dumps(record, sort_keys=True).encode(), path)
 
     def read_ref(self, url: str) -> bytes | None:
         """The content last fetched from ``url`` (verified against its digest), or ``None``."""
@@ -387,6 +420,11 @@ class AptFetcher:
     times one download is resumed or retried after a dropped connection or a
     5xx answer. ``now`` is the clock used for key expiry and Valid-Until.
     ``progress`` hears every download's bytes (cache hits are not downloads).
+    ``hosts``, when given, is asked about every URL before it is requested and
+    about every redirect before it is followed (see
+    :class:`~suture.distro.mirrors.RepositoryHosts`): pass one whenever the URLs
+    come from an image. A Release or other metadata file is fetched once per
+    fetcher (repeated sources cost nothing).
     """
 
     def __init__(
@@ -402,8 +440,11 @@ class AptFetcher:
         max_index: int = MAX_INDEX,
         now: Callable[[], datetime] | None = None,
         progress: Progress | None = None,
+        hosts: RepositoryHosts | None = None,
     ) -> None:
         self.cache = AptCache(cache_dir)
+        self.hosts = hosts
+        self._meta: dict[tuple[str, int], bytes] = {}  # this run's metadata, by URL
         self.progress = progress
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
@@ -427,14 +468,35 @@ class AptFetcher:
 
     # ------------------------------------------------------------ HTTP
 
-    def _request(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+    def _check_url(self, url: str, first: str) -> None:
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https"):
-            raise RepositoryError(f"{redact(url)}: unsupported URI scheme {scheme!r}",
-                                  url=redact(url))
+            what = redact(url) if url == first else f"{redact(first)} (redirected to " \
+                f"{redact(url)})"
+            raise RepositoryError(f"{what}: unsupported URI scheme {scheme!r}",
+                                  url=redact(first))
+        if self.hosts is not None:
+            shown = redact(url) if url == first else \
+                f"{redact(first)} (redirected to {redact(url)})"
+            self.hosts.check(url, shown=shown)
+
+    def _request(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+        """GET ``url``, following redirects one by one: each is checked like ``url``."""
         hdrs = {"Accept-Encoding": "identity", **headers}
-        return self.session.get(url, headers=hdrs, stream=True, timeout=self.timeout,
-                                verify=self.verify, allow_redirects=True)
+        target = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            self._check_url(target, url)
+            resp = self.session.get(target, headers=hdrs, stream=True, timeout=self.timeout,
+                                    verify=self.verify, allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status_code not in _REDIRECTS or not location:
+                return resp
+            resp.close()
+            target = urljoin(target, location)
+        raise RepositoryHTTPError(f"{redact(url)}: more than {MAX_REDIRECTS} redirects",
+                                  url=redact(url), status=None,
+                                  hint="check the repository URL, or point --mirror at a "
+                                       "copy that serves it directly")
 
     def _get(
         self,
@@ -453,93 +515,103 @@ class AptFetcher:
         ceiling ``limit``) and ``sha256`` (when given) are checked while the
         body streams; a file that fails a check is not kept.
         """
-        safe = redact(url)
         out, tmp = self.cache.temp()
         transfer = Transfer(self.progress, DOWNLOAD, what, size)
         try:
-            h = hashlib.sha256()
-            got = 0
-            failures = 0
-            ceiling = size if size is not None else limit
-            while True:
-                hdrs = dict(headers or {})
-                if got:
-                    hdrs = {"Range": f"bytes={got}-"}
-                try:
-                    resp = self._request(url, hdrs)
-                    with resp:
-                        status = resp.status_code
-                        if status == 304 and not got:
-                            return _Got(304)
-                        if status == 416 and got and size is not None:
-                            # Nothing left past what we have: the file is short.
-                            raise SizeMismatch(what, size, got)
-                        if status in (404, 410):
-                            raise RepositoryNotFound(f"{what}: {safe}: HTTP {status}",
-                                                     url=safe, status=status)
-                        if status >= 500:
-                            raise _Retry(f"HTTP {status}", status)
-                        if status >= 400 or status not in (200, 206):
-                            raise RepositoryHTTPError(f"{what}: {safe}: HTTP {status}",
-                                                      url=safe, status=status)
-                        if got and not (status == 206 and _range_start(resp) == got):
-                            log.info("%s: server ignored Range, restarting", safe)
-                            out.seek(0)
-                            out.truncate()
-                            h, got = hashlib.sha256(), 0
-                            transfer.restart()
-                        elif not got and status == 206:
-                            raise RepositoryHTTPError(f"{what}: {safe}: unexpected HTTP 206",
-                                                      url=safe, status=status)
-                        etag = resp.headers.get("ETag")
-                        last_modified = resp.headers.get("Last-Modified")
-                        length = resp.headers.get("Content-Length")
-                        received = 0
-                        # Small reads: what was read before a drop is kept for the resume.
-                        for chunk in resp.iter_content(STREAM_CHUNK):
-                            got += len(chunk)
-                            received += len(chunk)
-                            if got > ceiling:
-                                raise SizeMismatch(what, ceiling, got, ceiling=size is None)
-                            h.update(chunk)
-                            out.write(chunk)
-                            transfer.advance(len(chunk))
-                    if size is not None and got < size:
-                        if length is not None and length.isdigit() and int(length) == received:
-                            raise SizeMismatch(what, size, got)  # complete, and short
-                        raise _Retry(f"short body ({got} of {size} bytes)")
-                    break
-                except requests.RequestException as exc:
-                    if isinstance(exc, _RETRYABLE):
-                        failures += 1
-                        if failures <= self.retries:
-                            log.info("%s: %s, retry %d/%d from byte %d", safe,
-                                     type(exc).__name__, failures, self.retries, got)
-                            self._sleep(failures)
-                            continue
-                    raise RepositoryHTTPError(
-                        f"{what}: {safe}: {type(exc).__name__}"
-                        + (f" after {failures} attempts" if failures else ""),
-                        url=safe, status=None) from None
-                except _Retry as exc:
-                    failures += 1
-                    if failures > self.retries:
-                        raise RepositoryHTTPError(
-                            f"{what}: {safe}: giving up after {failures} attempts ({exc.reason})",
-                            url=safe, status=exc.status) from None
-                    log.info("%s: %s, retry %d/%d from byte %d", safe, exc.reason, failures,
-                             self.retries, got)
-                    self._sleep(failures)
-            digest = h.hexdigest()
-            if sha256 is not None and digest != sha256:
-                raise DigestMismatch(what, "sha256:" + sha256, "sha256:" + digest)
-            out.close()
-            transfer.finish()
-            return _Got(200, self.cache.commit(tmp, digest), digest, etag, last_modified)
+            with self.cache.writing():
+                return self._download(url, what, out, tmp, transfer, size=size, limit=limit,
+                                      sha256=sha256, headers=headers)
         finally:
-            out.close()
-            with contextlib.suppress(FileNotFoundError):
+            # Whatever happened (a full disk fails the flush in close() too), the partial
+            # file goes: left behind it would keep the cache's file system full.
+            with contextlib.suppress(OSError):
+                out.close()
+            with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    def _download(self, url: str, what: str, out: IO[bytes], tmp: Path, transfer: Transfer,
+                  *, size: int | None, limit: int, sha256: str | None,
+                  headers: Mapping[str, str] | None) -> _Got:
+        safe = redact(url)
+        h = hashlib.sha256()
+        got = 0
+        failures = 0
+        ceiling = size if size is not None else limit
+        while True:
+            hdrs = dict(headers or {})
+            if got:
+                hdrs = {"Range": f"bytes={got}-"}
+            try:
+                resp = self._request(url, hdrs)
+                with resp:
+                    status = resp.status_code
+                    if status == 304 and not got:
+                        return _Got(304)
+                    if status == 416 and got and size is not None:
+                        # Nothing left past what we have: the file is short.
+                        raise SizeMismatch(what, size, got)
+                    if status in (404, 410):
+                        raise RepositoryNotFound(f"{what}: {safe}: HTTP {status}",
+                                                 url=safe, status=status)
+                    if status >= 500:
+                        raise _Retry(f"HTTP {status}", status)
+                    if status >= 400 or status not in (200, 206):
+                        raise RepositoryHTTPError(f"{what}: {safe}: HTTP {status}",
+                                                  url=safe, status=status)
+                    if got and not (status == 206 and _range_start(resp) == got):
+                        log.info("%s: server ignored Range, restarting", safe)
+                        out.seek(0)
+                        out.truncate()
+                        h, got = hashlib.sha256(), 0
+                        transfer.restart()
+                    elif not got and status == 206:
+                        raise RepositoryHTTPError(f"{what}: {safe}: unexpected HTTP 206",
+                                                  url=safe, status=status)
+                    etag = resp.headers.get("ETag")
+                    last_modified = resp.headers.get("Last-Modified")
+                    length = resp.headers.get("Content-Length")
+                    received = 0
+                    # Small reads: what was read before a drop is kept for the resume.
+                    for chunk in resp.iter_content(STREAM_CHUNK):
+                        got += len(chunk)
+                        received += len(chunk)
+                        if got > ceiling:
+                            raise SizeMismatch(what, ceiling, got, ceiling=size is None)
+                        h.update(chunk)
+                        out.write(chunk)
+                        transfer.advance(len(chunk))
+                if size is not None and got < size:
+                    if length is not None and length.isdigit() and int(length) == received:
+                        raise SizeMismatch(what, size, got)  # complete, and short
+                    raise _Retry(f"short body ({got} of {size} bytes)")
+                break
+            except requests.RequestException as exc:
+                if isinstance(exc, _RETRYABLE):
+                    failures += 1
+                    if failures <= self.retries:
+                        log.info("%s: %s, retry %d/%d from byte %d", safe,
+                                 type(exc).__name__, failures, self.retries, got)
+                        self._sleep(failures)
+                        continue
+                raise RepositoryHTTPError(
+                    f"{what}: {safe}: {type(exc).__name__}"
+                    + (f" after {failures} attempts" if failures else ""),
+                    url=safe, status=None) from None
+            except _Retry as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise RepositoryHTTPError(
+                        f"{what}: {safe}: giving up after {failures} attempts ({exc.reason})",
+                        url=safe, status=exc.status) from None
+                log.info("%s: %s, retry %d/%d from byte %d", safe, exc.reason, failures,
+                         self.retries, got)
+                self._sleep(failures)
+        digest = h.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise DigestMismatch(what, "sha256:" + sha256, "sha256:" + digest)
+        out.close()
+        transfer.finish()
+        return _Got(200, self.cache.commit(tmp, digest), digest, etag, last_modified)
 
     def _sleep(self, failures: int) -> None:
         if self.backoff:
@@ -560,13 +632,32 @@ class AptFetcher:
         assert got.path is not None
         return got.path
 
+    def download(self, url: str, what: str, *, size: int | None, limit: int) -> tuple[Path, str]:
+        """``url`` downloaded into the cache, unconditionally: the stored file and its
+        SHA256. Nothing is checked but the size (exact when given, else the ceiling
+        ``limit``): the caller verifies the content and forgets a file that fails."""
+        if self.offline:
+            raise OfflineCacheMiss(f"{what} ({redact(url)})", url=redact(url))
+        got = self._get(url, what, size=size, limit=size if size is not None else limit)
+        assert got.path is not None
+        return got.path, got.sha256
+
     def fetch_meta(self, url: str, what: str, *, limit: int = MAX_RELEASE) -> bytes:
         """A file whose digest is not known in advance (InRelease, Release, Release.gpg).
 
         Kept in the cache by URL and revalidated with If-None-Match /
         If-Modified-Since; offline, the last copy is used. The bytes returned
-        are unverified: check their signature.
+        are unverified: check their signature. Asked again, the same fetcher answers
+        from memory without a request.
         """
+        seen = self._meta.get((url, limit))
+        if seen is not None:
+            return seen
+        data = self._fetch_meta(url, what, limit=limit)
+        self._meta[(url, limit)] = data
+        return data
+
+    def _fetch_meta(self, url: str, what: str, *, limit: int) -> bytes:
         safe = redact(url)
         cached = self.cache.read_ref(url)
         if self.offline:

@@ -150,3 +150,18 @@ class RevokedKey(SignatureError):
 
 class KeyringError(SignatureError):
     """A keyring that cannot be read as OpenPGP certificates."""
+
+
+class PrivateRepository(RepositoryError):
+    """A repository URL (or a redirect) that points at a loopback, link-local or private
+    address the user has not allowed."""
+
+
+class CacheFull(RepositoryError):
+    """The download cache's file system is full (or over quota): ``cache`` is its directory."""
+
+    def __init__(self, cache: str, reason: str) -> None:
+        super().__init__(f"cache {cache}: {reason}",
+                         hint="free space there, or point --cache-dir at a file system "
+                              "with room")
+        self.cache = cache

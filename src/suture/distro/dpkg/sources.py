@@ -49,6 +49,10 @@ _DEB822_OPTIONS = {
     "inrelease-path": "inrelease-path",
     "snapshot": "snapshot",
 }
+# Bounds on what an image's apt configuration may ask for: real images have a few
+# entries in files of a few kB (Ubuntu's deb822 file with its inline key is ~3 kB).
+MAX_SOURCES_FILE = 1 << 20  # bytes of one sources file
+MAX_SOURCES = 256  # distinct entries, once duplicates are dropped
 _TRUE = frozenset({"yes", "true", "1", "on", "with", "enable"})
 _FALSE = frozenset({"no", "false", "0", "off", "without", "disable"})
 _KEY_BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
@@ -354,19 +358,29 @@ def parse_deb822_sources(data: bytes, path: str = "/" + SOURCES_DIR + "<unnamed>
     return entries
 
 
-def parse_sources_files(files: Mapping[str, bytes]) -> list[SourceEntry]:
+def parse_sources_files(files: Mapping[str, bytes], *, max_bytes: int = MAX_SOURCES_FILE
+                        ) -> list[SourceEntry]:
     """Parse every apt source file in ``files`` (path -> content), in apt's order.
 
     Paths are root-relative or absolute (``etc/apt/sources.list`` or
     ``/etc/apt/sources.list``). ``sources.list`` comes first, then the files of
     ``sources.list.d`` in name order; there ``*.list`` is one-line and
     ``*.sources`` deb822, and any other name (``.save``, ``.disabled``,
-    ``.dpkg-dist``) is ignored, as apt does. Other paths are ignored.
+    ``.dpkg-dist``) is ignored, as apt does. Other paths are ignored. A file over
+    ``max_bytes`` raises :class:`SourcesError` naming it.
     """
     by_path = {p.lstrip("/"): d for p, d in files.items()}
     entries: list[SourceEntry] = []
+
+    def sized(path: str) -> bytes:
+        data = by_path[path]
+        if len(data) > max_bytes:
+            raise SourcesError(f"{len(data)} bytes, over the {max_bytes} byte limit for an "
+                               "apt sources file", path="/" + path)
+        return data
+
     if SOURCES_LIST in by_path:
-        entries += parse_sources_list(by_path[SOURCES_LIST], "/" + SOURCES_LIST)
+        entries += parse_sources_list(sized(SOURCES_LIST), "/" + SOURCES_LIST)
     for p in sorted(by_path):
         if not p.startswith(SOURCES_DIR) or "/" in p[len(SOURCES_DIR):]:
             continue
@@ -374,10 +388,34 @@ def parse_sources_files(files: Mapping[str, bytes]) -> list[SourceEntry]:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
             continue  # apt ignores names with other characters
         if name.endswith(".list"):
-            entries += parse_sources_list(by_path[p], "/" + p)
+            entries += parse_sources_list(sized(p), "/" + p)
         elif name.endswith(".sources"):
-            entries += parse_deb822_sources(by_path[p], "/" + p)
+            entries += parse_deb822_sources(sized(p), "/" + p)
     return entries
+
+
+def unique_sources(entries: Iterable[SourceEntry], *, limit: int | None = MAX_SOURCES
+                   ) -> list[SourceEntry]:
+    """``entries`` without repeats, first occurrence kept, in order.
+
+    Two entries are the same when everything but their origin is (a URI's trailing
+    ``/`` aside). More than ``limit`` distinct entries raise :class:`SourcesError`
+    naming the file of the first one over.
+    """
+    seen: set[SourceEntry] = set()
+    out: list[SourceEntry] = []
+    for entry in entries:
+        key = replace(entry, uri=entry.uri.rstrip("/"))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(entry)
+        if limit is not None and len(out) > limit:
+            path, _, line = entry.origin.rpartition(":")
+            raise SourcesError(f"more than {limit} distinct apt sources",
+                               path=path or entry.origin or "apt sources",
+                               line=int(line) if line.isdigit() else None)
+    return out
 
 
 # ---------------------------------------------------------------- standard suites
