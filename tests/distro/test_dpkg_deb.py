@@ -19,6 +19,7 @@ import pytest
 
 from suture.distro.dpkg.control import Conffile
 from suture.distro.dpkg.deb import (
+    SPOOL_MIN,
     DataEntry,
     DebControl,
     iter_deb_data,
@@ -353,8 +354,29 @@ def test_real_debian_packages(real_debs: dict[str, Path], name: str) -> None:
     assert set(control.md5sums) <= {e.path for e in ours if e.kind in (FILE, HARDLINK)}
     for entry in ours:
         if entry.kind == FILE and entry.path in control.md5sums:
-            assert hashlib.md5(entry.data or b"").hexdigest() == control.md5sums[entry.path]
+            assert isinstance(entry.data, bytes)
+            assert hashlib.md5(entry.data).hexdigest() == control.md5sums[entry.path]
     assert_matches_fsys_tarfile(path, ours)
+
+
+@pytest.mark.network
+def test_large_files_are_spooled_to_disk(real_debs: dict[str, Path], tmp_path: Path) -> None:
+    """With a spool directory, files of SPOOL_MIN bytes or more are read from a copy on
+    disk (same bytes, MD5 computed on the way), the rest stay in memory."""
+    path = real_debs["libc6"]  # libc.so.6 is about 2 MB
+    with path.open("rb") as f:
+        _, entries = read_deb(f, source=path.name)
+        in_memory = {e.path: e for e in entries}
+    with path.open("rb") as f:
+        control, entries = read_deb(f, source=path.name, spool=tmp_path)
+        spooled = list(entries)
+    big = [e for e in spooled if e.kind == FILE and e.size >= SPOOL_MIN]
+    assert big and all(callable(e.data) for e in big)
+    assert len(list(tmp_path.iterdir())) == len(big)
+    for entry in spooled:
+        assert entry.read() == in_memory[entry.path].read()
+        if entry.path in control.md5sums:
+            assert entry.md5sum() == control.md5sums[entry.path]
 
 
 # --- crafted archives ----------------------------------------------------------------------

@@ -118,15 +118,13 @@ def _check_report(report: Report, os_id: str, version: str, platform: Platform |
 
 
 def _scratch_dir(options: PatchOptions, workdir: Path) -> Path:
-    """Where to materialise a root for scripts: memory-backed /dev/shm when the user
-    named no work directory and it has room (it is several times faster than disk)."""
-    import os
-    import shutil
-
-    shm = Path("/dev/shm")
-    if (options.workdir is None and shm.is_dir() and os.access(shm, os.W_OK)
-            and shutil.disk_usage(shm).free > 4 << 30):
-        return shm
+    """Where to materialise a root for scripts: ``workdir`` (the user's work directory,
+    else the system's temporary one), on disk. Not /dev/shm: the root is the whole
+    image expanded, and tmpfs pages are memory that cannot be reclaimed without swap
+    (1.2 GiB for a 1 GB image, beside suture's 0.2 GiB RSS; a decompression bomb could
+    fill it). On disk the written files sit in the page cache, which the kernel
+    reclaims as it needs (docs/benchmarks.md: "Memory of the scripts' root")."""
+    del options
     return workdir
 
 
@@ -206,6 +204,8 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     check_deadline(options, "building the layer")
     _say(options, image, "unpacking packages and updating the package database")
     build = engine.build(work, plan, debs)
+    if build.cleanup is not None:
+        cleanup.callback(build.cleanup)
     if report is None:
         plan = plan.with_vulnerabilities(engine.fixed_vulnerabilities(work, plan, debs, build))
     if build.notes:

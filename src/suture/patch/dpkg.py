@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,9 +288,16 @@ class DpkgEngine:
             for path in follow:
                 hit = found.get(path)
                 conffiles[path] = hit.data if hit is not None else None
-        result = apply_updates(files, updates, conffiles=conffiles, tree=state.files)
+        # Large files of the packages wait on disk for the layer, not in memory.
+        spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=state.options.workdir))
+        try:
+            result = apply_updates(files, updates, conffiles=conffiles, tree=state.files,
+                                   spool=spool)
+        except BaseException:
+            shutil.rmtree(spool, ignore_errors=True)
+            raise
         return Build(result.entries, result.jobs, [], result.not_run, list(result.notes),
-                     result.sequence)
+                     result.sequence, functools.partial(shutil.rmtree, spool, True))
 
     # ------------------------------------------------------- vulnerabilities
     def fixed_vulnerabilities(self, state: DpkgState, plan: Plan, packages: dict[str, Path],

@@ -44,6 +44,9 @@ class Build:
     # written beside it; a changelog that could not be read): added to the plan's notes.
     notes: list[str] = field(default_factory=list)
     sequence: ScriptSequence | None = None
+    # Removes what the entries read from (files spooled to disk): call it once the
+    # layer is written.
+    cleanup: Callable[[], None] | None = None
 
 
 class Engine(Protocol):

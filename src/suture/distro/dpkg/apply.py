@@ -525,10 +525,12 @@ class _Update:
         return [r for group in parse_relations(text) for r in group]
 
 
-def _load_update(db: _Database, installed: InstalledPackage | None, deb: Path) -> _Update:
+def _load_update(db: _Database, installed: InstalledPackage | None, deb: Path,
+                 spool: Path | None = None) -> _Update:
     try:
         with open(deb, "rb") as stream:
-            control, members = read_deb(stream, source=str(deb), include_root=True)
+            control, members = read_deb(stream, source=str(deb), include_root=True,
+                                        spool=spool)
             data = list(members)
         has_root = bool(data) and data[0].path == ""
         if has_root:
@@ -759,6 +761,7 @@ def apply_updates(
     *,
     conffiles: Mapping[str, bytes | None],
     tree: Mapping[str, TreeNode],
+    spool: Path | None = None,
 ) -> DpkgApplyResult:
     """Install ``updates`` into the image described by ``files`` and ``tree``, as one layer.
 
@@ -770,8 +773,10 @@ def apply_updates(
     the mapping is a :class:`UsageError`. ``tree``: every path of the merged
     view (root-relative) with its kind and symlink target.
 
-    The ``.deb`` files are read (each once, whole files held in memory) and
-    nothing else is touched. A database that does not parse raises
+    The ``.deb`` files are read (each once) and nothing else is touched but
+    ``spool``: with it (an existing directory, which the caller removes once
+    done with the entries), large files are copied there and the entries read
+    them from there; without it every file is held in memory. A database that does not parse raises
     :class:`PackageDBError` naming the file; the written database is parsed
     back and checked before anything is returned. A file another package owns
     without ``Replaces`` raises :class:`FileConflictError`.
@@ -782,7 +787,7 @@ def apply_updates(
     if missing:
         raise UsageError(f"current contents of conffile /{missing[0]} not given "
                          f"({len(missing)} missing; read conffile_paths() first)")
-    todo = [_load_update(db, installed, deb) for installed, deb in updates]
+    todo = [_load_update(db, installed, deb, spool) for installed, deb in updates]
     seen: set[Key] = set()
     for update in todo:
         if update.key in seen:
@@ -882,7 +887,7 @@ class _Applier:
             if shipped is None or shipped.kind != FILE or shipped.data is None:
                 raise PackageDBError(f"conffile {conffile.path} is not a file of the package",
                                      path=f"{update.deb}: conffiles")
-            recorded = self._conffile(update, shipped, shipped.data,
+            recorded = self._conffile(update, shipped, shipped.read(),
                                       old_conffiles.get(conffile.path))
             new_conffiles.append(Conffile(conffile.path, recorded))
 
@@ -1165,7 +1170,7 @@ class _Applier:
         lines: list[str] = []
         for member in update.data:
             if member.kind == FILE and member.data is not None:
-                sums[member.path] = _md5(member.data)
+                sums[member.path] = member.md5sum()
             elif member.kind == HARDLINK and member.linkname in sums:
                 sums[member.path] = sums[member.linkname]
             else:

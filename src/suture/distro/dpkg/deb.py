@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
+import os
 import tarfile
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, cast
 
 from suture.distro.dpkg.control import (
@@ -53,7 +57,9 @@ MAX_CONTROL_SIZE = 256 << 20
 MAX_DATA_SIZE = 16 << 30
 """Ceiling on the decompressed ``data.tar`` of one package."""
 MAX_FILE_SIZE = 1 << 30
-"""Ceiling on one regular file, which :func:`iter_deb_data` holds in memory as bytes."""
+"""Ceiling on one regular file of a package."""
+SPOOL_MIN = 1 << 20
+"""Regular files at least this large go to the spool directory when one is given."""
 
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 """Control members dpkg runs (``config`` is debconf's)."""
@@ -142,7 +148,10 @@ class DataEntry:
     ``passwd``/``group`` when they resolve there). For a symlink ``linkname``
     is the target as written (it may be absolute: it is never followed); for a
     hard link it is the normalised path of an earlier regular file of the same
-    package. ``data`` is the file's contents for a regular file, else ``None``.
+    package. ``data`` is the file's contents for a regular file, else ``None``:
+    bytes, or for a large file read with a spool directory an opener of its
+    copy there (the caller owns the directory). ``md5`` is the file's MD5 (hex)
+    when it was computed while reading, else empty.
     """
 
     path: str
@@ -155,7 +164,21 @@ class DataEntry:
     mtime: int = 0
     size: int = 0
     linkname: str = ""
-    data: bytes | None = field(default=None, repr=False)
+    data: bytes | Callable[[], IO[bytes]] | None = field(default=None, repr=False)
+    md5: str = ""
+
+    def read(self) -> bytes:
+        """A regular file's contents as bytes (from the spool when it was spooled)."""
+        if callable(self.data):
+            with self.data() as stream:
+                return stream.read()
+        return self.data or b""
+
+    def md5sum(self) -> str:
+        """A regular file's MD5 (hex), as ``md5sums`` lists it."""
+        if self.md5:
+            return self.md5
+        return hashlib.md5(self.read(), usedforsecurity=False).hexdigest()
 
     def to_entry(self, *, uid: int | None = None, gid: int | None = None,
                  mtime: int | None = None) -> Entry:
@@ -438,14 +461,17 @@ def iter_deb_data(stream: IO[bytes], *, source: str = "<deb>", max_size: int = M
 
 def read_deb(stream: IO[bytes], *, source: str = "<deb>",
              max_control_size: int = MAX_CONTROL_SIZE, max_size: int = MAX_DATA_SIZE,
-             max_file_size: int = MAX_FILE_SIZE, include_root: bool = False
-             ) -> tuple[DebControl, Iterator[DataEntry]]:
+             max_file_size: int = MAX_FILE_SIZE, include_root: bool = False,
+             spool: Path | None = None) -> tuple[DebControl, Iterator[DataEntry]]:
     """Read a ``.deb`` in one pass: its control part now, its data lazily.
 
     The same contracts as :func:`read_deb_control` and :func:`iter_deb_data`;
     iterate the data before reading anything else from ``stream``. With
     ``include_root`` the archive's root directory member (``./``), when it has
-    one, is yielded too, first, as a directory with the empty path.
+    one, is yielded too, first, as a directory with the empty path. With
+    ``spool`` (an existing directory the caller removes), regular files of
+    :data:`SPOOL_MIN` bytes or more are copied there as they are read, not held
+    in memory (see :attr:`DataEntry.data`).
     """
     deb = _Deb(stream, source)
     control_kind, reader = deb.next_tar("control.tar")
@@ -453,11 +479,12 @@ def read_deb(stream: IO[bytes], *, source: str = "<deb>",
     data_kind, reader = deb.next_tar("data.tar")
     control = DebControl(paragraph, files, deb.format_version, control_kind, data_kind)
     return control, _iter_data(reader, data_kind, source, max_size, max_file_size,
-                               include_root)
+                               include_root, spool)
 
 
 def _iter_data(reader: _MemberReader, kind: str, source: str, max_size: int,
-               max_file_size: int, include_root: bool = False) -> Iterator[DataEntry]:
+               max_file_size: int, include_root: bool = False,
+               spool: Path | None = None) -> Iterator[DataEntry]:
     what = f"{source}: data.tar"
     stream = _decompressed(reader, kind, max_size, what)
     tar = _open_tar(stream, what)
@@ -486,13 +513,37 @@ def _iter_data(reader: _MemberReader, kind: str, source: str, max_size: int,
                 if parent in symlinks:
                     raise LayerError(f"{what}: member {path!r} lies below the symlink "
                                      f"{parent!r}", path=path)
-            yield _data_entry(tar, info, path, what, regular, symlinks, max_file_size)
+            yield _data_entry(tar, info, path, what, regular, symlinks, max_file_size, spool)
     except tarfile.TarError as exc:
         raise LayerError(f"{what}: corrupt tar: {exc}") from None
 
 
+def _spooled(tar: tarfile.TarFile, info: tarfile.TarInfo, what: str, limit: int,
+             spool: Path) -> tuple[Callable[[], IO[bytes]], str]:
+    """Copy a regular member into ``spool``: an opener of the copy, and its MD5."""
+    if info.size > limit:
+        raise SizeMismatch(f"{what}: {info.name}", limit, info.size, ceiling=True)
+    handle = tar.extractfile(info)
+    md5 = hashlib.md5(usedforsecurity=False)
+    fd, name = tempfile.mkstemp(dir=spool, prefix="member-")
+    copied = 0
+    with os.fdopen(fd, "wb") as out:
+        while handle is not None and (chunk := handle.read(_CHUNK * 16)):
+            md5.update(chunk)
+            out.write(chunk)
+            copied += len(chunk)
+    if copied != info.size:
+        raise LayerError(f"{what}: member {info.name!r} is truncated", path=info.name)
+
+    def opener() -> IO[bytes]:
+        return open(name, "rb")  # the caller closes it
+
+    return opener, md5.hexdigest()
+
+
 def _data_entry(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str, what: str,
-                regular: set[str], symlinks: set[str], max_file_size: int) -> DataEntry:
+                regular: set[str], symlinks: set[str], max_file_size: int,
+                spool: Path | None = None) -> DataEntry:
     common: dict[str, Any] = {
         "mode": info.mode & 0o7777, "uid": info.uid, "gid": info.gid, "uname": info.uname,
         "gname": info.gname, "mtime": int(info.mtime),
@@ -501,6 +552,9 @@ def _data_entry(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str, what: st
         if info.issparse():
             raise LayerError(f"{what}: sparse member {info.name!r} is not supported", path=path)
         regular.add(path)
+        if spool is not None and info.size >= SPOOL_MIN:
+            opener, md5 = _spooled(tar, info, what, max_file_size, spool)
+            return DataEntry(path, FILE, size=info.size, data=opener, md5=md5, **common)
         return DataEntry(path, FILE, size=info.size,
                          data=_read_file(tar, info, what, max_file_size), **common)
     if info.isdir():
