@@ -24,8 +24,18 @@ Writing
     other entry; an entry with the same tag is replaced in place. A brand-new
     layout is built in a temporary sibling directory and renamed into place, so
     a failed write leaves nothing behind; a failed write into an existing layout
-    removes the blobs it added and leaves ``index.json`` untouched. Concurrent
-    writers to one layout are not supported.
+    removes the blobs it added and leaves ``index.json`` untouched.
+
+Concurrent writers
+    Writers of one existing layout (suture processes, or threads) do not lose each
+    other's updates: ``index.json`` is re-read, merged and renamed while holding an
+    exclusive ``flock`` on the layout's ``oci-layout`` file (the one file no writer
+    replaces, so no lock file of our own appears in the layout). Blobs are written
+    without the lock; under it, a writer checks that every blob it names is still
+    there (writing again any that a failing writer's undo removed) before it
+    names them in ``index.json``, and a failing writer's undo removes only the
+    blobs it added that ``index.json`` does not reach. Two writers creating the
+    same new layout: the second merges its entry into the first's layout.
 
 The tar-based ``oci-archive:`` transport (:mod:`suture.transports.archive`)
 reuses the reading half through :class:`LayoutStore`.
@@ -34,10 +44,13 @@ reuses the reading half through :class:`LayoutStore`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -450,8 +463,12 @@ class _BlobWriter:
         for d in sorted({p.parent for p in self.added}):
             fsync_dir(d)
 
-    def undo(self) -> None:
+    def undo(self, keep: Collection[str] = ()) -> None:
+        """Remove the blobs this writer added, but those whose digest is in ``keep``
+        (what another writer's ``index.json`` names), and the directories it made."""
         for p in reversed(self.added):
+            if f"{p.parent.name}:{p.name}" in keep:
+                continue
             with contextlib.suppress(OSError):
                 p.unlink()
         for d in reversed(self.made_dirs):
@@ -500,23 +517,97 @@ def write_layout_image(artifact: Artifact, ref: Reference) -> str:
     return artifact.digest
 
 
+@contextlib.contextmanager
+def _layout_lock(root: Path) -> Iterator[None]:
+    """Hold the exclusive lock every suture writer of the layout at ``root`` takes
+    (an ``flock`` on its ``oci-layout`` file) for the duration of the block."""
+    fd = os.open(root / LAYOUT_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_index(store: DirStore) -> JSON | None:
+    if store.file_size(INDEX_FILE) is None:
+        return None
+    # A broken index.json is refused rather than overwritten: it may name other images.
+    doc, _ = _parse_index_json(read_small_file(store, INDEX_FILE, MAX_MANIFEST), store.where)
+    return doc
+
+
+_CHILD_KEYS = ("config", "layers", "manifests", "blobs", "subject")
+
+
+def _reachable(store: DirStore, index: JSON | None) -> set[str]:
+    """Every digest ``index`` (an ``index.json``) reaches through the layout's manifests
+    and indexes. A manifest that is missing or does not parse counts as reaching
+    nothing more: the result decides what may be deleted, so only blobs are missed
+    that nothing readable names."""
+    seen: set[str] = set()
+    stack: list[object] = list((index or {}).get("manifests") or [])
+    while stack:
+        desc = stack.pop()
+        if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+            continue
+        digest = desc["digest"]
+        if digest in seen:
+            continue
+        seen.add(digest)
+        kind = desc.get("mediaType")
+        if isinstance(kind, str) and kind not in mt.MANIFEST_TYPES | mt.INDEX_TYPES:
+            continue  # a config or a layer: names nothing
+        try:
+            name = blob_path(digest)
+            size = store.file_size(name)
+            if size is None or size > MAX_MANIFEST:
+                continue
+            with store.open_file(name) as stream:
+                doc = json.loads(stream.read(MAX_MANIFEST + 1))
+        except (ValueError, ManifestError, NotFound, TransportError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        for key in _CHILD_KEYS:
+            value = doc.get(key)
+            stack.extend(value if isinstance(value, list) else [value])
+    return seen
+
+
 def _write_into_layout(artifact: Artifact, root: Path, where: str, tag: str | None) -> None:
     store = DirStore(root, where)
-    existing: JSON | None = None
-    if store.file_size(INDEX_FILE) is not None:
-        # A broken index.json is refused rather than overwritten: it may name other images.
-        existing, _ = _parse_index_json(read_small_file(store, INDEX_FILE, MAX_MANIFEST), where)
+    _read_index(store)  # refuse a broken index.json before writing anything
     writer = _BlobWriter(root, where)
     try:
-        for item in walk_blobs(artifact):
+        items = list(walk_blobs(artifact))
+        for item in items:
             writer.write(item)
         writer.sync()
-        data = merged_index_json(existing, index_entry(artifact, tag), tag)
-        with atomic_file(root / INDEX_FILE) as out:
-            out.write(data)
+        entry = index_entry(artifact, tag)
+        with _layout_lock(root):
+            # Under the lock: another writer's failed run may have removed a blob that
+            # was there when this one looked; index.json may have changed since.
+            for item in items:
+                writer.write(item)
+            writer.sync()
+            data = merged_index_json(_read_index(store), entry, tag)
+            with atomic_file(root / INDEX_FILE) as out:
+                out.write(data)
     except BaseException:
-        writer.undo()
+        try:
+            with _layout_lock(root):
+                writer.undo(keep=_reachable(store, _read_index_or_none(store)))
+        except OSError:
+            pass  # cannot lock (the layout went away): leave the blobs, never a dangling name
         raise
+
+
+def _read_index_or_none(store: DirStore) -> JSON | None:
+    try:
+        return _read_index(store)
+    except (ManifestError, TransportError, NotFound):
+        return None
 
 
 def _write_new_layout(artifact: Artifact, root: Path, where: str, tag: str | None) -> None:
@@ -535,7 +626,15 @@ def _write_new_layout(artifact: Artifact, root: Path, where: str, tag: str | Non
                 out.write(merged_index_json(None, index_entry(artifact, tag), tag))
             fsync_dir(tmp)
             # Replaces ``root`` if it is an empty directory; fails if anything appeared in it.
-            os.rename(tmp, root)
+            try:
+                os.rename(tmp, root)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _is_layout(root):
+                    raise
+                # Another writer made the layout first: add this entry to it.
+                shutil.rmtree(tmp, ignore_errors=True)
+                _write_into_layout(artifact, root, where, tag)
+                return
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
