@@ -61,3 +61,44 @@ def test_schema_rejects_a_timestamp_without_zone() -> None:
     doc = build_openvex([], author="a", timestamp="2026-11-25T10:00:00", tooling="t")
     with pytest.raises(jsonschema.ValidationError):
         validate_openvex(doc)
+
+
+def test_each_platform_lists_only_its_own_packages() -> None:
+    """Two platforms fixing the same CVE and one fixing another: every product's
+    subcomponents are exactly the purls of that platform's own updates naming the
+    vulnerability (an arm64 image never lists amd64 packages)."""
+
+    def updates(arch: str) -> tuple[Update, ...]:
+        return (Update("openssl", arch, "3.0.11-1", "3.0.13-1", "openssl", "report",
+                       ("CVE-2024-1",)),
+                Update("libssl3", arch, "3.0.11-1", "3.0.13-1", "openssl", "report",
+                       ("CVE-2024-1",)),
+                Update("tzdata", arch, "2024a-0", "2026f-0", "tzdata", "update-all"))
+
+    amd = VexProduct(oci_purl("app", "sha256:" + "a" * 64, arch="amd64"),
+                     (*updates("amd64"),
+                      Update("zlib1g", "amd64", "1.2", "1.3", "zlib", "report", ("CVE-2024-9",))),
+                     "debian", "debian-12")
+    arm = VexProduct(oci_purl("app", "sha256:" + "b" * 64, arch="arm64"), updates("arm64"),
+                     "debian", "debian-12")
+    doc = build_openvex([amd, arm], author="a", timestamp="2026-11-25T10:00:00Z",
+                        tooling="t")
+    validate_openvex(doc)
+    statements: list[dict[str, Any]] = doc["statements"]  # type: ignore[assignment]
+    found = {(s["vulnerability"]["name"], p["@id"]): [c["@id"] for c in p["subcomponents"]]
+             for s in statements for p in s["products"]}
+
+    def own(product: VexProduct, vuln: str) -> list[str]:
+        return sorted(deb_purl(u, "debian", "debian-12") for u in product.updates
+                      if vuln in u.vulnerabilities)
+
+    assert found == {
+        ("CVE-2024-1", amd.purl): own(amd, "CVE-2024-1"),
+        ("CVE-2024-1", arm.purl): own(arm, "CVE-2024-1"),
+        ("CVE-2024-9", amd.purl): own(amd, "CVE-2024-9"),
+    }
+    assert found[("CVE-2024-1", arm.purl)] == [
+        "pkg:deb/debian/libssl3@3.0.13-1?arch=arm64&distro=debian-12",
+        "pkg:deb/debian/openssl@3.0.13-1?arch=arm64&distro=debian-12"]
+    assert found[("CVE-2024-9", amd.purl)] == [
+        "pkg:deb/debian/zlib1g@1.3?arch=amd64&distro=debian-12"]
