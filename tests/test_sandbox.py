@@ -19,15 +19,17 @@ import pytest
 
 from suture.devtools.debian_image import image_from_layers
 from suture.distro.scripts import ScriptJob
+from suture.errors import LayerError
+from suture.oci import extract
 from suture.oci.image import Image
 from suture.oci.layer import DIR, FILE, Entry
 from suture.oci.model import Platform
 from suture.patch import sandbox
 from suture.patch.sandbox import Limits, ScriptError, host_architecture
 from suture.patch.scripts import ScriptOutcome, run_scripts
+from tests.fixtures.images import make_image
 
 pytestmark = [
-    pytest.mark.network,
     pytest.mark.skipif(os.geteuid() != 0, reason="scripts run as root over a root with real "
                                                  "ownership"),
     pytest.mark.skipif(host_architecture() != "amd64", reason="the test root is amd64"),
@@ -81,6 +83,7 @@ def no_bwrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the kernel
 
+@pytest.mark.network
 def test_host_sysctls_and_kernel_files_cannot_be_written(bookworm_image: Image,
                                                           tmp_path: Path) -> None:
     # Harmless even if the write went through: the value read is written back.
@@ -105,6 +108,7 @@ echo "sys $(ls -A /sys | wc -l)" >> /etc/probe
     assert Path("/proc/sys/kernel/core_pattern").read_text() == before
 
 
+@pytest.mark.network
 def test_scripts_have_their_own_user_namespace_and_still_chown_to_any_id(
         bookworm_image: Image, tmp_path: Path) -> None:
     """What adduser and dpkg-statoverride do in real postinsts still works; the
@@ -146,6 +150,7 @@ exit 0
 
 # --------------------------------------------------------------------------- limits
 
+@pytest.mark.network
 def test_a_fork_bomb_stops_at_the_process_limit(bookworm_image: Image, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if "pids" not in sandbox.cgroup_support():
@@ -163,6 +168,7 @@ echo "all $i started" > /etc/probe
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.network
 def test_filling_tmp_stops_at_the_tmpfs_limit(bookworm_image: Image, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "LIMITS", Limits(tmpfs=8 << 20))
@@ -173,6 +179,7 @@ def test_filling_tmp_stops_at_the_tmpfs_limit(bookworm_image: Image, tmp_path: P
     assert "(ran out of space (/tmp, /run and /dev/shm hold 8 MiB each))" in str(err.value)
 
 
+@pytest.mark.network
 def test_memory_is_bounded(bookworm_image: Image, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "LIMITS", Limits(memory=64 << 20))
@@ -186,6 +193,7 @@ def test_memory_is_bounded(bookworm_image: Image, tmp_path: Path,
         assert "Out of memory" in err.value.detail
 
 
+@pytest.mark.network
 def test_files_larger_than_the_file_size_limit_stop_the_script(
         bookworm_image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "LIMITS", Limits(file_size=4 << 20))
@@ -217,6 +225,7 @@ def _connections(server: socket.socket) -> int:
         count += 1
 
 
+@pytest.mark.network
 def test_the_hosts_network_is_out_of_reach(bookworm_image: Image, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     server = _listener()
@@ -259,6 +268,7 @@ exit 0
 """
 
 
+@pytest.mark.network
 def test_the_classic_chroot_escape_stays_in_the_image(bookworm_image: Image, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "escaped-to-the-host"
@@ -277,6 +287,7 @@ def test_the_classic_chroot_escape_stays_in_the_image(bookworm_image: Image, tmp
     assert not target.exists()
 
 
+@pytest.mark.network
 def test_auto_without_bwrap_reports_scripts_as_not_run_and_never_chroots(
         bookworm_image: Image, tmp_path: Path, no_bwrap: None) -> None:
     marker = tmp_path / "ran-on-the-host"
@@ -291,3 +302,26 @@ def test_auto_without_bwrap_reports_scripts_as_not_run_and_never_chroots(
     named = _run(bookworm_image, "fallback", body, tmp_path / "c", sandbox="chroot")
     assert named.ran == ["fallback postinst configure"]
     assert _file(named, "etc/probe") == "ran\n"
+
+
+# --------------------------------------------------------------------------- the root
+
+def test_a_decompression_bomb_is_refused_naming_its_layer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small layer that inflates past the root's ceiling (probe A12) stops the run
+    with one line that names the layer; nothing is left behind."""
+    if sandbox.probe_bwrap() is not None:
+        pytest.skip(f"no sandbox, so no root is written: {sandbox.probe_bwrap()}")
+    monkeypatch.setattr(extract, "MAX_ROOT_BYTES", 16 << 20, raising=False)
+    base = [Entry("bin", DIR, 0o755), Entry.file("bin/sh", b"#!/nothing\n", mode=0o755)]
+    bomb = [Entry("var", DIR, 0o755), Entry.file("var/zeros", bytes(64 << 20))]
+    image = make_image(base, bomb)
+    bomb_layer = image.layers[1].digest
+    assert image.layers[1].descriptor.size < 1 << 20  # 64 MiB of zeros compress to a few kB
+    with pytest.raises(LayerError) as err:
+        run_scripts(image, [], [_job("demo")], workdir=tmp_path, sandbox="bwrap")
+    message = str(err.value)
+    assert message.startswith(f"layer {bomb_layer[:19]}: expands the root for maintainer "
+                              "scripts past its ceiling of 16 MiB")
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []

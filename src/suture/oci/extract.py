@@ -18,6 +18,13 @@ layer's digests by the caller, as for any other read) and pipes the tar stream
 to the helper, which writes it and sends its mirror back. The helper never
 outlives its caller's interest: :meth:`Extraction.close` kills it, and if the
 caller dies first the helper removes the tree itself.
+
+The expanded size is bounded: a writer given ``max_bytes`` refuses, naming the
+layer, a layer that would take the tree past it (file contents plus
+:data:`ENTRY_COST` bytes a path, so a million empty files count too). An
+:class:`Extraction` gets :func:`root_budget` of its directory unless told otherwise:
+at most :data:`MAX_ROOT_BYTES`, and no more than three quarters of the free space
+there. A 3 MB layer holding a 3 GiB file of zeros is refused, not expanded.
 """
 
 from __future__ import annotations
@@ -63,6 +70,23 @@ _CHUNK = 1 << 20
 RELEASE_TIMEOUT = 60.0  # seconds a released helper gets to remove its tree
 _SMALL = 1 << 20  # files up to this size are read in one call
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_ROOT_BYTES = 32 << 30  # the largest root an Extraction writes, by default
+ENTRY_COST = 512  # bytes charged for each path, besides its contents
+
+
+def root_budget(where: Path, ceiling: int | None = None) -> int:
+    """How many bytes a root written under ``where`` may take: ``ceiling`` (default
+    :data:`MAX_ROOT_BYTES`), and no more than three quarters of the free space there."""
+    limit = MAX_ROOT_BYTES if ceiling is None else ceiling
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return limit
+    return min(limit, free * 3 // 4)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
 def resolve_in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
@@ -145,14 +169,17 @@ class RootWriter:
     entries with in-memory data are hashed on demand (:meth:`digest`). With
     ``trash``, a directory outside ``dest`` on the same file system, what is
     replaced or removed is moved there (cheaper than freeing it now) for the
-    caller to remove with the rest.
+    caller to remove with the rest. With ``max_bytes``, a tar stream that would take
+    the tree past that many bytes (see :data:`ENTRY_COST`) raises :class:`LayerError`.
     """
 
     def __init__(self, dest: Path, *, hashing: bool = False,
                  tree: dict[str, Any] | None = None, as_root: bool | None = None,
-                 trash: Path | None = None) -> None:
+                 trash: Path | None = None, max_bytes: int | None = None) -> None:
         self.dest = dest
         self.hashing = hashing
+        self.max_bytes = max_bytes
+        self.used = 0  # bytes charged so far (contents + ENTRY_COST a path)
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
         self._root = os.fspath(dest)
         self._trash_in = trash
@@ -316,8 +343,16 @@ class RootWriter:
         except EOFError:
             raise LayerError("truncated tar stream", layer=layer) from None
 
+    def _charge(self, size: int, layer: str | None) -> None:
+        self.used += ENTRY_COST + max(size, 0)
+        if self.max_bytes is not None and self.used > self.max_bytes:
+            raise LayerError(f"expands the root for maintainer scripts past its ceiling of "
+                             f"{_size(self.max_bytes)} (a decompression bomb, or an image "
+                             f"larger than the space in {self.dest.parent})", layer=layer)
+
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str,
                 layer: str | None) -> None:
+        self._charge(member.size if member.isfile() else 0, layer)
         rel = self.resolve(path)
         parent, name = self._parent(rel)
         host = self._host(rel)
@@ -481,13 +516,15 @@ def _apply_layer(writer: RootWriter, stream: IO[bytes], layer: str) -> None:
         raise LayerError(f"cannot extract: {exc}", layer=layer) from None
 
 
-def extract_image(image: Image, dest: Path, *, hashing: bool = False) -> RootWriter:
+def extract_image(image: Image, dest: Path, *, hashing: bool = False,
+                  max_bytes: int | None = None) -> RootWriter:
     """Write ``image``'s merged root filesystem into ``dest`` (created if missing) and
     return the writer (its mirror of the tree).
 
-    ``dest`` must be empty or absent. Directory times are not preserved.
+    ``dest`` must be empty or absent. Directory times are not preserved. With
+    ``max_bytes``, a layer that takes the tree past it raises :class:`LayerError`.
     """
-    writer = RootWriter(dest, hashing=hashing)
+    writer = RootWriter(dest, hashing=hashing, max_bytes=max_bytes)
     for layer in image.layers:
         with layer.open_tar() as stream:
             _apply_layer(writer, stream, layer.digest)
@@ -497,11 +534,11 @@ def extract_image(image: Image, dest: Path, *, hashing: bool = False) -> RootWri
 # --------------------------------------------------------------------------- in the background
 #
 # The helper reads frames from stdin: a 4-byte big-endian length, then that many
-# bytes. The first frame is a JSON header ({"layers": [digest, ...]}); then each
-# layer's tar stream as frames, ended by an empty frame. It answers with one JSON
-# line on stdout ({"tree": mirror} or {"error": message}), then waits for stdin to
-# close and removes its ``cleanup`` directory (its caller is gone, or never read
-# the answer). A caller that has what it needs kills it instead.
+# bytes. The first frame is a JSON header ({"layers": [digest, ...], "max_bytes": N
+# or null}); then each layer's tar stream as frames, ended by an empty frame. It
+# answers with one JSON line on stdout ({"tree": mirror} or {"error": message}),
+# then waits for stdin to close and removes its ``cleanup`` directory (its caller is
+# gone, or never read the answer). A caller that has what it needs kills it instead.
 
 _HEADER = 4
 
@@ -558,7 +595,7 @@ def _serve(dest: Path, cleanup: Path) -> int:
         header = json.loads(_read_exact(stdin, int.from_bytes(_read_exact(stdin, _HEADER),
                                                               "big")))
         try:
-            writer = RootWriter(dest, hashing=True)
+            writer = RootWriter(dest, hashing=True, max_bytes=header.get("max_bytes"))
             for digest in header["layers"]:
                 frames = _Frames(stdin)
                 _apply_layer(writer, io.BufferedReader(frames, _CHUNK), digest)
@@ -585,8 +622,9 @@ class _Feed:
     closes the pipe if it fails or is cancelled; after a complete feed the pipe is
     handed over and :meth:`close` closes it."""
 
-    def __init__(self, layers: list[Layer], fd: int) -> None:
+    def __init__(self, layers: list[Layer], fd: int, max_bytes: int | None = None) -> None:
         self.fd = fd
+        self.max_bytes = max_bytes
         self.error: BaseException | None = None
         self.cancelled = False
         self._closed = False
@@ -622,7 +660,8 @@ def _send(feed: _Feed, data: bytes | memoryview) -> None:
 def _feed(feed: _Feed, layers: list[Layer]) -> None:
     ok = False
     try:
-        _send(feed, json.dumps({"layers": [layer.digest for layer in layers]}).encode())
+        _send(feed, json.dumps({"layers": [layer.digest for layer in layers],
+                                "max_bytes": feed.max_bytes}).encode())
         for layer in layers:
             with layer.open_tar() as stream:
                 while chunk := stream.read(_CHUNK):
@@ -647,13 +686,17 @@ class Extraction:
     :meth:`close` stops the helper (always call it; it may be called at any time
     and more than once) and removes ``cleanup`` (``dest`` if not given), so that
     nothing is left when it returns. When no helper can be started, :meth:`wait`
-    extracts in this process.
+    extracts in this process. The tree may take ``max_bytes`` (default:
+    :func:`root_budget` of ``dest``'s directory); a layer that takes it further makes
+    :meth:`wait` raise :class:`LayerError` naming that layer.
     """
 
-    def __init__(self, image: Image, dest: Path, *, cleanup: Path | None = None) -> None:
+    def __init__(self, image: Image, dest: Path, *, cleanup: Path | None = None,
+                 max_bytes: int | None = None) -> None:
         self.image = image
         self.dest = dest
         self.cleanup = cleanup or dest
+        self.max_bytes = root_budget(dest.parent) if max_bytes is None else max_bytes
         self._writer: RootWriter | None = None
         self._released = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -669,7 +712,7 @@ class Extraction:
         finally:
             os.close(read_fd)
         _grow_pipe(write_fd)
-        feed = _Feed(list(image.layers), write_fd)
+        feed = _Feed(list(image.layers), write_fd, self.max_bytes)
         try:
             feed.thread.start()
         except RuntimeError:  # no thread to be had: extract in wait() instead
@@ -686,7 +729,8 @@ class Extraction:
         if self._writer is not None:
             return self._writer
         if self._proc is None or self._feed is None:
-            self._writer = extract_image(self.image, self.dest, hashing=True)
+            self._writer = extract_image(self.image, self.dest, hashing=True,
+                                         max_bytes=self.max_bytes)
             return self._writer
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
