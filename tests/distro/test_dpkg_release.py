@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -175,6 +179,79 @@ def test_clearsigned_structure_is_checked(gpg_keys, tmp_path):
     ]:
         with pytest.raises(NotSigned, match=message):
             verify_clearsigned(bad, ring)
+
+
+def _gpgv_signed_text(signed: Path, keyring: Path) -> bytes | None:
+    """The text gpgv says is signed (its ``--output``, without the final line end), or
+    None when gpgv finds no good signature."""
+    out = signed.with_name(signed.name + ".gpgv-out")
+    out.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpgv-") as home:
+        proc = subprocess.run(["gpgv", "--status-fd", "1", "--keyring", str(keyring.resolve()),
+                               "--output", str(out), str(signed)], capture_output=True,
+                              check=False, env={**os.environ, "GNUPGHOME": home})
+    if b"[GNUPG:] GOODSIG " not in proc.stdout or b"[GNUPG:] BADSIG " in proc.stdout:
+        return None
+    text = out.read_bytes()
+    return text.removesuffix(b"\r\n") if text.endswith(b"\r\n") else text.removesuffix(b"\n")
+
+
+_Edit = Callable[[bytes], bytes]
+# Clearsigned inputs where a parser's idea of the signed text can part from the
+# signature's: (text signed, edit of the signed message afterwards).
+SIGNED_TEXT_EDGES: dict[str, tuple[bytes, _Edit]] = {
+    "CRLF line ends": (b"Origin: x\nLabel: y\n", lambda m: m.replace(b"\n", b"\r\n")),
+    "CRLF in the signed text": (b"Origin: x\r\nLabel: y\r\n", lambda m: m),
+    "trailing spaces added": (b"Origin: x\nLabel: y\n",
+                              lambda m: m.replace(b"Origin: x\n", b"Origin: x  \n")),
+    "trailing tab added": (b"Origin: x\nLabel: y\n",
+                           lambda m: m.replace(b"Label: y\n", b"Label: y\t\n")),
+    "trailing spaces signed": (b"Origin: x\nLabel: y  \n", lambda m: m),
+    "dash-escaped last line": (b"Origin: x\n-- end\n", lambda m: m),
+    "dash-escaped last line with trailing blanks": (
+        b"Origin: x\n-- end\n", lambda m: m.replace(b"- -- end\n", b"- -- end \t\n")),
+    "a lone dash, dash-escaped, last": (b"Origin: x\n-\n", lambda m: m),
+    "a dash and a space, dash-escaped, last": (b"Origin: x\n- \n", lambda m: m),
+    "CR before the armor": (b"Origin: x\nLabel: y\n", lambda m: m.replace(
+        b"\n-----BEGIN PGP SIGNATURE", b"\r\n-----BEGIN PGP SIGNATURE")),
+    "CR inside a line": (b"Origin: x\nLabel: y\n",
+                         lambda m: m.replace(b"Origin: x\n", b"Origin: x\rLabel: z\n")),
+    "blank line before the armor": (b"Origin: x\nLabel: y\n", lambda m: m.replace(
+        b"\n-----BEGIN PGP SIGNATURE", b"\n\n-----BEGIN PGP SIGNATURE")),
+    "signed trailing blank line": (b"Origin: x\n\n", lambda m: m),
+    "blanks after the armor header": (b"Origin: x\nLabel: y\n",
+                                      lambda m: m.replace(b"Hash: SHA512\n\n",
+                                                          b"Hash: SHA512 \n \t\n")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNED_TEXT_EDGES))
+def test_signed_text_is_refused_or_agrees_with_gpgv(gpg_keys: GpgKeys, tmp_path: Path,
+                                                     case: str) -> None:
+    """suture returns only the text gpgv says is signed, or refuses: never a text the
+    signature does not cover (trailing blanks and line ends are not signed)."""
+    text, edit = SIGNED_TEXT_EDGES[case]
+    signed = tmp_path / "Edited"
+    signed.write_bytes(edit(_sign(gpg_keys, tmp_path, "good", text).read_bytes()))
+    expected = _gpgv_signed_text(signed, gpg_keys.good.keyring_file())
+    try:
+        got = verify_clearsigned(signed.read_bytes(), gpg_keys.good.keyring()).text
+    except (NotSigned, BadSignature):
+        return  # refused
+    assert expected is not None, f"gpgv finds no good signature, suture read {got!r}"
+    assert got == expected
+
+
+def test_signed_text_edges_exercise_the_ambiguity_check(gpg_keys: GpgKeys,
+                                                        tmp_path: Path) -> None:
+    """Some of the inputs above are verified by Sequoia with a text suture's own
+    clearsign parser reads differently: they are refused as ambiguous."""
+    for case in ("CRLF line ends", "trailing spaces added",
+                 "a dash and a space, dash-escaped, last"):
+        text, edit = SIGNED_TEXT_EDGES[case]
+        signed = edit(_sign(gpg_keys, tmp_path, "good", text).read_bytes())
+        with pytest.raises(NotSigned, match="signed text is ambiguous"):
+            verify_clearsigned(signed, gpg_keys.good.keyring())
 
 
 def test_verify_release_forms(gpg_keys, tmp_path):
