@@ -105,3 +105,32 @@ def test_core_packages_stay_light() -> None:
         for name in _third_party(path) - THIRD_PARTY_ALLOWED[pkg]:
             bad.append(f"{path.relative_to(SRC)} imports {name}")
     assert bad == []
+
+
+def _modules(path: Path) -> set[str]:
+    """Every ``suture.*`` module ``path`` imports (full dotted names)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("suture.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+                node.module.startswith("suture."):
+            found.add(node.module)
+    return found
+
+
+# The maintainer-script runner and its sandbox know no package family: a family hands
+# them jobs (with their environment) and, if it needs one, a script sequence.
+FAMILY_NEUTRAL = ("patch/scripts.py", "patch/sandbox.py", "patch/emulation.py",
+                  "distro/scripts.py")
+
+
+def test_the_script_runner_knows_no_family() -> None:
+    families = {p.name for p in (SRC / "distro").iterdir() if p.is_dir() and
+                (p / "__init__.py").exists()}
+    bad = [f"{rel} imports {module}" for rel in FAMILY_NEUTRAL
+           for module in sorted(_modules(SRC / rel))
+           if module.split(".")[1:3][0] == "distro" and len(module.split(".")) > 2
+           and module.split(".")[2] in families]
+    assert families >= {"dpkg", "apk"} and bad == []

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from suture.distro.dpkg.arch import deb_architecture
 from suture.distro.dpkg.control import InstalledPackage, parse_status
 from suture.distro.dpkg.release import Keyring
 from suture.distro.dpkg.relevant import relevant_stanzas
@@ -58,9 +59,6 @@ INFO = "var/lib/dpkg/info/"
 ARCH_FILE = "var/lib/dpkg/arch"
 HOST_KEYRINGS = (Path("/usr/share/keyrings/debian-archive-keyring.gpg"),
                  Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg"))
-_DEB_ARCH = {"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "386": "i386",
-             "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64",
-             "mips64le": "mips64el"}
 
 
 @dataclass
@@ -106,14 +104,12 @@ def package_key(update: Update) -> str:
     return f"{update.name}:{update.architecture}"
 
 
-def deb_architecture(image: Image) -> str:
+def image_architecture(image: Image) -> str:
+    """The Debian architecture of ``image``'s platform."""
     platform = image.platform
     if platform is None:
         raise SutureError("the image config names no architecture")
-    arch = platform.architecture
-    if arch == "arm" and platform.variant in ("v5", "v6"):
-        return "armel"
-    return _DEB_ARCH.get(arch, arch)
+    return deb_architecture(platform.architecture, platform.variant)
 
 
 _DATA_PREFIXES = ("var/lib/dpkg/", "etc/", "usr/share/keyrings/")
@@ -149,7 +145,7 @@ class DpkgEngine:
                     installed.extend(parse_status(data, source="/" + path))
             if not installed:
                 raise PackageDBError("no installed packages", path="/" + STATUS)
-        arch = deb_architecture(image)
+        arch = image_architecture(image)
         foreign_text = (_data(files, ARCH_FILE) or b"").decode(errors="replace").split()
         foreign = tuple(a for a in foreign_text if a != arch)
         state = DpkgState(image, inspection, options, files, installed, arch, foreign,

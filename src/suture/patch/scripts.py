@@ -21,13 +21,14 @@ Scripts of the image's architecture only are run: if it differs from the host's,
 every job is reported. Services are never started: ``/usr/sbin/policy-rc.d``
 (exit 101) is present while scripts run, unless the image has its own.
 
-Environment: only ``PATH``, ``HOME=/root``, ``LC_ALL=C`` and
-``DEBIAN_FRONTEND=noninteractive``; for scripts under ``var/lib/dpkg/`` also what
-dpkg sets (``DPKG_MAINTSCRIPT_PACKAGE``, ``DPKG_MAINTSCRIPT_NAME`` from the file
-name, ``DPKG_MAINTSCRIPT_ARCH`` from the package's status entry, ``DPKG_ROOT``,
-``DPKG_ADMINDIR``, and ``DPKG_RUNNING_VERSION`` when the root's status file lists
-dpkg); then the job's own ``env``, which wins. The working directory is ``/``, the
-umask 022, stdin empty.
+Environment: only ``PATH``, ``HOME=/root`` and ``LC_ALL=C``, then the job's own
+``env`` (what its package manager gives its scripts), which wins. The runner knows
+no package family. The working directory is ``/``, the umask 022, stdin empty.
+
+A family whose manager decides what runs next from what the scripts did hands a
+:class:`~suture.distro.scripts.ScriptSequence`; each job's
+:attr:`~suture.distro.scripts.ScriptJob.staged` files are in place only while it
+runs (:class:`Staging`).
 
 A script that exits non-zero, is killed, times out or talks too much raises
 :class:`~suture.patch.sandbox.ScriptError` and nothing is returned.
@@ -77,7 +78,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from suture.distro.dpkg.control import parse_status
 from suture.distro.scripts import FixedSequence, ScriptJob, ScriptSequence, Staged
 from suture.errors import LayerError, SutureError, UsageError
 from suture.oci.extract import Extraction, RootWriter, remove_tree, resolve_in_root
@@ -105,7 +105,6 @@ from suture.patch.sandbox import (
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 1 << 30  # file contents the scripts may add or change, in all
-MAX_STATUS = 64 << 20
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXCLUDED = frozenset({"tmp", "var/tmp", "run", "dev", "proc", "sys",
                       # Host-specific, so never the same twice: ldconfig's cache of the
@@ -113,9 +112,6 @@ EXCLUDED = frozenset({"tmp", "var/tmp", "run", "dev", "proc", "sys",
                       # and update-alternatives' timestamped log.
                       "var/cache/ldconfig/aux-cache", "var/log/alternatives.log"})
 _POLICY_BODY = b"#!/bin/sh\n# suture: services are not started while patching an image\nexit 101\n"
-_DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64", "386": "i386", "ppc64le": "ppc64el",
-                "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el",
-                "loong64": "loong64"}
 
 
 @dataclass(frozen=True)
@@ -220,9 +216,7 @@ def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[Scr
             root = ScriptRoot(image, workdir)
         writer = root.wait()
         _write_entries(writer, patch_entries)
-        return _run_in(root.path, writer, kind, sequence or FixedSequence(jobs),
-                       _debian_arch(image.platform.architecture, image.platform.variant),
-                       timeout)
+        return _run_in(root.path, writer, kind, sequence or FixedSequence(jobs), timeout)
     finally:
         if root is not None and root is given and writer is not None:
             root.release()
@@ -235,11 +229,6 @@ def _none_run(jobs: Sequence[ScriptJob], reason: str) -> ScriptOutcome:
         log.info("not running %s: %s", job.describe(), reason)  # reported in the result
     return ScriptOutcome([], [], [(job.describe(), reason) for job in jobs])
 
-
-def _debian_arch(arch: str, variant: str | None) -> str:
-    if arch == "arm":
-        return "armhf" if variant in (None, "v7", "v8") else "armel"
-    return _DEBIAN_ARCH.get(arch, arch)
 
 
 # --------------------------------------------------------------------------- the root
@@ -405,50 +394,9 @@ def _diff(root: Path, before: dict[str, _Node], after: dict[str, _Node],
 
 # --------------------------------------------------------------------------- running
 
-@dataclass(frozen=True)
-class _DpkgFacts:
-    running_version: str | None
-    architectures: dict[str, str]  # package name (and name:arch) -> architecture
-
-
-def _read_dpkg_facts(root: Path) -> _DpkgFacts:
-    status = resolve_in_root(root, "var/lib/dpkg/status", follow_last=True)
-    try:
-        if not status.is_file() or status.stat().st_size > MAX_STATUS:
-            return _DpkgFacts(None, {})
-        packages = parse_status(status.read_bytes())
-    except (OSError, SutureError) as exc:
-        log.debug("dpkg status not read: %s", exc)
-        return _DpkgFacts(None, {})
-    version = None
-    arches: dict[str, str] = {}
-    for pkg in packages:
-        if not pkg.has_files:
-            continue
-        if pkg.name == "dpkg":
-            version = pkg.version
-        arches.setdefault(pkg.name, pkg.architecture)
-        arches[f"{pkg.name}:{pkg.architecture}"] = pkg.architecture
-    return _DpkgFacts(version, arches)
-
-
-def _job_env(job: ScriptJob, dpkg: _DpkgFacts, image_arch: str) -> dict[str, str]:
-    env = {"PATH": PATH, "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root", "LC_ALL": "C"}
-    if job.path.startswith("var/lib/dpkg/"):
-        name = job.package.partition(":")[0]
-        base = job.path.rpartition("/")[2]
-        script_name = base.rpartition(".")[2] if "." in base else job.script
-        env.update({
-            "DPKG_MAINTSCRIPT_PACKAGE": name,
-            "DPKG_MAINTSCRIPT_NAME": script_name,
-            "DPKG_MAINTSCRIPT_ARCH": dpkg.architectures.get(job.package, image_arch),
-            "DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT": "1",
-            "DPKG_ADMINDIR": "/var/lib/dpkg",
-            "DPKG_ROOT": "",
-            "DPKG_COLORS": "never",
-        })
-        if dpkg.running_version:
-            env["DPKG_RUNNING_VERSION"] = dpkg.running_version
+def _job_env(job: ScriptJob) -> dict[str, str]:
+    """A job's environment: a plain one, then what its family gives it (which wins)."""
+    env = {"PATH": PATH, "HOME": "/root", "LC_ALL": "C"}
     env.update(dict(job.env))
     return env
 
@@ -571,8 +519,7 @@ class Staging:
 
 
 def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
-            image_arch: str, timeout: float) -> ScriptOutcome:
-    dpkg = _read_dpkg_facts(root)
+            timeout: float) -> ScriptOutcome:
     before = _snapshot(root)
     ran: list[str] = []
     not_run: list[tuple[str, str]] = []
@@ -588,7 +535,7 @@ def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
                     log.info("not running %s: %s", job.describe(), why)  # in the result
                     not_run.append((job.describe(), why))
                     continue
-                env = _job_env(job, dpkg, image_arch)
+                env = _job_env(job)
                 argv = ["/" + normalize(job.path), *job.args]
                 log.info("running %s (%s)", job.describe(), kind)
                 run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {},

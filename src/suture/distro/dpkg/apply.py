@@ -1344,6 +1344,7 @@ class _Applier:
                ("DPKG_ADMINDIR", "/" + ADMINDIR),
                ("DPKG_ROOT", ""),
                ("DPKG_COLORS", "never"),
+               ("DEBIAN_FRONTEND", "noninteractive"),
                ("DPKG_FORCE", "security-mac,downgrade,confold"),
                ("DPKG_FRONTEND_LOCKED", "true")]
         running = self.db.version_of_dpkg()
