@@ -27,6 +27,7 @@ from suture.oci.model import Platform
 from suture.patch import sandbox
 from suture.patch.sandbox import Limits, ScriptError, host_architecture
 from suture.patch.scripts import ScriptOutcome, run_scripts
+from suture.patch.seccomp import SeccompUnavailable
 from tests.fixtures.images import make_image
 
 pytestmark = [
@@ -324,4 +325,22 @@ def test_a_decompression_bomb_is_refused_naming_its_layer(
     assert message.startswith(f"layer {bomb_layer[:19]}: expands the root for maintainer "
                               "scripts past its ceiling of 16 MiB")
     assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_libseccomp_no_script_runs_and_the_reason_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed")
+
+    def no_library() -> bytes:
+        raise SeccompUnavailable("libseccomp is not installed (test)")
+
+    monkeypatch.setattr(sandbox, "filter_bpf", no_library, raising=False)
+    image = make_image([Entry("bin", DIR, 0o755),
+                        Entry.file("bin/sh", b"#!/nothing\n", mode=0o755)])
+    outcome = run_scripts(image, [], [_job("demo")], workdir=tmp_path, sandbox="auto")
+    assert outcome.ran == []
+    assert outcome.not_run == [("demo postinst configure", "no sandbox available (no seccomp "
+                                "filter: libseccomp is not installed (test))")]
     assert list(tmp_path.iterdir()) == []
