@@ -173,12 +173,14 @@ def _umount(merged: Path) -> None:
 
 
 def _chroot(root: Path, script: str) -> None:
-    proc = subprocess.run(["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--proc",
-                           "/proc", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
-                           "--die-with-parent", "/bin/sh", "-c", script], env=ENV,
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"apt route: {script!r} failed:\n{proc.stdout}{proc.stderr}")
+    """The fidelity harness's bubblewrap chroot (tests/fixtures/fidelity.py), the one the
+    apt-get oracle runs in."""
+    from tests.fixtures.fidelity import chroot_sh
+
+    try:
+        chroot_sh(root, script, timeout=1800, env=ENV)
+    except AssertionError as e:
+        raise SystemExit(f"apt route: {e}") from None
 
 
 def _opener(path: Path) -> Callable[[], IO[bytes]]:
