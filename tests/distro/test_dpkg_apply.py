@@ -813,22 +813,64 @@ def test_deterministic(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real image
 
 
-def newer_debs(root: Path, directory: Path) -> list[Path]:
-    """The ``.deb`` files in ``directory`` that upgrade a package installed in ``root``."""
+# Where a bookworm image's updates come from, as its own apt sources name them.
+UPDATE_SUITES = (("http://deb.debian.org/debian-security", "bookworm-security"),
+                 ("http://deb.debian.org/debian", "bookworm-updates"))
+
+
+def archive_updates(root: Path, arch: str = "amd64") -> list[Path]:
+    """The newest ``.deb`` in bookworm-security or bookworm-updates of every package
+    installed in ``root`` that they upgrade, downloaded from the Debian archive (its
+    Release verified with the host's Debian archive keyring) into the test cache."""
+    from suture.devtools.debs_image import HOST_KEYRING
+    from suture.distro.dpkg.release import Keyring
+    from suture.distro.dpkg.repo import AptFetcher, AptRepository, PackageEntry
+    from tests.fixtures.debian import CACHE
+
+    if not HOST_KEYRING.is_file():
+        pytest.fail(f"no Debian archive keyring at {HOST_KEYRING} (debian-archive-keyring)")
     installed = {(p.name, p.architecture): p.version
                  for p in parse_status((root / "var/lib/dpkg/status").read_bytes())
                  if p.is_installed}
-    best: dict[tuple[str, str], tuple[str, Path]] = {}
-    for deb in sorted(directory.glob("*.deb")):
-        fields = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Version", "Architecture"],
-                                capture_output=True, check=True).stdout.decode()
-        values = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
-        key = (values.get("Package", ""), values.get("Architecture", ""))
-        if key not in installed or compare_versions(values["Version"], installed[key]) <= 0:
-            continue
-        if key not in best or compare_versions(values["Version"], best[key][0]) > 0:
-            best[key] = (values["Version"], deb)
-    return [deb for _, deb in sorted(best.values(), key=lambda v: str(v[1]))]
+    trusted = Keyring.from_bytes(HOST_KEYRING.read_bytes(), names=[str(HOST_KEYRING)])
+    with AptFetcher(CACHE / "apt") as fetcher:
+        best: dict[tuple[str, str], tuple[PackageEntry, AptRepository]] = {}
+        for uri, suite in UPDATE_SUITES:
+            repo = fetcher.fetch_release(uri, suite, trusted)
+            for entry in repo.packages("main", arch):
+                key = (entry.package, entry.architecture)
+                if key not in installed or compare_versions(entry.version,
+                                                            installed[key]) <= 0:
+                    continue
+                if key not in best or compare_versions(entry.version,
+                                                       best[key][0].version) > 0:
+                    best[key] = (entry, repo)
+        return sorted((repo.fetch_deb(entry) for entry, repo in best.values()), key=str)
+
+
+def pre_depends_rounds(debs: Sequence[Path]) -> list[list[Path]]:
+    """``debs`` in rounds for ``dpkg -i`` (as apt splits its calls): a package that
+    pre-depends on another of the set comes a round after it, since dpkg wants a
+    pre-dependency configured before it unpacks."""
+    from suture.distro.dpkg.control import parse_relations
+
+    def field(deb: Path, name: str) -> str:
+        return subprocess.run(["dpkg-deb", "-f", deb, name], capture_output=True,
+                              check=True).stdout.decode().strip()
+
+    names = {deb: field(deb, "Package") for deb in debs}
+    needs = {deb: {r.name for group in parse_relations(field(deb, "Pre-Depends"))
+                   for r in group} & set(names.values()) for deb in debs}
+    rounds: list[list[Path]] = []
+    done: set[str] = set()
+    left = list(debs)
+    while left:
+        ready = [deb for deb in left if needs[deb] - {names[deb]} <= done]
+        assert ready, f"pre-dependency cycle among {[names[d] for d in left]}"
+        rounds.append(ready)
+        done |= {names[deb] for deb in ready}
+        left = [deb for deb in left if deb not in ready]
+    return rounds
 
 
 @pytest.mark.network
@@ -836,26 +878,26 @@ def newer_debs(root: Path, directory: Path) -> list[Path]:
 def test_real_debian_image_matches_dpkg(tmp_path: Path, bookworm_rootfs: Path) -> None:
     """Real packages over a real bookworm root, maintainer scripts run in a chroot.
 
-    The upgrades are whatever newer ``.deb`` files ``$SUTURE_TEST_DEBS`` (default
-    apt's cache) holds for the image's packages. After dpkg's run and ours,
-    only what the scripts make differently may differ: the mtimes of files
-    they write, and ldconfig's ``aux-cache`` (inode numbers and times).
+    The upgrades are every update bookworm-security and bookworm-updates hold today
+    for the image's packages, downloaded from the Debian archive (the bookworm
+    image is built from the point release only, so they have some). After dpkg's
+    run and ours, only what the scripts make differently may differ: the mtimes
+    of files they write, and ldconfig's ``aux-cache`` (inode numbers and times).
     """
     if os.geteuid() != 0 or shutil.which("chroot") is None:
         pytest.skip("needs root and chroot to run real maintainer scripts")
     real = tmp_path / "real"
     real.mkdir()
     subprocess.run(["tar", "-xf", bookworm_rootfs, "-C", real, "--numeric-owner"], check=True)
-    debs = newer_debs(real, Path(os.environ.get("SUTURE_TEST_DEBS",
-                                                "/var/cache/apt/archives")))
-    if not debs:
-        pytest.skip("no newer .deb for this image in $SUTURE_TEST_DEBS")
+    debs = archive_updates(real)
+    assert debs, "bookworm-security and bookworm-updates update none of the image's packages"
     ours = tmp_path / "ours"
     subprocess.run(["cp", "-a", real, ours], check=True)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LC_ALL": "C"}
-    subprocess.run(["dpkg", f"--root={real}", "--force-confold", "--log=/dev/null", "-i",
-                    *debs], env=env, check=True, capture_output=True)
+    for batch in pre_depends_rounds(debs):
+        subprocess.run(["dpkg", f"--root={real}", "--force-confold", "--log=/dev/null", "-i",
+                        *batch], env=env, check=True, capture_output=True)
 
     names = [subprocess.run(["dpkg-deb", "-f", deb, "Package"], capture_output=True,
                             check=True).stdout.decode().strip() for deb in debs]
