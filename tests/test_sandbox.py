@@ -9,6 +9,7 @@ reliability probe) are the model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,7 +29,16 @@ from suture.patch import sandbox
 from suture.patch.sandbox import Limits, ScriptError, host_architecture
 from suture.patch.scripts import ScriptOutcome, run_scripts
 from suture.patch.seccomp import SeccompUnavailable
+from tests.fixtures.aptrepo import AptRepo, GpgKeys
 from tests.fixtures.images import make_image
+from tests.fixtures.patchimages import (
+    Archive,
+    debian_os_release,
+    layout_state,
+    make_root,
+    suture,
+    write_image,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="scripts run as root over a root with real "
@@ -344,3 +354,43 @@ def test_without_libseccomp_no_script_runs_and_the_reason_says_so(
     assert outcome.not_run == [("demo postinst configure", "no sandbox available (no seccomp "
                                 "filter: libseccomp is not installed (test))")]
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the CLI
+
+@pytest.mark.tools
+def test_scripts_required_fails_when_a_script_cannot_run(
+        apt_repo: AptRepo, gpg_keys: GpgKeys, tmp_path: Path) -> None:
+    """An upgrade whose postinst cannot run (the image has no /bin/sh): reported as not
+    run by default; with --scripts-required the patch fails and writes nothing."""
+    archive = Archive.create(apt_repo, gpg_keys.good, tmp_path, "bookworm")
+    v1 = [archive.add("bookworm", "a", "1.0-1")]
+    archive.add("bookworm-security", "a", "2.0-1",
+                scripts={"postinst": "#!/bin/sh\necho configured > /etc/a.done\n"})
+    archive.publish()
+    root = make_root(tmp_path / "root", v1, debian_os_release(),
+                     sources={"etc/apt/sources.list": "deb http://deb.debian.org/debian "
+                                                      "bookworm main\n"},
+                     keyring=archive.key_asc())
+    ref = write_image(root, tmp_path, "v1")
+    before = layout_state(tmp_path / "layout")
+    common = ["--cache-dir", str(tmp_path / "cache"), "--no-host-keyrings",
+              *archive.mirror_args()]
+    result = tmp_path / "result.json"
+
+    refused = suture("patch", "-i", ref, "-t", "strict", *common, "--scripts-required",
+                     "--result", str(result))
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "suture: error: linux/amd64: 1 maintainer script(s) could not run (first: a postinst "
+        "configure 1.0-1: no /bin/sh in the image); nothing written (--scripts-required) "
+        "(hint: without --scripts-required the image is patched and they are reported as "
+        "not run)")
+    assert layout_state(tmp_path / "layout") == before
+
+    lenient = suture("patch", "-i", ref, "-t", "lenient", *common, "--result", str(result))
+    assert lenient.returncode == 0, lenient.stderr
+    [platform] = json.loads(result.read_text())["platforms"]
+    assert platform["status"] == "patched"
+    assert platform["scripts"] == {"ran": [], "notRun": [
+        {"script": "a postinst configure 1.0-1", "reason": "no /bin/sh in the image"}]}

@@ -243,8 +243,8 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         job, why = outcome.scripts_not_run[0]
         raise SutureError(f"{len(outcome.scripts_not_run)} maintainer script(s) could not run "
                           f"(first: {job}: {why}); nothing written (--scripts-required)",
-                          hint="install bubblewrap, or drop --scripts-required to patch and "
-                               "report them as not run")
+                          hint="without --scripts-required the image is patched and "
+                               "they are reported as not run")
     _say(options, image, "writing the patch layer")
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:
