@@ -33,10 +33,11 @@ class _DecompressingReader(io.RawIOBase, BinaryIO):
     never memory). Concatenated gzip members are read as one stream.
     """
 
-    def __init__(self, raw: IO[bytes], kind: str) -> None:
+    def __init__(self, raw: IO[bytes], kind: str, what: str | None = None) -> None:
         super().__init__()
         self._raw = raw
         self._kind = kind
+        self._where = f"{what}: " if what else ""
         self._pending = b""  # compressed input not yet fed to the decoder
         self._eof = False
         self._dec: Any = None
@@ -68,7 +69,7 @@ class _DecompressingReader(io.RawIOBase, BinaryIO):
                 self._pending = rest
             if not self._pending:
                 if self._eof:
-                    raise LayerError("truncated gzip stream")
+                    raise LayerError(f"{self._where}truncated gzip stream")
                 continue
             out = self._dec.decompress(self._pending, size)
             self._pending = self._dec.unconsumed_tail
@@ -82,7 +83,9 @@ class _DecompressingReader(io.RawIOBase, BinaryIO):
         except SutureError:
             raise  # our own: a digest or size problem of the compressed stream, or truncation
         except Exception as exc:  # zlib.error, isal error, zstd.ZstdError
-            raise LayerError(f"corrupt {self._kind} stream: {exc}") from None
+            raise LayerError(f"{self._where}corrupt {self._kind} stream: {exc}"
+                             + (" (the blob is damaged, or changed while it was read)"
+                                if self._where else "")) from None
         n = len(data)
         memoryview(buffer).cast("B")[:n] = data
         return n
@@ -94,13 +97,14 @@ class _DecompressingReader(io.RawIOBase, BinaryIO):
             super().close()
 
 
-def open_decompressed(raw: IO[bytes], kind: str) -> BinaryIO:
-    """Wrap a compressed stream; ``kind`` is ``gzip``, ``zstd`` or ``none``."""
+def open_decompressed(raw: IO[bytes], kind: str, *, what: str | None = None) -> BinaryIO:
+    """Wrap a compressed stream; ``kind`` is ``gzip``, ``zstd`` or ``none``. ``what``
+    (the blob, and where it is read from) prefixes decompression errors."""
     if kind == "none":
         return raw  # type: ignore[return-value]
     if kind not in ("gzip", "zstd"):
         raise LayerError(f"unknown compression {kind!r}")
-    return io.BufferedReader(_DecompressingReader(raw, kind), CHUNK)
+    return io.BufferedReader(_DecompressingReader(raw, kind, what), CHUNK)
 
 
 class CompressingWriter:

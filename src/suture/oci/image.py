@@ -136,7 +136,12 @@ class Layer:
         from suture.oci.compression import open_decompressed
 
         ceiling = limit if limit is not None else max(16 << 30, 64 * self.descriptor.size)
-        raw = open_decompressed(self.open_compressed(), self.compression)
+        compressed = self.open_compressed()
+        # A verifying stream says where the blob is read from (a layout, an archive).
+        what = getattr(compressed, "_what", None)
+        if not isinstance(what, str) or self.digest not in what:
+            what = f"blob {self.digest}"
+        raw = open_decompressed(compressed, self.compression, what=what)
         if self.diff_id is None or self.compression == "none":
             if self.compression == "none":
                 return raw
