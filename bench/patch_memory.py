@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/patch_memory.py [--sizes 0,256,512,1024] [--file-kib 1024]
                                            [--zeros-mib 512] [--env NAME=VALUE ...]
+                                           [--root-in-shm]
 
 Images: the bookworm root filesystem with openssl, ca-certificates and curl
 (tests/fixtures/debian.py, mmdebstrap from the point release, cached per day) as one
@@ -26,6 +27,14 @@ the peak RSS of suture's extraction helper too (the child process that writes th
 root from the layers; its memory is not in suture's ``ru_maxrss``).
 ``--env`` sets variables for the child only (e.g. ``MALLOC_MMAP_THRESHOLD_=131072``
 to see how much of the peak is the C allocator keeping freed memory).
+
+"total" is what the run holds in memory that the kernel cannot take back: suture's
+peak RSS + the helper's + the peak of ``/dev/shm`` (tmpfs pages are not reclaimable
+without swap). Since the scripts' root is written to the work directory on disk, the
+child also samples the peak growth of the file system holding its temporary
+directory ("disk": the root, the patch layer and the output; page cache, which the
+kernel reclaims). ``--root-in-shm`` gives the child ``TMPDIR=/dev/shm`` to see the
+placement suture used before (the root in memory).
 """
 
 from __future__ import annotations
@@ -121,13 +130,17 @@ class _ShmSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.base = shutil.disk_usage(SHM).used
+        self.tmp = tempfile.gettempdir()
+        self.tmp_base = shutil.disk_usage(self.tmp).used
         self.peak = 0
+        self.disk = 0
         self.helper_kib = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
             self.peak = max(self.peak, shutil.disk_usage(SHM).used - self.base)
+            self.disk = max(self.disk, shutil.disk_usage(self.tmp).used - self.tmp_base)
             self.helper_kib = max(self.helper_kib, _helper_hwm_kib())
 
 
@@ -161,15 +174,15 @@ def _child_patch(argv: list[str], out: Path) -> None:
     sampler.join()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.write_text(json.dumps({"code": code, "self_kib": own, "shm": sampler.peak,
-                               "helper_kib": sampler.helper_kib}))
+                               "helper_kib": sampler.helper_kib, "disk": sampler.disk}))
 
 
 def _patch(layout: Path, tag: str, cache: Path, work: Path, env: dict[str, str],
-           private_shm: bool) -> dict[str, float]:
+           private_shm: bool, extra: list[str]) -> dict[str, float]:
     out = work / f"rss-{tag}.json"
     result = work / f"result-{tag}.json"
     argv = ["patch", "-i", f"oci:{layout}:{tag}", "--dest", f"oci:{work}/out-{tag}:x",
-            "--cache-dir", str(cache), "--result", str(result), "--progress", "quiet"]
+            "--cache-dir", str(cache), "--result", str(result), "--progress", "quiet", *extra]
     cmd = [sys.executable, __file__, "--child-patch", str(out), "--", *argv]
     start = time.perf_counter()
     subprocess.run([*_PRIVATE_SHM, *cmd] if private_shm else cmd, check=True,
@@ -182,7 +195,7 @@ def _patch(layout: Path, tag: str, cache: Path, work: Path, env: dict[str, str],
         raise SystemExit(f"patch of {tag} failed: {platform['message']}")
     shutil.rmtree(work / f"out-{tag}")
     return {"self": rss["self_kib"] / 1024, "shm": rss["shm"] / (1 << 20),
-            "helper": rss.get("helper_kib", 0) / 1024,
+            "helper": rss.get("helper_kib", 0) / 1024, "disk": rss["disk"] / (1 << 20),
             "seconds": seconds, "updates": len(platform["updates"])}
 
 
@@ -206,6 +219,11 @@ def main() -> int:
                         help="set in the patching child's environment (repeatable)")
     parser.add_argument("--workdir", type=Path, help="default: the system's temporary directory")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--patch-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for `suture patch` (repeatable)")
+    parser.add_argument("--root-in-shm", action="store_true",
+                        help="TMPDIR=/dev/shm for the patching child (the scripts' root in "
+                             "memory, as before)")
     parser.add_argument("--child-build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-patch", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tags", default="", help=argparse.SUPPRESS)
@@ -220,6 +238,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     tags = [f"x{n}" for n in sizes] + ([f"z{args.zeros_mib}"] if args.zeros_mib else [])
     env = dict(item.split("=", 1) for item in args.env)
+    if args.root_in_shm:
+        env["TMPDIR"] = str(SHM)
     private_shm = os.geteuid() == 0 and shutil.which("unshare") is not None
     work = Path(tempfile.mkdtemp(prefix="suture-membench-", dir=args.workdir))
     try:
@@ -228,23 +248,26 @@ def main() -> int:
                         ",".join(dict.fromkeys(["x0", *tags])), "--file-kib",
                         str(args.file_kib), "--", str(work)], check=True)
         cache = work / "cache"
-        _patch(layout, "x0", cache, work, env, private_shm)  # fills the cache; not measured
+        _patch(layout, "x0", cache, work, env, private_shm,
+               args.patch_arg)  # fills the cache; not measured
         print(measured_suture())
         if env:
-            print("child environment: " + " ".join(args.env))
+            print("child environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
         parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"this process: {parent:.0f} MiB peak RSS (a floor under the figures below); "
               f"/dev/shm {'private to each run' if private_shm else 'shared (not root)'}")
         print(f"{'image':>22} {'image MB':>9} {'peak RSS':>9} {'helper':>9} {'/dev/shm':>9} "
-              f"{'time':>7}")
+              f"{'total':>9} {'disk':>9} {'time':>7}")
         rows = {}
         for tag in tags:
-            row = _patch(layout, tag, cache, work, env, private_shm)
+            row = _patch(layout, tag, cache, work, env, private_shm, args.patch_arg)
             rows[tag] = row
             what = (f"+{tag[1:]} MiB random" if tag.startswith("x") else
                     f"+{tag[1:]} MiB zeros")
+            total = row["self"] + row["helper"] + row["shm"]
             print(f"{what:>22} {_blob_bytes(layout, tag) / 1e6:>9.0f} {row['self']:>5.0f} MiB "
-                  f"{row['helper']:>5.0f} MiB {row['shm']:>5.0f} MiB {row['seconds']:>5.1f} s"
+                  f"{row['helper']:>5.0f} MiB {row['shm']:>5.0f} MiB {total:>5.0f} MiB "
+                  f"{row['disk']:>5.0f} MiB {row['seconds']:>5.1f} s"
                   f"   ({row['updates']:.0f} updates)", flush=True)
         if len(sizes) > 1:
             low, high = rows[f"x{sizes[0]}"]["self"], rows[f"x{sizes[-1]}"]["self"]
