@@ -24,6 +24,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+# Networks of a site's own hosts: RFC 1918, "this network", IPv6 unique local (RFC 4193)
+# and site-local (deprecated, still routed inside some sites).
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fec0::/10"))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -59,10 +63,11 @@ def address_class(address: IPAddress) -> str | None:
         return "multicast"
     if address in _SHARED:
         return "shared (100.64.0.0/10)"
-    if address.is_private:
+    if any(address in network for network in _PRIVATE):
         return "private"
-    if not address.is_global:
-        return "reserved"
+    # Documentation, benchmarking and other reserved ranges are not refused: they
+    # reach no host's own or internal services, and DNS behind egress proxies and
+    # fake-IP resolvers answers with them for public names.
     return None
 
 
@@ -110,6 +115,8 @@ class RepositoryHosts:
         self.rules = tuple(_HostRule.parse(a) for a in specs if a.strip().lower() != "all")
         self.trusted = tuple(_norm(t) for t in trusted)
         self._resolve = resolve or _getaddrinfo
+        # (host, port) pairs a checked URL was allowed to reach on a private address.
+        self._private_ok: set[tuple[str, int]] = set()
 
     @classmethod
     def parse_rule(cls, spec: str) -> None:
@@ -138,6 +145,7 @@ class RepositoryHosts:
         except ValueError:
             port = _DEFAULT_PORTS.get(parts.scheme, 80)
         if any(rule.matches(host, port) for rule in self.rules) or self._trusted(url):
+            self._private_ok.add((host, port))
             return
         try:
             addresses = self._resolve(host, port)
@@ -152,9 +160,27 @@ class RepositoryHosts:
             if kind is not None:
                 where = f"{host}:{port}" if parts.port else host
                 what = f"{host} is" if text == host else f"{host} resolves to {text}, which is"
-                raise PrivateRepository(
-                    f"{shown or url}: refused: {what} a {kind} address",
-                    url=shown or url,
-                    hint=f"a repository the image names may not reach this host's or its "
-                         f"network's private services; if this one is yours, pass "
-                         f"--allow-private-repos {where}, or map it with --mirror")
+                raise _refused(f"{shown or url}: refused: {what} a {kind} address",
+                               shown or url, where)
+
+    def check_peer(self, host: str, port: int, address: str) -> None:
+        """Raise :class:`PrivateRepository` when a connection to ``host``:``port`` reached
+        ``address`` and that is private, unless a URL check allowed this host privately."""
+        host = host.strip("[]").lower()
+        if self.allow_all or (host, port) in self._private_ok:
+            return
+        try:
+            kind = address_class(ipaddress.ip_address(address.split("%", 1)[0]))
+        except ValueError:
+            return
+        if kind is not None:
+            raise _refused(f"{host}:{port}: refused: the connection reached {address}, a "
+                           f"{kind} address", f"{host}:{port}", f"{host}:{port}")
+
+
+def _refused(message: str, url: str, where: str) -> PrivateRepository:
+    return PrivateRepository(
+        message, url=url,
+        hint=f"a repository the image names may not reach this host's or its network's "
+             f"private services; if this one is yours, pass --allow-private-repos {where}, "
+             f"or map it with --mirror")

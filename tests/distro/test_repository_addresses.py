@@ -1,0 +1,25 @@
+"""Which resolved addresses a repository the image names may not reach."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from suture.distro.mirrors import address_class
+
+
+@pytest.mark.parametrize(("address", "why"), [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),  # cloud metadata, links
+    ("10.1.2.3", "private"), ("172.20.0.1", "private"), ("192.168.1.1", "private"),
+    ("fd00::1", "private"), ("::ffff:10.0.0.1", "private"), ("0.1.2.3", "private"),
+    ("100.64.1.1", "shared (100.64.0.0/10)"), ("0.0.0.0", "unspecified"),
+    ("224.0.0.1", "multicast"),
+    # Public, and the ranges egress proxies and fake-IP resolvers answer public names
+    # with (this machine resolves the Debian archive to 203.0.113.80): allowed.
+    ("151.101.2.132", None), ("2a04:4e42::644", None), ("203.0.113.80", None),
+    ("198.18.0.1", None), ("192.0.2.1", None),
+])
+def test_address_class(address: str, why: str | None) -> None:
+    assert address_class(ipaddress.ip_address(address)) == why
