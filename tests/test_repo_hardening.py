@@ -243,6 +243,23 @@ def test_non_public_addresses_are_refused(address: str, kind: str) -> None:
         trusted.check("http://mirror.example/debian/../admin")
 
 
+def test_connection_that_reaches_a_private_address_is_refused(tmp_path: Path,
+                                                            listener: Listener) -> None:
+    """DNS rebinding: the name answered a public address when the URL was checked (the
+    resolver is stubbed) but the connection reached 127.0.0.1. The connection's own
+    address is checked before anything is sent: the listener gets no byte."""
+    from suture.distro.dpkg.repo import AptFetcher
+    from suture.distro.dpkg.repoerrors import PrivateRepository
+    from suture.distro.mirrors import RepositoryHosts
+
+    hosts = RepositoryHosts(resolve=lambda host, port: ["151.101.2.132"])
+    with AptFetcher(tmp_path / "cache", hosts=hosts, retries=0, backoff=0) as fetcher, \
+            pytest.raises(PrivateRepository) as info:
+        fetcher.fetch_meta(f"http://127.0.0.1:{listener.port}/dists/x/InRelease", "InRelease")
+    assert "reached 127.0.0.1, a loopback address" in str(info.value)
+    assert all(data == b"" for data in listener.seen), listener.seen
+
+
 # ---------------------------------------------------------------- SSRF: apk
 
 

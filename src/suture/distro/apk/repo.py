@@ -213,8 +213,9 @@ class ApkFetcher:
         cache = self.fetcher.cache
         ref = cache.ref(key)
         if ref is not None and "sha256" in ref:
-            hit = cache.lookup(ref["sha256"], size or None)
-            if hit is not None and self._still_good(hit, identity, filename):
+            hit = cache.lookup(ref["sha256"])  # re-hashed: a damaged file is dropped
+            if hit is not None and (not size or hit.stat().st_size == size) and \
+                    self._still_good(hit, identity, filename):
                 return hit
         url = repo.package_url(arch, filename)
         if not repo.remote:

@@ -31,6 +31,7 @@ import logging
 import lzma
 import os
 import posixpath
+import socket
 import tempfile
 import time
 import zlib
@@ -42,6 +43,7 @@ from typing import IO, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
 
 from suture.distro.dpkg.control import Paragraph, parse_paragraphs
 from suture.distro.dpkg.release import (
@@ -407,6 +409,45 @@ class _Got:
     last_modified: str | None = None
 
 
+def _checked_adapter(hosts: RepositoryHosts) -> requests.adapters.HTTPAdapter:
+    """An adapter whose connections check the address they reached with ``hosts``, so a
+    name that resolved to a public address when the URL was checked and to a private
+    one when connecting (DNS rebinding) is refused before anything is sent. Connections
+    through a proxy are not checked (the proxy is what they reach)."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def checked(sock: socket.socket, conn: HTTPConnection) -> socket.socket:
+        if conn.proxy is None and getattr(conn, "_tunnel_host", None) is None:
+            try:
+                hosts.check_peer(conn.host, conn.port or 0, str(sock.getpeername()[0]))
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    class _HTTP(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return checked(super()._new_conn(), self)
+
+    class _HTTPS(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return checked(super()._new_conn(), self)
+
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = _HTTP
+
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _HTTPS
+
+    class _Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    return _Adapter()
+
+
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
               requests.exceptions.ContentDecodingError)
 
@@ -423,8 +464,10 @@ class AptFetcher:
     ``hosts``, when given, is asked about every URL before it is requested and
     about every redirect before it is followed (see
     :class:`~suture.distro.mirrors.RepositoryHosts`): pass one whenever the URLs
-    come from an image. A Release or other metadata file is fetched once per
-    fetcher (repeated sources cost nothing).
+    come from an image. With the fetcher's own session, each new connection's
+    address is checked too (a name that resolves differently when connecting). A
+    Release or other metadata file is fetched once per fetcher (repeated sources cost
+    nothing).
     """
 
     def __init__(
@@ -448,6 +491,10 @@ class AptFetcher:
         self.progress = progress
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
+        if session is None and hosts is not None:
+            adapter = _checked_adapter(hosts)
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
         self.offline = offline
         self.verify = verify
         self.timeout = timeout
