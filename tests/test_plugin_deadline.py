@@ -59,11 +59,18 @@ class Scene:
         self.report.write_text("{}")
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, ignore_hup: bool = False) -> subprocess.Popen[str]:
+        """Run suture with SIGHUP and SIGTERM at their defaults (whatever this test
+        process inherited, e.g. under nohup), or SIGHUP ignored (as nohup leaves it)."""
+        def signals() -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
+
         return subprocess.Popen(
             [sys.executable, "-m", "suture", "patch", "-i", f"oci:{self.tmp}/nothing:v1",
              "-r", str(self.report), "--scanner", "hang", "--dry-run", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+            preexec_fn=signals)
 
     def plugin_group(self) -> int:
         return int(self.pgid_file.read_text())
@@ -113,4 +120,19 @@ def test_the_plugins_process_group_ends_with_suture(scene: Scene, signum: int) -
         proc.kill()
     assert proc.returncode == 128 + signum, stderr
     assert stderr.strip().splitlines()[-1] == "suture: terminated"
+    assert _group_members(pgid) == []
+
+
+def test_an_ignored_sighup_stays_ignored(scene: Scene) -> None:
+    """Under nohup (SIGHUP ignored) a hangup does not stop the run; SIGTERM still does.
+    Both are pending together when suture handles them, SIGHUP first if it were caught."""
+    proc = scene.start("--timeout", "30m", ignore_hup=True)
+    try:
+        pgid = scene.wait_for_plugin(proc)
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert _group_members(pgid) == []

@@ -583,7 +583,6 @@ def _run_timer(cancel: Any, seconds: float, deadline: float) -> Iterator[None]:
 def _vex(result: Any, author: str) -> dict[str, object]:
     import datetime
 
-    from suture.patch.model import PACKAGE_TYPES
     from suture.transports import as_reference
     from suture.vex import VexProduct, build_openvex, oci_purl
 
@@ -605,7 +604,7 @@ def _vex(result: Any, author: str) -> dict[str, object]:
         arch = o.platform.architecture if o.platform else None
         purl = oci_purl(name, o.image.digest, repository_url=repository_url, arch=arch)
         distro = f"{o.os_family}-{o.os_version}" if o.os_version else o.os_family
-        kind = PACKAGE_TYPES.get(o.plan.family, "")
+        kind = o.package_type
         products.append(VexProduct(purl, o.plan.updates, o.os_family, distro, kind))
         all_updates.append((o.plan.updates, o.os_family, distro, kind))
     if result.target_digest and len(result.platforms) > 1:
@@ -694,11 +693,13 @@ def _terminate_on_signals() -> Iterator[None]:
     signals = (signal.SIGTERM, signal.SIGHUP)
 
     def terminate(signum: int, frame: object) -> None:
-        for s in signals:  # the next one is not caught: a stuck cleanup can be ended
+        for s in previous:  # the next one is not caught: a stuck cleanup can be ended
             signal.signal(s, signal.SIG_DFL)
         raise Terminated(signum)
 
-    previous = {s: signal.signal(s, terminate) for s in signals}
+    # A signal ignored when suture started (nohup ignores SIGHUP) stays ignored.
+    previous = {s: signal.signal(s, terminate) for s in signals
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
