@@ -508,9 +508,11 @@ def write_layout_image(artifact: Artifact, ref: Reference) -> str:
     try:
         if _is_layout(root):
             _write_into_layout(artifact, root, where, ref.tag)
-        else:
-            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+            if not _is_layout(root):  # (another writer may have just renamed one into place)
                 raise TransportError(f"{where}: exists and is not an OCI image layout")
+            _write_into_layout(artifact, root, where, ref.tag)
+        else:
             _write_new_layout(artifact, root, where, ref.tag)
     except OSError as exc:
         raise TransportError(f"{where}: cannot write: {exc.strerror or exc}") from None
