@@ -38,11 +38,13 @@ from suture.oci.fs import read_files
 from suture.oci.image import Image, ImageIndex
 from suture.oci.layer import Entry
 from suture.oci.model import Platform
+from suture.oci.mutate import append_layers
 from suture.patch import emulation
 from suture.patch.emulation import emulation_note, emulator_for, no_emulator_reason
 from suture.patch.scripts import run_scripts
 from suture.transports import open_artifact, write_artifact
 from tests.fixtures.debian import CACHE
+from tests.fixtures.images import layer_from
 from tests.fixtures.multiarch import (
     ATTESTATION_TYPE,
     ELF_MACHINE,
@@ -276,33 +278,60 @@ def test_foreign_scripts_reported_without_emulation(tmp_path: Path, multiarch: M
 # `version -p` names the platform it was built for.
 ENV_SCRIPT = b"""#!/bin/sh
 set -e
-echo "$DPKG_MAINTSCRIPT_PACKAGE $DPKG_MAINTSCRIPT_NAME $DPKG_MAINTSCRIPT_ARCH" >> /etc/suture-env
-openssl version -p >> /etc/suture-env
+echo "$DPKG_MAINTSCRIPT_PACKAGE $DPKG_MAINTSCRIPT_NAME $DPKG_MAINTSCRIPT_ARCH $*" >> /var/lib/env
+openssl version -p >> /var/lib/env
 """
 
 
+def test_emulated_scripts_get_the_image_architecture(tmp_path: Path,
+                                                     multiarch: Multiarch) -> None:
+    """An arm64 image whose installed openssl and libssl3 (Multi-Arch: same) have a
+    ``prerm`` recording how it was called: patched here, the dpkg engine runs them
+    (``prerm upgrade NEW``) under emulation with dpkg's environment naming the
+    packages' own architecture, and they run the image's own arm64 programs."""
+    _needs_emulation("arm64")
+    base = multiarch.images["arm64"]
+    extra = [Entry.file(f"var/lib/dpkg/info/{name}.prerm", ENV_SCRIPT, mode=0o755)
+             for name in ("openssl", "libssl3:arm64")]
+    ref = f"oci:{tmp_path}/in:arm64"
+    write_artifact(append_layers(base, [layer_from(extra)]), ref)
+    dest = f"oci:{tmp_path}/out:arm64"
+    doc, _ = _patch(ref, tmp_path, "--dest", dest)
+    [outcome] = doc["platforms"]
+    new = {u["name"]: u["to"] for u in outcome["updates"]}
+    assert {"openssl", "libssl3"} <= set(new), new
+    ran = outcome["scripts"]["ran"]
+    for name in ("openssl", "libssl3:arm64"):
+        assert f"{name} prerm upgrade {new[name.partition(':')[0]]}" in ran, ran
+    assert outcome["scripts"]["notRun"] == []
+    assert [n for n in outcome["notes"] if n.startswith(EMULATION_NOTE)] == [
+        emulation_note("arm64", HOST)]
+    patched = open_artifact(dest)
+    assert isinstance(patched, Image)
+    lines = top_layer_files(patched)["var/lib/env"].decode().splitlines()
+    assert sorted(lines) == sorted([
+        f"openssl prerm arm64 upgrade {new['openssl']}", "platform: debian-arm64",
+        f"libssl3 prerm arm64 upgrade {new['libssl3']}", "platform: debian-arm64"]), lines
+
+
 @pytest.mark.parametrize("deb_arch", ["arm64", "armhf"])
-def test_emulated_scripts_see_the_image_architecture(tmp_path: Path, multiarch: Multiarch,
-                                                     deb_arch: str) -> None:
-    """Scripts of a foreign image run under emulation with dpkg's environment from the
-    image's own database (a Multi-Arch: same package's architecture, ``all`` for an
-    architecture-independent one) and run the image's own programs."""
+def test_emulated_scripts_run_the_image_programs(tmp_path: Path, multiarch: Multiarch,
+                                                 deb_arch: str) -> None:
+    """Jobs over a foreign image run under emulation, with the environment they carry,
+    and run the image's own programs (arm64 and armhf)."""
     image = multiarch.images[deb_arch]
     assert image.platform is not None
     _needs_emulation(image.platform.architecture)
-    entries = [Entry.file(f"var/lib/dpkg/info/{name}.postinst", ENV_SCRIPT, mode=0o755)
-               for name in (f"libssl3:{deb_arch}", "debian-archive-keyring")]
-    jobs = [ScriptJob(f"libssl3:{deb_arch}", "postinst",
-                      f"var/lib/dpkg/info/libssl3:{deb_arch}.postinst", ("configure", "1")),
-            ScriptJob("debian-archive-keyring", "postinst",
-                      "var/lib/dpkg/info/debian-archive-keyring.postinst", ("configure", "1"))]
+    entries = [Entry.file("var/lib/dpkg/info/libssl3.postinst", ENV_SCRIPT, mode=0o755)]
+    env = (("DPKG_MAINTSCRIPT_PACKAGE", "libssl3"), ("DPKG_MAINTSCRIPT_NAME", "postinst"),
+           ("DPKG_MAINTSCRIPT_ARCH", deb_arch))
+    jobs = [ScriptJob("libssl3", "postinst", "var/lib/dpkg/info/libssl3.postinst",
+                      ("configure", "1"), env=env)]
     outcome = run_scripts(image, entries, jobs, workdir=tmp_path)
     assert outcome.not_run == [] and outcome.ran == [j.describe() for j in jobs]
     written = {e.path: e.data for e in outcome.entries if isinstance(e.data, bytes)}
-    assert set(written) == {"etc/suture-env"}
-    assert written["etc/suture-env"] == (
-        f"libssl3 postinst {deb_arch}\nplatform: debian-{deb_arch}\n"
-        f"debian-archive-keyring postinst all\nplatform: debian-{deb_arch}\n").encode()
+    assert written == {"var/lib/env": (f"libssl3 postinst {deb_arch} configure 1\n"
+                                       f"platform: debian-{deb_arch}\n").encode()}
 
 
 def test_one_platform_selected_others_carried_byte_for_byte(tmp_path: Path,
