@@ -299,7 +299,7 @@ def planned_debs(ref: str, cache: Path) -> list[Deb]:
     engine = engine_for("dpkg")
     state = engine.prepare(image, inspection, PatchOptions(cache_dir=cache, offline=True),
                            tree)
-    plan = engine.plan(state, None)
+    plan = state.plan(None)
     return [Deb(u.base_uri.rstrip("/") + "/" + u.filename, u.sha256, u.size)
             for u in plan.updates]
 

@@ -134,3 +134,26 @@ def test_the_script_runner_knows_no_family() -> None:
            if module.split(".")[1:3][0] == "distro" and len(module.split(".")) > 2
            and module.split(".")[2] in families]
     assert families >= {"dpkg", "apk"} and bad == []
+
+
+def test_no_family_imports_another() -> None:
+    """What families share lives on the neutral floor under ``distro/`` (``fetch``,
+    ``errors``, ``scripts``, ``mirrors``); a family imports no other family."""
+    distro = SRC / "distro"
+    families = {p.name for p in distro.iterdir() if (p / "__init__.py").exists()}
+    bad = []
+    for family in sorted(families):
+        for path in sorted((distro / family).rglob("*.py")):
+            for module in sorted(_modules(path)):
+                parts = module.split(".")
+                if parts[1:2] == ["distro"] and len(parts) > 2 and parts[2] in families \
+                        and parts[2] != family:
+                    bad.append(f"{path.relative_to(SRC)} imports {module}")
+    assert families >= {"dpkg", "apk"} and bad == []
+
+
+def test_the_engine_seam_imports_no_family() -> None:
+    bad = [module for module in sorted(_modules(SRC / "patch" / "engine.py"))
+           if module.startswith(("suture.distro.dpkg", "suture.distro.apk", "suture.patch.dpkg",
+                                 "suture.patch.apk"))]
+    assert bad == []

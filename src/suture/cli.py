@@ -583,7 +583,6 @@ def _run_timer(cancel: Any, seconds: float, deadline: float) -> Iterator[None]:
 def _vex(result: Any, author: str) -> dict[str, object]:
     import datetime
 
-    from suture.patch.model import PACKAGE_TYPES
     from suture.transports import as_reference
     from suture.vex import VexProduct, build_openvex, oci_purl
 
@@ -605,7 +604,7 @@ def _vex(result: Any, author: str) -> dict[str, object]:
         arch = o.platform.architecture if o.platform else None
         purl = oci_purl(name, o.image.digest, repository_url=repository_url, arch=arch)
         distro = f"{o.os_family}-{o.os_version}" if o.os_version else o.os_family
-        kind = PACKAGE_TYPES.get(o.plan.family, "")
+        kind = o.package_type
         products.append(VexProduct(purl, o.plan.updates, o.os_family, distro, kind))
         all_updates.append((o.plan.updates, o.os_family, distro, kind))
     if result.target_digest and len(result.platforms) > 1:

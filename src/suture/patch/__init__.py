@@ -5,7 +5,7 @@ platform (:func:`patch_image`), write the result to the destination (unless
 nothing changed or it is a dry run) and return a :class:`PatchResult`.
 
 The core never branches on the package family: an engine per family (see
-:mod:`suture.patch.engines`) plans and builds the layer entries.
+:mod:`suture.patch.engines`, through :mod:`suture.patch.engine`) plans and builds the layer entries.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     if inspection.package_db is None:
         raise SutureError("no package database found in the image (nothing suture can patch)")
     engine = engine_for(inspection.package_db.family)
+    outcome.package_type = engine.purl_type
     mark = inspection.patched
     base = drop_layers(image, mark.base_layers) if mark else image
     base_digest = mark.base_digest if mark else image.digest
@@ -178,7 +179,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     _say(options, image, "reading repositories")
     work = engine.prepare(image, inspection, _guarded(options, str(image.platform or "image")),
                           tree)
-    plan = engine.plan(work, report.os_findings() if report is not None else None)
+    plan = work.plan(report.os_findings() if report is not None else None)
     outcome.plan = plan
     fixes = len(plan.vulnerabilities)
     _say(options, image, f"plan: {len(plan.updates)} package(s) to update"
@@ -200,14 +201,14 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     total = sum(u.size for u in plan.updates)
     _say(options, image, f"fetching {len(plan.updates)} packages ({total / 1e6:.1f} MB, "
          "cached ones are not downloaded again)")
-    debs = engine.fetch(work, plan)
+    debs = work.fetch(plan)
     check_deadline(options, "building the layer")
     _say(options, image, "unpacking packages and updating the package database")
-    build = engine.build(work, plan, debs)
+    build = work.build(plan, debs)
     if build.cleanup is not None:
         cleanup.callback(build.cleanup)
     if report is None:
-        plan = plan.with_vulnerabilities(engine.fixed_vulnerabilities(work, plan, debs, build))
+        plan = plan.with_vulnerabilities(work.fixed_vulnerabilities(plan, debs, build))
     if build.notes:
         plan = replace(plan, notes=(*plan.notes, *build.notes))
     outcome.plan = plan

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from suture.distro.apk.apply import DB, EXEC, Update, apply_updates
 from suture.distro.apk.deps import Dependency
@@ -45,12 +46,12 @@ from suture.distro.apk.repo import (
 from suture.distro.apk.sign import Keys
 from suture.distro.apk.version import apk2_order
 from suture.distro.detect import OSRelease
-from suture.distro.dpkg.repo import redact
+from suture.distro.fetch import Fetcher, redact
 from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files, resolve
 from suture.oci.image import Image
-from suture.patch.engines import Build, fetch_parallel, package_fetcher
+from suture.patch.engine import Build, fetch_parallel, package_fetcher
 from suture.patch.model import PatchOptions
 from suture.plan import Plan
 from suture.reports.model import Finding
@@ -78,6 +79,27 @@ def image_apk2(installed: Sequence[InstalledPackage], release: OSRelease | None)
                       release.version_id if release is not None else "")
 
 
+def _data(files: Mapping[str, FileEntry], links: Mapping[str, str], path: str
+          ) -> bytes | None:
+    entry = files.get(resolve(path, links))
+    if entry is None or entry.kind != "file":
+        return None
+    return entry.data
+
+def _listing(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
+             ) -> dict[str, bytes]:
+    """Regular files directly under ``prefix`` (symlinks followed), by base name."""
+    real = resolve(prefix.rstrip("/"), links) + "/"
+    out: dict[str, bytes] = {}
+    for path in files:
+        if not path.startswith(real) or "/" in path[len(real):]:
+            continue
+        target = files.get(resolve(path, links))
+        if target is not None and target.kind == "file" and target.data is not None:
+            out[path[len(real):]] = target.data
+    return out
+
+
 @dataclass
 class ApkState:
     image: Image
@@ -96,32 +118,111 @@ class ApkState:
     fetcher: ApkFetcher | None = None
     apk2: bool = False  # versions ordered as apk-tools 2 (else 3)
 
+    # ----------------------------------------------------------------- plan
+    def plan(self, findings: list[Finding] | None) -> Plan:
+        from suture.plan.apk import plan_apk
+
+        return plan_apk(self.installed, self.candidates, findings, architecture=self.arch,
+                        world=self.world, notes=tuple(self.notes), apk2=self.apk2)
+
+    # ---------------------------------------------------------------- fetch
+    def _entry(self, name: str, version: str) -> IndexEntry:
+        for e in self.candidates:
+            if e.name == name and e.version == version:
+                return e
+        raise SutureError(f"{name} {version} is not in the repositories")  # pragma: no cover
+
+    def _repo(self, entry: IndexEntry) -> Repository:
+        return self.repositories[entry.order]
+
+    def fetch(self, plan: Plan) -> dict[str, Path]:
+        assert self.fetcher is not None
+        fetcher = self.fetcher
+
+        def one(name: str, version: str) -> tuple[str, Path]:
+            entry = self._entry(name, version)
+            path = fetcher.fetch_package(self._repo(entry), self.arch, entry.filename,
+                                         entry.identity, entry.size)
+            try:
+                read_apk(path, identity=entry.identity, keys=self.keys, what=entry.filename,
+                         members=False)
+            except SutureError:
+                fetcher.forget(entry.identity)
+                raise
+            return name, path
+
+        return fetch_parallel(lambda u: one(u.name, u.to_version), plan.updates)
+
+    # ---------------------------------------------------------------- build
+    def build(self, plan: Plan, packages: dict[str, Path]) -> Build:
+        by_name = {p.name: p for p in self.installed}
+        updates = []
+        for u in plan.updates:
+            entry = self._entry(u.name, u.to_version)
+            try:
+                archive = read_apk(packages[u.name], identity=entry.identity,
+                                   keys=self.keys, what=entry.filename)
+            except SutureError:
+                if self.fetcher is not None:
+                    self.fetcher.forget(entry.identity)
+                raise
+            updates.append(Update(by_name.get(u.name) if u.from_version else None, entry,
+                                  archive))
+        links = self.links
+        db_dir = resolve(self.db_dir, links)
+        exec_dir = EXEC
+        files: dict[str, bytes] = {}
+        for path in ("etc/passwd", "etc/group"):
+            body = _data(self.files, links, path)
+            if body is not None:
+                files[path] = body
+        for name in ("scripts.tar", "triggers"):
+            body = _data(self.files, links, f"{self.db_dir}/{name}")
+            if body is not None:
+                files[f"{db_dir}/{name}"] = body
+        protected = parse_protected_paths(
+            body for _n, body in sorted(_listing(self.files, links, PROTECTED_D).items())
+            if _n.endswith(".list"))
+        # The current contents of every file in a protected directory that the update
+        # touches: compared with the database to keep what the user changed.
+        wanted: set[str] = set()
+        for upd in updates:
+            paths = [m.path for m in upd.archive.members] + (
+                [p for p, _f in upd.old.files()] if upd.old is not None else [])
+            for path in paths:
+                if is_protected(protect_mode(path.rpartition("/")[0], protected)):
+                    real = resolve(path.rpartition("/")[0], links)
+                    real = f"{real}/{path.rpartition('/')[2]}" if real else path
+                    node = self.files.get(real)
+                    if node is None or node.kind != "file":
+                        continue
+                    if node.data is not None:
+                        files[real] = node.data
+                    else:
+                        wanted.add(real)
+        if wanted:
+            found = read_files(self.image, sorted(wanted))
+            for path in wanted:
+                hit = found.get(path)
+                if hit is not None and hit.data is not None:
+                    files[path] = hit.data
+        result = apply_updates(self.installed, updates, tree=self.files, files=files,
+                               protected=protected, db_dir=db_dir, exec_dir=exec_dir)
+        return Build(result.entries, result.jobs, result.scratch, result.not_run,
+                     list(result.notes))
+
+    # ------------------------------------------------------- vulnerabilities
+    def fixed_vulnerabilities(self, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """Nothing: an ``.apk`` carries no record of the vulnerabilities it fixes (Alpine
+        keeps its ``secfixes`` in the APKBUILD and its secdb, outside the package)."""
+        return {}
+
 
 class ApkEngine:
-    family = "apk"
-
-    # -------------------------------------------------------------- helpers
-    @staticmethod
-    def _data(files: Mapping[str, FileEntry], links: Mapping[str, str], path: str
-              ) -> bytes | None:
-        entry = files.get(resolve(path, links))
-        if entry is None or entry.kind != "file":
-            return None
-        return entry.data
-
-    @staticmethod
-    def _listing(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
-                 ) -> dict[str, bytes]:
-        """Regular files directly under ``prefix`` (symlinks followed), by base name."""
-        real = resolve(prefix.rstrip("/"), links) + "/"
-        out: dict[str, bytes] = {}
-        for path in files:
-            if not path.startswith(real) or "/" in path[len(real):]:
-                continue
-            target = files.get(resolve(path, links))
-            if target is not None and target.kind == "file" and target.data is not None:
-                out[path[len(real):]] = target.data
-        return out
+    family: ClassVar[str] = "apk"
+    data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
+    purl_type: ClassVar[str] = "apk"
 
     # -------------------------------------------------------------- prepare
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
@@ -130,7 +231,7 @@ class ApkEngine:
         links = {p: e.linkname for p, e in files.items() if e.kind == "symlink"}
         db_dir, data = DB, None
         for where in (DB, "usr/" + DB):  # apk-tools 3 usr-merged roots may use /usr/lib
-            data = self._data(files, links, f"{where}/installed")
+            data = _data(files, links, f"{where}/installed")
             if data is not None:
                 db_dir = where
                 break
@@ -139,8 +240,8 @@ class ApkEngine:
         installed = parse_installed(data, source=f"/{db_dir}/installed")
         if not installed:
             raise PackageDBError("no installed packages", path=f"/{db_dir}/installed")
-        world = parse_world(self._data(files, links, WORLD) or b"", source="/" + WORLD)
-        arch_text = (self._data(files, links, ARCH) or b"").decode("utf-8", "replace").split()
+        world = parse_world(_data(files, links, WORLD) or b"", source="/" + WORLD)
+        arch_text = (_data(files, links, ARCH) or b"").decode("utf-8", "replace").split()
         if arch_text:
             arch = arch_text[0]
         else:
@@ -149,7 +250,7 @@ class ApkEngine:
                 raise SutureError("the image config names no architecture and the image has "
                                   "no /etc/apk/arch")
             arch = apk_arch(platform.architecture, platform.variant)
-        keys = Keys.load(self._listing(files, links, KEYS), options.keyrings)
+        keys = Keys.load(_listing(files, links, KEYS), options.keyrings)
         state = ApkState(image, inspection, options, files, links, installed, world, arch,
                          keys, db_dir, apk2=image_apk2(installed, inspection.os))
         log.info("apk versions ordered as apk-tools %d does", 2 if state.apk2 else 3)
@@ -159,11 +260,11 @@ class ApkEngine:
     def _load_repositories(self, state: ApkState) -> None:
         options = state.options
         config: dict[str, bytes] = {}
-        top = self._data(state.files, state.links, REPOSITORIES)
+        top = _data(state.files, state.links, REPOSITORIES)
         if top is not None:
             config[REPOSITORIES] = top
         for prefix in REPOSITORIES_D:
-            for name, body in self._listing(state.files, state.links, prefix).items():
+            for name, body in _listing(state.files, state.links, prefix).items():
                 config[prefix + name] = body
         repos = parse_repositories(config, arch=state.arch)
         if not repos:
@@ -176,7 +277,7 @@ class ApkEngine:
         if len(state.keys) == 0:
             raise SutureError("no trusted apk keys: /etc/apk/keys is empty",
                               hint="pass --keyring FILE with the repository's public key")
-        state.fetcher = ApkFetcher(package_fetcher(options, "apk"), keys=state.keys)
+        state.fetcher = ApkFetcher(package_fetcher(options, "apk", Fetcher), keys=state.keys)
         arches = {state.arch, "noarch", ""}
         for repo in repos:
             index = state.fetcher.fetch_index(repo, state.arch, state.keys)
@@ -185,103 +286,3 @@ class ApkEngine:
                                      order=repo.order, source=where)
             state.candidates.extend(e for e in entries if e.arch in arches)
             log.info("%s: %d packages, signed by %s", where, len(entries), index.signer.origin)
-
-    # ----------------------------------------------------------------- plan
-    def plan(self, state: ApkState, findings: list[Finding] | None) -> Plan:
-        from suture.plan.apk import plan_apk
-
-        return plan_apk(state.installed, state.candidates, findings, architecture=state.arch,
-                        world=state.world, notes=tuple(state.notes), apk2=state.apk2)
-
-    # ---------------------------------------------------------------- fetch
-    def _entry(self, state: ApkState, name: str, version: str) -> IndexEntry:
-        for e in state.candidates:
-            if e.name == name and e.version == version:
-                return e
-        raise SutureError(f"{name} {version} is not in the repositories")  # pragma: no cover
-
-    def _repo(self, state: ApkState, entry: IndexEntry) -> Repository:
-        return state.repositories[entry.order]
-
-    def fetch(self, state: ApkState, plan: Plan) -> dict[str, Path]:
-        assert state.fetcher is not None
-        fetcher = state.fetcher
-
-        def one(name: str, version: str) -> tuple[str, Path]:
-            entry = self._entry(state, name, version)
-            path = fetcher.fetch_package(self._repo(state, entry), state.arch, entry.filename,
-                                         entry.identity, entry.size)
-            try:
-                read_apk(path, identity=entry.identity, keys=state.keys, what=entry.filename,
-                         members=False)
-            except SutureError:
-                fetcher.forget(entry.identity)
-                raise
-            return name, path
-
-        return fetch_parallel(lambda u: one(u.name, u.to_version), plan.updates)
-
-    # ---------------------------------------------------------------- build
-    def build(self, state: ApkState, plan: Plan, packages: dict[str, Path]) -> Build:
-        by_name = {p.name: p for p in state.installed}
-        updates = []
-        for u in plan.updates:
-            entry = self._entry(state, u.name, u.to_version)
-            try:
-                archive = read_apk(packages[u.name], identity=entry.identity,
-                                   keys=state.keys, what=entry.filename)
-            except SutureError:
-                if state.fetcher is not None:
-                    state.fetcher.forget(entry.identity)
-                raise
-            updates.append(Update(by_name.get(u.name) if u.from_version else None, entry,
-                                  archive))
-        links = state.links
-        db_dir = resolve(state.db_dir, links)
-        exec_dir = EXEC
-        files: dict[str, bytes] = {}
-        for path in ("etc/passwd", "etc/group"):
-            body = self._data(state.files, links, path)
-            if body is not None:
-                files[path] = body
-        for name in ("scripts.tar", "triggers"):
-            body = self._data(state.files, links, f"{state.db_dir}/{name}")
-            if body is not None:
-                files[f"{db_dir}/{name}"] = body
-        protected = parse_protected_paths(
-            body for _n, body in sorted(self._listing(state.files, links, PROTECTED_D).items())
-            if _n.endswith(".list"))
-        # The current contents of every file in a protected directory that the update
-        # touches: compared with the database to keep what the user changed.
-        wanted: set[str] = set()
-        for upd in updates:
-            paths = [m.path for m in upd.archive.members] + (
-                [p for p, _f in upd.old.files()] if upd.old is not None else [])
-            for path in paths:
-                if is_protected(protect_mode(path.rpartition("/")[0], protected)):
-                    real = resolve(path.rpartition("/")[0], links)
-                    real = f"{real}/{path.rpartition('/')[2]}" if real else path
-                    node = state.files.get(real)
-                    if node is None or node.kind != "file":
-                        continue
-                    if node.data is not None:
-                        files[real] = node.data
-                    else:
-                        wanted.add(real)
-        if wanted:
-            found = read_files(state.image, sorted(wanted))
-            for path in wanted:
-                hit = found.get(path)
-                if hit is not None and hit.data is not None:
-                    files[path] = hit.data
-        result = apply_updates(state.installed, updates, tree=state.files, files=files,
-                               protected=protected, db_dir=db_dir, exec_dir=exec_dir)
-        return Build(result.entries, result.jobs, result.scratch, result.not_run,
-                     list(result.notes))
-
-    # ------------------------------------------------------- vulnerabilities
-    def fixed_vulnerabilities(self, state: ApkState, plan: Plan, packages: dict[str, Path],
-                              build: Build) -> dict[str, tuple[str, ...]]:
-        """Nothing: an ``.apk`` carries no record of the vulnerabilities it fixes (Alpine
-        keeps its ``secfixes`` in the APKBUILD and its secdb, outside the package)."""
-        return {}

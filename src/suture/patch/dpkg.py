@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from suture.distro.dpkg.arch import deb_architecture
 from suture.distro.dpkg.control import InstalledPackage, parse_status
@@ -46,7 +47,7 @@ from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
-from suture.patch.engines import Build, fetch_parallel, package_fetcher
+from suture.patch.engine import Build, fetch_parallel, package_fetcher
 from suture.patch.model import PatchOptions
 from suture.plan import Plan, Update
 from suture.reports.model import Finding
@@ -98,6 +99,106 @@ class DpkgState:
     def _installed(self) -> dict[tuple[str, str], InstalledPackage]:
         return {(p.name, self._arch(p.architecture)): p for p in self.installed}
 
+    # ----------------------------------------------------------------- plan
+    def plan(self, findings: list[Finding] | None) -> Plan:
+        from suture.plan.dpkg import plan_dpkg
+
+        return plan_dpkg(self.installed, self.candidates, findings,
+                         architecture=self.architecture,
+                         foreign_architectures=self.foreign, notes=tuple(self.notes))
+
+    # ---------------------------------------------------------------- fetch
+    def fetch(self, plan: Plan) -> dict[str, Path]:
+        assert self.fetcher is not None
+        fetcher = self.fetcher
+
+        def one(update: Update) -> tuple[str, Path]:
+            return package_key(update), fetcher.fetch_deb(self.candidate(update))
+
+        return fetch_parallel(one, plan.updates)
+
+    # ---------------------------------------------------------------- build
+    def build(self, plan: Plan, packages: dict[str, Path]) -> Build:
+        from suture.distro.dpkg.apply import apply_updates, conffile_paths, database_paths
+
+        paths, prefixes = database_paths()
+        files = {p: e.data for p, e in self.files.items() if e.data is not None and (
+            p in paths or p.startswith(prefixes))}
+        updates = [(self.replaced(u), packages[package_key(u)]) for u in plan.updates]
+        conffiles: dict[str, bytes | None] = {}
+        follow: list[str] = []
+        for path in conffile_paths(files, updates):
+            entry = self.files.get(path)
+            if entry is not None and entry.kind == "file" and entry.data is not None:
+                conffiles[path] = entry.data
+            elif entry is None or entry.kind == "dir":
+                conffiles[path] = None
+            else:
+                follow.append(path)  # a symlink, a hard link, or a file outside etc/
+        if follow:
+            found = read_files(self.image, follow)
+            for path in follow:
+                hit = found.get(path)
+                conffiles[path] = hit.data if hit is not None else None
+        # Large files of the packages wait on disk for the layer, not in memory.
+        spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=self.options.workdir))
+        try:
+            result = apply_updates(files, updates, conffiles=conffiles, tree=self.files,
+                                   spool=spool)
+        except BaseException:
+            shutil.rmtree(spool, ignore_errors=True)
+            raise
+        return Build(result.entries, result.jobs, [], result.not_run, list(result.notes),
+                     result.sequence, functools.partial(shutil.rmtree, spool, True))
+
+    # ------------------------------------------------------- vulnerabilities
+    def fixed_vulnerabilities(self, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """CVEs named by the changelog entries between each upgraded package's installed
+        and new *source* versions (binary versions differ from the source's for some
+        packages). One changelog per source: a package whose ``.deb`` has none (its doc
+        directory links to a sibling's) takes its sibling's. The changelog is found in
+        the entries already unpacked, else read from the ``.deb``. A changelog that
+        cannot be read is a note, never a failure."""
+        from suture.distro.dpkg.changelog import (
+            changelog_in,
+            cves_between,
+            parse_changelog,
+            read_deb_changelog,
+            source_version,
+        )
+
+        groups: dict[tuple[str, str], list[Update]] = {}
+        for u in plan.updates:
+            entry = self.candidate(u)
+            key = (entry.source_name, source_version(entry.source, entry.version))
+            groups.setdefault(key, []).append(u)
+        found: dict[str, tuple[str, ...]] = {}
+        for (source, new_version), members in sorted(groups.items()):
+            upgraded = [u for u in members if u.from_version is not None]
+            if not upgraded:
+                continue  # newly installed packages fix nothing that was there
+            try:
+                data = None
+                for u in members:
+                    data = changelog_in(build.entries, u.name)
+                    if data is None:
+                        data = read_deb_changelog(packages[package_key(u)], u.name)
+                    if data is not None:
+                        break
+                entries = parse_changelog(data) if data is not None else []
+            except SutureError as exc:
+                build.notes.append(f"{source}: changelog not read, its CVEs are not in "
+                                   f"the VEX: {exc}")
+                continue
+            if not entries:
+                continue
+            for u in upgraded:
+                old = self.replaced(u)
+                if old is not None:
+                    found[u.name] = cves_between(entries, old.source_version, new_version)
+        return found
+
 
 def package_key(update: Update) -> str:
     """How fetched packages are keyed: ``name:architecture``."""
@@ -125,7 +226,9 @@ def _data(files: dict[str, FileEntry], path: str) -> bytes | None:
 
 
 class DpkgEngine:
-    family = "dpkg"
+    family: ClassVar[str] = "dpkg"
+    data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
+    purl_type: ClassVar[str] = "deb"
 
     # -------------------------------------------------------------- prepare
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
@@ -201,7 +304,7 @@ class DpkgEngine:
 
     def _load_repositories(self, state: DpkgState) -> None:
         options = state.options
-        state.fetcher = package_fetcher(options, "apt")
+        state.fetcher = package_fetcher(options, "apt", AptFetcher)
         arches = (state.architecture, *state.foreign)
         indexes: list[tuple[str, str, bytes]] = []
         # One Release per repository, suite and trust, and one fetch per index, however
@@ -242,103 +345,3 @@ class DpkgEngine:
                                     {p.name for p in state.installed})
         for (uri, where, _), data in zip(indexes, relevant, strict=True):
             state.candidates.extend(parse_packages_index(data, base_uri=uri, source=where))
-
-    # ----------------------------------------------------------------- plan
-    def plan(self, state: DpkgState, findings: list[Finding] | None) -> Plan:
-        from suture.plan.dpkg import plan_dpkg
-
-        return plan_dpkg(state.installed, state.candidates, findings,
-                         architecture=state.architecture,
-                         foreign_architectures=state.foreign, notes=tuple(state.notes))
-
-    # ---------------------------------------------------------------- fetch
-    def fetch(self, state: DpkgState, plan: Plan) -> dict[str, Path]:
-        assert state.fetcher is not None
-        fetcher = state.fetcher
-
-        def one(update: Update) -> tuple[str, Path]:
-            return package_key(update), fetcher.fetch_deb(state.candidate(update))
-
-        return fetch_parallel(one, plan.updates)
-
-    # ---------------------------------------------------------------- build
-    def build(self, state: DpkgState, plan: Plan, packages: dict[str, Path]) -> Build:
-        from suture.distro.dpkg.apply import apply_updates, conffile_paths, database_paths
-
-        paths, prefixes = database_paths()
-        files = {p: e.data for p, e in state.files.items() if e.data is not None and (
-            p in paths or p.startswith(prefixes))}
-        updates = [(state.replaced(u), packages[package_key(u)]) for u in plan.updates]
-        conffiles: dict[str, bytes | None] = {}
-        follow: list[str] = []
-        for path in conffile_paths(files, updates):
-            entry = state.files.get(path)
-            if entry is not None and entry.kind == "file" and entry.data is not None:
-                conffiles[path] = entry.data
-            elif entry is None or entry.kind == "dir":
-                conffiles[path] = None
-            else:
-                follow.append(path)  # a symlink, a hard link, or a file outside etc/
-        if follow:
-            found = read_files(state.image, follow)
-            for path in follow:
-                hit = found.get(path)
-                conffiles[path] = hit.data if hit is not None else None
-        # Large files of the packages wait on disk for the layer, not in memory.
-        spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=state.options.workdir))
-        try:
-            result = apply_updates(files, updates, conffiles=conffiles, tree=state.files,
-                                   spool=spool)
-        except BaseException:
-            shutil.rmtree(spool, ignore_errors=True)
-            raise
-        return Build(result.entries, result.jobs, [], result.not_run, list(result.notes),
-                     result.sequence, functools.partial(shutil.rmtree, spool, True))
-
-    # ------------------------------------------------------- vulnerabilities
-    def fixed_vulnerabilities(self, state: DpkgState, plan: Plan, packages: dict[str, Path],
-                              build: Build) -> dict[str, tuple[str, ...]]:
-        """CVEs named by the changelog entries between each upgraded package's installed
-        and new *source* versions (binary versions differ from the source's for some
-        packages). One changelog per source: a package whose ``.deb`` has none (its doc
-        directory links to a sibling's) takes its sibling's. The changelog is found in
-        the entries already unpacked, else read from the ``.deb``. A changelog that
-        cannot be read is a note, never a failure."""
-        from suture.distro.dpkg.changelog import (
-            changelog_in,
-            cves_between,
-            parse_changelog,
-            read_deb_changelog,
-            source_version,
-        )
-
-        groups: dict[tuple[str, str], list[Update]] = {}
-        for u in plan.updates:
-            entry = state.candidate(u)
-            key = (entry.source_name, source_version(entry.source, entry.version))
-            groups.setdefault(key, []).append(u)
-        found: dict[str, tuple[str, ...]] = {}
-        for (source, new_version), members in sorted(groups.items()):
-            upgraded = [u for u in members if u.from_version is not None]
-            if not upgraded:
-                continue  # newly installed packages fix nothing that was there
-            try:
-                data = None
-                for u in members:
-                    data = changelog_in(build.entries, u.name)
-                    if data is None:
-                        data = read_deb_changelog(packages[package_key(u)], u.name)
-                    if data is not None:
-                        break
-                entries = parse_changelog(data) if data is not None else []
-            except SutureError as exc:
-                build.notes.append(f"{source}: changelog not read, its CVEs are not in "
-                                   f"the VEX: {exc}")
-                continue
-            if not entries:
-                continue
-            for u in upgraded:
-                old = state.replaced(u)
-                if old is not None:
-                    found[u.name] = cves_between(entries, old.source_version, new_version)
-        return found

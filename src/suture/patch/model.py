@@ -16,8 +16,6 @@ from suture.reports.model import Report, ReportError
 from suture.transports import Options
 
 PATCHED, UP_TO_DATE, ERROR, SKIPPED = "patched", "up-to-date", "error", "skipped"
-# The result JSON's package "type" per family (the purl types).
-PACKAGE_TYPES = {"dpkg": "deb", "apk": "apk", "rpm": "rpm"}
 
 
 @dataclass(frozen=True)
@@ -91,11 +89,12 @@ class PlatformOutcome:
     message: str = ""
     scripts_not_run: list[tuple[str, str]] = field(default_factory=list)
     scripts_ran: list[str] = field(default_factory=list)
+    package_type: str = ""  # the purl type of the family's packages (deb, apk...)
 
     def to_json(self) -> dict[str, Any]:
         updates = []
         if self.plan is not None and self.status != ERROR:
-            kind = PACKAGE_TYPES.get(self.plan.family, self.plan.family)
+            kind = self.package_type or self.plan.family
             updates = [{"name": u.name, "type": kind, "from": u.from_version,
                         "to": u.to_version, "vulnerabilities": list(u.vulnerabilities),
                         "reason": u.reason} for u in self.plan.updates]

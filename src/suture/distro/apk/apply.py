@@ -49,7 +49,6 @@ import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from suture.distro.apk.checksum import encode_checksum, xattr_checksum
 from suture.distro.apk.deps import Dependency, format_dependencies
@@ -72,6 +71,7 @@ from suture.distro.apk.installed import (
     protect_mode,
 )
 from suture.distro.apk.package import ApkArchive, DataMember
+from suture.distro.apply import FileConflictError, TreeNode
 from suture.distro.scripts import ScriptJob
 from suture.errors import PackageDBError, PackageFormatError, SutureError
 from suture.oci.fs import resolve_links
@@ -89,34 +89,6 @@ EXEC = "lib/apk/exec"
 _INDEX_FIELDS = ("C", "P", "V", "A", "S", "I", "T", "U", "L", "o", "m", "t", "c", "k", "D",
                  "p", "i")
 _ALWAYS = ("T", "U", "L")  # apk writes these even when empty
-
-
-class FileConflictError(SutureError):
-    """A new package ships a file another installed package owns (apk refuses it)."""
-
-    def __init__(self, path: str, package: str, owner: str) -> None:
-        super().__init__(f"{package}: trying to overwrite /{path}, which is owned by {owner}",
-                         hint="apk refuses this too; the package needs a replaces= on one side")
-        self.path = path
-        self.package = package
-        self.owner = owner
-
-
-class TreeNode(Protocol):
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def linkname(self) -> str: ...
-
-    @property
-    def mode(self) -> int: ...
-
-    @property
-    def uid(self) -> int: ...
-
-    @property
-    def gid(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -365,7 +337,9 @@ def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[Updat
                         kept_back.add(path)
                         continue
                     if ours < 0:
-                        raise FileConflictError(path, f"{name} {u.entry.version}", owner)
+                        raise FileConflictError(
+                            path, f"{name} {u.entry.version}", owner,
+                            hint="apk refuses this too; the package needs a replaces= on one side")
                 if owner not in updated:
                     lost.setdefault(owner, set()).add(path)
             owners[path] = name

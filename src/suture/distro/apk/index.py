@@ -19,7 +19,7 @@ from suture.distro.apk.checksum import decode_checksum
 from suture.distro.apk.installed import ADB_MAGIC
 from suture.distro.apk.record import PackageFields
 from suture.distro.apk.sign import ApkKey, Keys, gzip_members, read_signatures, verify_signatures
-from suture.distro.dpkg.repoerrors import RepositoryError
+from suture.distro.errors import RepositoryError
 from suture.errors import PackageDBError, PackageFormatError
 
 __all__ = ["IndexEntry", "VerifiedIndex", "parse_apkindex", "read_index_archive"]
@@ -133,7 +133,7 @@ def read_index_archive(blob: bytes, keys: Keys, *, what: str, url: str | None = 
                        limit: int = MAX_INDEX) -> VerifiedIndex:
     """Verify ``blob`` (an ``APKINDEX.tar.gz``) against ``keys`` and return its index.
 
-    Raises :class:`~suture.distro.dpkg.repoerrors.SignatureError` subclasses for an
+    Raises :class:`~suture.distro.errors.SignatureError` subclasses for an
     unsigned, tampered or untrusted index, :class:`RepositoryError` for a malformed
     one or an apk v3 (ADB) index, :class:`SizeMismatch` past ``limit``.
     """

@@ -35,7 +35,7 @@ from suture.distro.apk.checksum import decode_checksum, encode_checksum
 from suture.distro.apk.deps import Dependency, parse_dependencies
 from suture.distro.apk.installed import ADB_MAGIC, SCRIPT_TYPES
 from suture.distro.apk.sign import Keys, gzip_members, read_signatures, verify_signatures
-from suture.distro.dpkg.repoerrors import RepositoryError, UnknownKey
+from suture.distro.errors import RepositoryError, UnknownKey
 from suture.errors import DigestMismatch, LayerError, PackageFormatError, SizeMismatch
 from suture.oci.fs import normalize
 from suture.oci.layer import DIR, FIFO, FILE, HARDLINK, SYMLINK
@@ -184,7 +184,7 @@ def read_apk(path: Path, *, identity: str, keys: Keys, what: str, members: bool 
     own signature and data hash, and read it (see the module docstring).
 
     Errors: :class:`DigestMismatch` (identity, data hash or a file's checksum),
-    :class:`~suture.distro.dpkg.repoerrors.BadSignature`, :class:`RepositoryError`
+    :class:`~suture.distro.errors.BadSignature`, :class:`RepositoryError`
     (not an apk v2 package), :class:`LayerError` (unsafe entries),
     :class:`SizeMismatch` (a ceiling). ``members=False``: check, but do not read the
     data tar (the result has no members).

@@ -11,7 +11,7 @@ refuses it clearly.
 
 A repository's index is ``<url>/<arch>/APKINDEX.tar.gz`` and its packages
 ``<url>/<arch>/<name>-<version>.apk`` (``ndx``: next to the index). Downloads
-go through the apt fetcher's content-addressed cache (:mod:`suture.distro.dpkg.repo`):
+go through the shared fetcher's content-addressed cache (:mod:`suture.distro.fetch`):
 an index is kept by URL and revalidated, or read from the cache offline; a
 package is found in the cache by its identity (``C:``) only, never by its URL, and
 a cached copy that no longer verifies (a re-signed rebuild, another mirror's copy)
@@ -33,8 +33,8 @@ from pathlib import Path
 from suture.distro.apk.index import VerifiedIndex, read_index_archive
 from suture.distro.apk.package import read_apk
 from suture.distro.apk.sign import Keys
-from suture.distro.dpkg.repo import AptFetcher, redact
-from suture.distro.dpkg.repoerrors import OfflineCacheMiss, RepositoryError
+from suture.distro.errors import OfflineCacheMiss, RepositoryError
+from suture.distro.fetch import Fetcher, redact
 from suture.distro.mirrors import mirror_url
 from suture.errors import SutureError
 
@@ -181,11 +181,11 @@ def apply_mirrors(repositories: Iterable[Repository], mirrors: Mapping[str, str]
 
 
 class ApkFetcher:
-    """Indexes and packages through an :class:`AptFetcher` (its cache, retries,
+    """Indexes and packages through a :class:`~suture.distro.fetch.Fetcher` (its cache, retries,
     offline mode, progress and repository host checks). ``keys``, when given, check a
     cached package before it is reused: one that fails is fetched again."""
 
-    def __init__(self, fetcher: AptFetcher, keys: Keys | None = None) -> None:
+    def __init__(self, fetcher: Fetcher, keys: Keys | None = None) -> None:
         self.fetcher = fetcher
         self.keys = keys
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from suture.distro.dpkg.repoerrors import BadSignature, NotSigned, RepositoryError, UnknownKey
+from suture.distro.errors import BadSignature, NotSigned, RepositoryError, UnknownKey
 from suture.errors import SizeMismatch
 
 __all__ = [

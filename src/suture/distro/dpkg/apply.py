@@ -79,8 +79,8 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from suture.distro.apply import FileConflictError, TreeNode
 from suture.distro.dpkg.control import (
     Conffile,
     InstalledPackage,
@@ -108,7 +108,7 @@ from suture.distro.dpkg.triggers import (
 )
 from suture.distro.dpkg.version import parse_version
 from suture.distro.scripts import RootFiles, ScriptJob, Staged
-from suture.errors import PackageDBError, PackageFormatError, SutureError, UsageError
+from suture.errors import PackageDBError, PackageFormatError, UsageError
 from suture.oci.fs import resolve
 from suture.oci.layer import DIR, FILE, HARDLINK, SYMLINK, Entry
 
@@ -156,33 +156,6 @@ _OWN_FIELDS = frozenset(f.lower() for f in ("Status", "Config-Version", "Conffil
                                              "Filename", "Size", "MD5sum", "MSDOS-Filename"))
 _PRIORITIES = ("required", "important", "standard", "optional", "extra")
 _SCRIPT_NAMES = ("preinst", "postinst", "prerm", "postrm")
-
-
-class FileConflictError(SutureError):
-    """A new package ships a file another installed package owns, without ``Replaces``.
-
-    dpkg refuses such an upgrade ("trying to overwrite ..."); so do we.
-    """
-
-    def __init__(self, path: str, package: str, owner: str) -> None:
-        super().__init__(f"{package}: trying to overwrite /{path}, which is also in package "
-                         f"{owner}")
-        self.path = path
-        self.package = package
-        self.owner = owner
-
-
-class TreeNode(Protocol):
-    """What the merged view holds at a path: its kind and, for a symlink, the target.
-
-    :class:`suture.oci.fs.FileEntry` is one; so is :class:`Node`.
-    """
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def linkname(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
