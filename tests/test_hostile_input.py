@@ -34,8 +34,6 @@ from tests.fixtures.patchimages import (
     write_image,
 )
 
-needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs dpkg")
-
 GOOD = "Package: good\nStatus: install ok installed\nVersion: 1.0\nArchitecture: amd64\n"
 
 
@@ -86,7 +84,7 @@ def _dpkg_query(tmp_path: Path, status: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
-def test_status_stanza_dpkg_cannot_read_is_refused(case: str) -> None:
+def test_status_stanza_dpkg_cannot_read_is_refused(tmp_path: Path, case: str) -> None:
     text, message = REFUSED[case]
     with pytest.raises(PackageDBError) as info:
         parse_status(GOOD + "\n" + text, source="/var/lib/dpkg/status")
@@ -94,12 +92,10 @@ def test_status_stanza_dpkg_cannot_read_is_refused(case: str) -> None:
     assert message in str(info.value)
     # The second stanza is named (by number; by name when the name itself is valid).
     assert "stanza 2" in str(info.value)
-
-
-@needs_dpkg
-@pytest.mark.parametrize("case", sorted(REFUSED))
-def test_dpkg_refuses_or_warns_about_the_same_stanzas(tmp_path: Path, case: str) -> None:
-    result = _dpkg_query(tmp_path, REFUSED[case][0])
+    if shutil.which("dpkg-query") is None:
+        return
+    # The oracle: dpkg refuses the same file (or, for an architecture name, warns).
+    result = _dpkg_query(tmp_path, text)
     if case in ARCH_WARNED:
         assert "is not a valid architecture name" in result.stderr
     else:
@@ -108,16 +104,13 @@ def test_dpkg_refuses_or_warns_about_the_same_stanzas(tmp_path: Path, case: str)
 
 
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
-def test_names_dpkg_accepts_still_parse(case: str) -> None:
-    name, _ = ACCEPTED[case]
+def test_names_dpkg_accepts_still_parse(tmp_path: Path, case: str) -> None:
+    """A guard against refusing too much (it passes on code that refuses nothing)."""
+    name, dpkg_name = ACCEPTED[case]
     packages = parse_status(GOOD + "\n" + _stanza(name))
     assert [p.name for p in packages] == ["good", name]
-
-
-@needs_dpkg
-@pytest.mark.parametrize("case", sorted(ACCEPTED))
-def test_dpkg_accepts_the_same_names(tmp_path: Path, case: str) -> None:
-    name, dpkg_name = ACCEPTED[case]
+    if shutil.which("dpkg-query") is None:
+        return
     result = _dpkg_query(tmp_path, _stanza(name))
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == sorted(["good", dpkg_name])
