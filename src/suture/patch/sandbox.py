@@ -427,7 +427,24 @@ def _hierarchies() -> tuple[_Hierarchy, ...]:
                 base = Path(point + own[controller])
                 if os.access(base, os.W_OK):
                     found[controller] = _Hierarchy(controller, 1, base)
-    return tuple(found[c] for c in ("pids", "memory") if c in found)
+    hierarchies = tuple(found[c] for c in ("pids", "memory") if c in found)
+    for hierarchy in hierarchies:
+        _sweep(hierarchy.base)
+    return hierarchies
+
+
+def _sweep(base: Path) -> None:
+    """Remove the cgroups that suture processes now gone left under ``base`` (killed
+    while a script ran); they are empty, their processes having died with them."""
+    try:
+        children = [p for p in base.iterdir() if p.name.startswith("suture-")]
+    except OSError:
+        return
+    for child in children:
+        pid = child.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):
+                child.rmdir()
 
 
 def cgroup_support() -> str:
