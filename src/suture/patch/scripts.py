@@ -17,8 +17,9 @@ A script is executed directly, as dpkg does (``execvp``): its ``#!`` line names
 the interpreter, a script without one is run by ``/bin/sh``, and a script that is
 not executable fails. Before running, the interpreter is looked up in the image; if
 it is missing (distroless images have no shell) the job is reported, not run.
-Scripts of the image's architecture only are run: if it differs from the host's,
-every job is reported. Services are never started: ``/usr/sbin/policy-rc.d``
+Scripts of another architecture than the host's run only through an emulator
+:mod:`suture.patch.emulation` finds (a binfmt_misc handler with the ``F`` flag);
+without one every job is reported. Services are never started: ``/usr/sbin/policy-rc.d``
 (exit 101) is present while scripts run, unless the image has its own.
 
 Environment: only ``PATH``, ``HOME=/root`` and ``LC_ALL=C``, then the job's own
