@@ -9,7 +9,8 @@ equal it file by file (:mod:`tests.fixtures.fidelity`), and each behaviour is al
 checked by its outcome:
 
 * debconf: a ``preinst`` that asks debconf, a ``config`` script, ``db_set`` in the
-  ``postinst``: the questions' owners and values are apt's (no ``unknown`` owner);
+  ``postinst``, apt's preconfiguration hook (the image has apt-utils): the
+  questions' owners and values are apt's (no ``unknown`` owner);
 * ``dpkg-trigger`` in a ``postinst`` (for the package itself, and an awaited trigger
   of a package the update does not touch): processed, ``triggers/Unincorp`` empty;
 * a file trigger on a directory another upgraded package writes into (one of its
@@ -32,6 +33,7 @@ import pytest
 
 from suture.distro.dpkg.control import parse_status
 from tests.fixtures.aptrepo import AptRepo, GpgKeys
+from tests.fixtures.debian import debian_rootfs
 from tests.fixtures.debs import build_deb
 from tests.fixtures.fidelity import (
     TreeDiff,
@@ -63,6 +65,12 @@ DC_POSTINST = "#!/bin/sh\nset -e\n" + CONFMODULE + (
     'if [ "$1" = configure ]; then\n'
     "  db_set dc-demo/answer two\n  db_get dc-demo/answer\n"
     '  echo "$RET" > /etc/dc-demo.answer\nfi\n')
+
+DC_LIB_TEMPLATES = (b"Template: dc-lib/restart\nType: boolean\nDefault: false\n"
+                    b"Description: restart services?\n")
+DC_LIB_CONFIG = "#!/bin/sh\nset -e\n" + CONFMODULE + "db_input low dc-lib/restart || true\n" \
+    "db_go || true\n"
+DC_LIB_POSTINST = "#!/bin/sh\nset -e\n" + CONFMODULE + "db_get dc-lib/restart || true\n"
 
 TRIG_SELF = ("#!/bin/sh\nset -e\ncase \"$1\" in\n"
              "configure) dpkg-trigger --no-await trig-self-t ;;\n"
@@ -125,6 +133,14 @@ def build_packages(debs: Path) -> Packages:
         out.append(build_deb(debs, "env-dump", version, {"usr/share/doc/env-dump/v":
                                                          version.encode()},
                              scripts=ENV_SCRIPTS, arch="all"))
+        # Multi-Arch: same, with debconf questions: apt's preconfiguration names its
+        # owner without the architecture, the postinst with it (as libpam0g's).
+        out.append(build_deb(debs, "dc-lib", version,
+                             {f"usr/share/doc/dc-lib/v{version}": version.encode()},
+                             depends="debconf", scripts={"config": DC_LIB_CONFIG,
+                                                         "postinst": DC_LIB_POSTINST},
+                             fields={"Multi-Arch": "same"},
+                             control_files={"templates": DC_LIB_TEMPLATES}))
     # Installed, never updated: they only listen.
     old.append(build_deb(debs, "trig-watch", "1", {"usr/share/doc/trig-watch/v": b"1"},
                          scripts={"postinst": TRIG_WATCH}, triggers="interest trig-watch-t\n",
@@ -166,8 +182,15 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcome(bookworm_rootfs: Path, gpg_keys: GpgKeys,
+def bookworm_apt_utils_rootfs() -> Path:
+    """bookworm with apt-utils: apt preconfigures packages with debconf before dpkg."""
+    return debian_rootfs("bookworm", include=("apt-utils",))
+
+
+@pytest.fixture(scope="module")
+def outcome(bookworm_apt_utils_rootfs: Path, gpg_keys: GpgKeys,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    bookworm_rootfs = bookworm_apt_utils_rootfs
     tmp = tmp_path_factory.mktemp("dpkg-scripts")
     packages = build_packages(tmp / "debs")
     with AptRepo(tmp / "repo") as repo:
@@ -208,8 +231,9 @@ def test_patched_tree_equals_apt_get_upgrade(outcome: Outcome) -> None:
     assert platform["status"] == "patched"
     assert {u["name"]: u["to"] for u in platform["updates"]} == {
         "dc-demo": "2", "trig-self": "2", "trig-poke": "2", "ft-writer": "2", "dv-conf": "2",
-        "env-dump": "2"}
+        "env-dump": "2", "dc-lib": "2"}
     assert platform["scripts"]["notRun"] == []
+    assert platform["scripts"]["ran"][0] == "apt pre-install-pkgs"  # debconf's hook
     assert outcome.diff.empty, outcome.diff
 
 
@@ -228,6 +252,12 @@ def test_debconf_owners_and_values_are_apts(outcome: Outcome) -> None:
     assert {k: v for k, v in ours.items() if k.startswith("dc-demo/")} == \
         {k: v for k, v in apt.items() if k.startswith("dc-demo/")}
     assert not any("unknown" in q.get("Owners", "") for q in ours.values())
+    # Preconfigured (apt's hook) under the bare name, configured under name:arch.
+    assert ours["dc-lib/restart"]["Owners"] == apt["dc-lib/restart"]["Owners"] == \
+        "dc-lib, dc-lib:amd64"
+    assert (outcome.ours / "var/cache/debconf/tmp.ci").is_dir()  # left empty, as by apt
+    assert not any((outcome.ours / "var/cache/debconf/tmp.ci").iterdir())
+    assert not list((outcome.ours / "var/cache/apt/archives").glob("*.deb"))
     assert (outcome.ours / "etc/dc-demo.answer").read_text() == "two\n"
     # The new preinst ran, with debconf, as it did under apt (the old postinst set "two").
     assert (outcome.ours / "var/lib/dc-demo.log").read_text() == "preinst upgrade 1 2 two\n"

@@ -21,12 +21,14 @@ from typing import Protocol
 @dataclass(frozen=True)
 class Staged:
     """A file that is at ``path`` only while one job runs: ``data`` (with ``mode``),
-    or nothing at all when ``data`` is None. Whatever was at ``path`` before is put
-    back afterwards, so staging leaves no trace in the result."""
+    or a copy of the host file ``source`` (a verified package in the cache, say), or
+    nothing at all when both are None. Whatever was at ``path`` before is put back
+    afterwards, so staging leaves no trace in the result."""
 
     path: str
     data: bytes | None
     mode: int = 0o644
+    source: str | None = None
 
 
 @dataclass(frozen=True)

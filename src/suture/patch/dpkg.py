@@ -144,7 +144,7 @@ class DpkgState:
         spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=self.options.workdir))
         try:
             result = apply_updates(files, updates, conffiles=conffiles, tree=self.files,
-                                   spool=spool)
+                                   spool=spool, preconfigure=preconfigures(self.files))
         except BaseException:
             shutil.rmtree(spool, ignore_errors=True)
             raise
@@ -218,6 +218,28 @@ _DATA_PREFIXES = ("var/lib/dpkg/", "etc/", "usr/share/keyrings/")
 
 def wants_data(path: str) -> bool:
     return path.startswith(_DATA_PREFIXES)
+
+
+APT_CONF = "etc/apt/apt.conf"
+APT_CONF_D = "etc/apt/apt.conf.d/"
+
+
+def preconfigures(files: Mapping[str, FileEntry]) -> bool:
+    """Whether the image's apt runs debconf's ``dpkg-preconfigure`` before installing
+    (a ``DPkg::Pre-Install-Pkgs`` hook naming it, as debconf's ``70debconf`` sets)."""
+    for path in sorted(files):
+        if path != APT_CONF and not (path.startswith(APT_CONF_D) and "/" not in
+                                     path[len(APT_CONF_D):]):
+            continue
+        entry = files[path]
+        text = (entry.data or b"").decode("utf-8", "replace") if entry.kind == "file" else ""
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith(("//", "#")):
+                continue
+            if "pre-install-pkgs" in line.lower() and "dpkg-preconfigure" in line:
+                return True
+    return False
 
 
 def _data(files: dict[str, FileEntry], path: str) -> bytes | None:

@@ -72,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import weakref
@@ -492,7 +493,7 @@ class Staging:
                 aside = self.stash / f"{len(self._moved)}-{number}"
                 os.rename(target, aside)
             self._moved.append((target, aside))
-            if item.data is None:
+            if item.data is None and item.source is None:
                 continue
             missing = []
             parent = target.parent
@@ -502,7 +503,10 @@ class Staging:
             for directory in reversed(missing):
                 directory.mkdir(mode=0o755)
                 self._made.append(directory)
-            target.write_bytes(item.data)
+            if item.source is not None:
+                shutil.copyfile(item.source, target)
+            else:
+                target.write_bytes(item.data or b"")
             target.chmod(item.mode)
 
     def restore(self) -> None:

@@ -137,6 +137,8 @@ PASSWD, GROUP = "etc/passwd", "etc/group"
 CONTROL_AREA = f"{ADMINDIR}/tmp.ci"
 """Where dpkg unpacks a package's control area, and runs its new ``preinst`` from."""
 UNINCORP = f"{TRIGGERS}/Unincorp"
+APT_ARCHIVES = "var/cache/apt/archives"
+PRECONFIGURE = "/usr/sbin/dpkg-preconfigure"
 MAX_TRIGGER_RUNS = 1000  # trigger processing that does not end is a cycle
 
 # The order dpkg writes the fields it knows (lib/dpkg/parse.c); other fields
@@ -735,6 +737,7 @@ def apply_updates(
     conffiles: Mapping[str, bytes | None],
     tree: Mapping[str, TreeNode],
     spool: Path | None = None,
+    preconfigure: bool = False,
 ) -> DpkgApplyResult:
     """Install ``updates`` into the image described by ``files`` and ``tree``, as one layer.
 
@@ -749,7 +752,10 @@ def apply_updates(
     The ``.deb`` files are read (each once) and nothing else is touched but
     ``spool``: with it (an existing directory, which the caller removes once
     done with the entries), large files are copied there and the entries read
-    them from there; without it every file is held in memory. A database that does not parse raises
+    them from there; without it every file is held in memory. With
+    ``preconfigure`` (the image's apt runs debconf's ``dpkg-preconfigure --apt`` as
+    its ``DPkg::Pre-Install-Pkgs`` hook), that hook is the first job, given the
+    packages as apt gives them. A database that does not parse raises
     :class:`PackageDBError` naming the file; the written database is parsed
     back and checked before anything is returned. A file another package owns
     without ``Replaces`` raises :class:`FileConflictError`.
@@ -766,14 +772,16 @@ def apply_updates(
         if update.key in seen:
             raise UsageError(f"{update.name}:{update.arch} is given twice")
         seen.add(update.key)
-    return _Applier(db, todo, conffiles, tree).run()
+    return _Applier(db, todo, conffiles, tree, preconfigure).run()
 
 
 class _Applier:
     """The state of one application (see :func:`apply_updates`)."""
 
     def __init__(self, db: _Database, todo: list[_Update],
-                 conffiles: Mapping[str, bytes | None], tree: Mapping[str, TreeNode]) -> None:
+                 conffiles: Mapping[str, bytes | None], tree: Mapping[str, TreeNode],
+                 preconfigure: bool = False) -> None:
+        self.preconfigure = preconfigure
         self.db = db
         self.todo = todo
         self.current_conffiles = conffiles
@@ -1372,6 +1380,8 @@ class _Applier:
         next one is asked for, so activations recorded meanwhile (a script's
         ``dpkg-trigger``) are taken into account as dpkg takes them."""
         run, interests = state.run, state.interests
+        if self.preconfigure and self.todo:
+            yield self._pre_install_hook()
         for update in self.todo:
             previous, old_owner = update.previous, self._old_owner(update)
             old_version = "" if previous is None else _canonical_version(previous.version)
@@ -1456,6 +1466,27 @@ class _Applier:
             if has_postinst:
                 yield ScriptJob(owner, "triggered", f"{INFO}/{infoname}.postinst",
                                 ("triggered", names), self._env(name, arch, "postinst"))
+
+    def _pre_install_hook(self) -> ScriptJob:
+        """apt's ``DPkg::Pre-Install-Pkgs`` hook as debconf installs it
+        (``/usr/sbin/dpkg-preconfigure --apt || true``): run by ``sh -c`` with the
+        ``.deb`` files apt is about to install on its standard input, one path a line,
+        where apt keeps them (``/var/cache/apt/archives``)."""
+        staged: list[Staged] = []
+        names: list[str] = []
+        for update in self.todo:
+            name = (f"{update.name}_{update.control.version.replace(':', '%3a')}_"
+                    f"{update.control.architecture}.deb")
+            staged.append(Staged(f"{APT_ARCHIVES}/{name}", None, source=str(update.deb)))
+            names.append(f"/{APT_ARCHIVES}/{name}\n")
+        listing = f"{APT_ARCHIVES}/suture-pre-install-pkgs"
+        hook = f"{APT_ARCHIVES}/suture-pre-install-hook"
+        staged.append(Staged(listing, "".join(names).encode()))
+        staged.append(Staged(hook, (
+            "#!/bin/sh\n"
+            f"exec /bin/sh -c '{PRECONFIGURE} --apt || true' < /{listing}\n").encode(), 0o755))
+        return ScriptJob("apt", "pre-install-pkgs", hook, (),
+                         (("DEBIAN_FRONTEND", "noninteractive"),), tuple(staged))
 
     def _info_before_unpack(self, update: _Update) -> tuple[Staged, ...]:
         """``info/`` as dpkg has it while unpacking ``update``: the old version's files
