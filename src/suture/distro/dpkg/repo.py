@@ -453,17 +453,3 @@ def keyring_paths(entries: Iterable[SourceEntry]) -> tuple[list[str], list[str]]
         paths.update(s.lstrip("/") for s in e.signed_by if "/" in s)
     return sorted(paths), [TRUSTED_GPG_D]
 
-
-__all__ = [
-    "AptCache",
-    "AptFetcher",
-    "AptRepository",
-    "PackageEntry",
-    "decompress_index",
-    "default_keyring",
-    "dist_url",
-    "keyring_for",
-    "keyring_paths",
-    "parse_packages_index",
-    "redact",
-]
