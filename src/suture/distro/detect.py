@@ -143,7 +143,13 @@ class Apk:
 
 
 def count_rpm_sqlite(data: bytes, path: str) -> int:
-    """Count packages in an rpm sqlite database held in memory."""
+    """Count packages in an rpm sqlite database held in memory.
+
+    rpm keeps its database in WAL mode (header bytes 18 and 19 are 2); an in-memory
+    copy cannot be opened in that mode, so it is read as a rollback-journal database
+    (what the file itself holds: rpm checkpoints the WAL when it closes)."""
+    if data[:16] == b"SQLite format 3\0" and data[18:20] == b"\x02\x02":
+        data = data[:18] + b"\x01\x01" + data[20:]
     conn = sqlite3.connect(":memory:")
     try:
         conn.deserialize(data)
@@ -153,6 +159,31 @@ def count_rpm_sqlite(data: bytes, path: str) -> int:
         raise PackageDBError(f"unreadable rpm sqlite database: {exc}", path=path) from None
     finally:
         conn.close()
+
+
+_NDB_PAGE = 4096
+_NDB_HEADER = 32
+
+
+def count_rpm_ndb(data: bytes, path: str) -> int:
+    """Count packages in rpm's ndb ``Packages.db`` (SUSE): the used slots of its slot
+    pages (``RpmP`` header, then 16-byte ``Slot`` records: magic, package index,
+    block offset, block count; index 0 is a free slot)."""
+    if len(data) < _NDB_HEADER or data[:4] != b"RpmP":
+        raise PackageDBError("not an rpm ndb database (no RpmP header)", path=path)
+    slot_pages = int.from_bytes(data[12:16], "little")
+    end = slot_pages * _NDB_PAGE
+    if slot_pages < 1 or end > len(data):
+        raise PackageDBError(f"ndb header names {slot_pages} slot pages, the file holds "
+                             f"{len(data)} bytes", path=path)
+    count = 0
+    for offset in range(_NDB_HEADER, end, 16):
+        record = data[offset:offset + 16]
+        if record[:4] != b"Slot":
+            raise PackageDBError(f"ndb slot at byte {offset} is damaged", path=path)
+        if int.from_bytes(record[4:8], "little"):
+            count += 1
+    return count
 
 
 class Rpm:
@@ -171,6 +202,11 @@ class Rpm:
             if entry is not None and entry.data is not None:
                 return PackageDB(self.name, "rpm-sqlite", path,
                                  count_rpm_sqlite(entry.data, "/" + path))
+        for path in self._NDB:
+            entry = files.get(path)
+            if entry is not None and entry.data is not None:
+                return PackageDB(self.name, "rpm-ndb", path,
+                                 count_rpm_ndb(entry.data, "/" + path))
         for kind, paths in (("rpm-ndb", self._NDB), ("rpm-bdb", self._BDB)):
             for path in paths:
                 if path in files:
