@@ -44,7 +44,7 @@ from suture.distro.dpkg.version import compare_versions
 from suture.distro.scripts import ScriptJob
 from suture.errors import PackageDBError, UsageError
 from suture.oci.layer import DIR, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT_PREFIX, Entry
-from suture.patch.scripts import RootDirectory, Staging
+from suture.patch.scripts import drive
 from tests.fixtures.debs import (
     Dir,
     DpkgRoot,
@@ -185,23 +185,19 @@ def write_layer(root: Path, entries: Sequence[Entry]) -> None:
 
 
 def replay(root: Path, result: DpkgApplyResult, run: Callable[[ScriptJob], None]) -> list[str]:
-    """Drive ``result``'s script sequence over ``root`` as suture's runner does (each
+    """Drive ``result``'s script sequence over ``root`` with suture's own driver (each
     job's files staged while ``run`` runs it); the jobs' descriptions."""
     ran: list[str] = []
     sequence = result.sequence
     if sequence is None:
         assert result.jobs == []
         return ran
-    files = RootDirectory(root)
-    staging = Staging(root, root.parent / f"{root.name}-staged")
-    while (job := sequence.next_job(files)) is not None:
-        try:
-            staging.stage(job.staged)
-            run(job)
-        finally:
-            staging.restore()
+
+    def logged(job: ScriptJob) -> None:
+        run(job)
         ran.append(job.describe())
-    sequence.finish(files)
+
+    drive(sequence, root, root.parent / f"{root.name}-staged", logged)
     return ran
 
 

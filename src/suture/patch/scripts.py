@@ -76,7 +76,7 @@ import shutil
 import stat
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -523,32 +523,43 @@ class Staging:
         self._moved, self._made = [], []
 
 
+def drive(sequence: ScriptSequence, root: Path, stash: Path,
+          run: Callable[[ScriptJob], None]) -> None:
+    """Run ``sequence`` over ``root``: each job it gives is run by ``run`` with the job's
+    staged files in place (what was there moved aside to ``stash``, outside the
+    root, and put back after), then the sequence is finished."""
+    files = RootDirectory(root)
+    staging = Staging(root, stash)
+    while (job := sequence.next_job(files)) is not None:
+        try:
+            staging.stage(job.staged)
+            run(job)
+        finally:
+            staging.restore()
+    sequence.finish(files)
+
+
 def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
             timeout: float) -> ScriptOutcome:
     before = _snapshot(root)
     ran: list[str] = []
     not_run: list[tuple[str, str]] = []
-    files = RootDirectory(root)
-    staging = Staging(root, root.parent / "staged")
+
+    def run(job: ScriptJob) -> None:
+        why = _why_not(root, job)
+        if why is not None:
+            log.info("not running %s: %s", job.describe(), why)  # reported in the result
+            not_run.append((job.describe(), why))
+            return
+        env = _job_env(job)
+        argv = ["/" + normalize(job.path), *job.args]
+        log.info("running %s (%s)", job.describe(), kind)
+        run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {}, timeout)
+        ran.append(job.describe())
+
     policy = _install_policy(root)
     try:
-        while (job := sequence.next_job(files)) is not None:
-            try:
-                staging.stage(job.staged)
-                why = _why_not(root, job)
-                if why is not None:
-                    log.info("not running %s: %s", job.describe(), why)  # in the result
-                    not_run.append((job.describe(), why))
-                    continue
-                env = _job_env(job)
-                argv = ["/" + normalize(job.path), *job.args]
-                log.info("running %s (%s)", job.describe(), kind)
-                run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {},
-                        timeout)
-                ran.append(job.describe())
-            finally:
-                staging.restore()
-        sequence.finish(files)
+        drive(sequence, root, root.parent / "staged", run)
     finally:
         _remove_policy(policy)
     after = _snapshot(root)

@@ -441,6 +441,7 @@ def conffile_paths(files: Mapping[str, bytes],
     of each ``.deb``.
     """
     db = _Database.load(files)
+    diversions = _Locator({}, db.diversions)
     paths: set[str] = set()
     for installed, deb in updates:
         control = _read_control(deb)
@@ -448,11 +449,8 @@ def conffile_paths(files: Mapping[str, bytes],
         declared = [c.path.lstrip("/") for c in control.conffiles]
         if previous is not None:
             declared += [c.path.lstrip("/") for c in previous.conffiles]
-        for path in declared:
-            # A conffile diverted away from its package is settled where it was diverted.
-            diversion = db.diversions.get(path)
-            diverted = diversion is not None and diversion[1] != control.name
-            paths.add(diversion[0] if diversion is not None and diverted else path)
+        # A conffile diverted away from its package is settled where it was diverted.
+        paths.update(diversions.divert(path, control.name) for path in declared)
     return sorted(paths)
 
 
