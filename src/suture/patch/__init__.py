@@ -117,17 +117,6 @@ def _check_report(report: Report, os_id: str, version: str, platform: Platform |
                           hint=_MISMATCH_HINT)
 
 
-def _scratch_dir(options: PatchOptions, workdir: Path) -> Path:
-    """Where to materialise a root for scripts: ``workdir`` (the user's work directory,
-    else the system's temporary one), on disk. Not /dev/shm: the root is the whole
-    image expanded, and tmpfs pages are memory that cannot be reclaimed without swap
-    (1.2 GiB for a 1 GB image, beside suture's 0.2 GiB RSS; a decompression bomb could
-    fill it). On disk the written files sit in the page cache, which the kernel
-    reclaims as it needs (docs/benchmarks.md: "Memory of the scripts' root")."""
-    del options
-    return workdir
-
-
 def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformOutcome:
     """Patch one single-platform image. Never raises for a per-image problem: the
     outcome's status is ``error`` and its message says why."""
@@ -169,8 +158,13 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     # that directory may be removed while the root is still being written.
     from suture.patch.scripts import start_root
 
+    # The root goes on disk, in the work directory, not in /dev/shm: it is the whole image
+    # expanded, and tmpfs pages are memory that cannot be reclaimed without swap (1.2 GiB
+    # for a 1 GB image, beside suture's 0.2 GiB RSS; a decompression bomb could fill it).
+    # On disk the files sit in the page cache, which the kernel reclaims as it needs
+    # (docs/benchmarks.md: "Memory of the scripts' root").
     script_root = None if options.dry_run else start_root(
-        base, workdir=_scratch_dir(options, workdir.parent), sandbox=options.sandbox)
+        base, workdir=workdir.parent, sandbox=options.sandbox)
     if script_root is not None:
         cleanup.callback(script_root.close)
     if report is not None:
@@ -225,7 +219,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         check_deadline(options, "maintainer scripts")
         _say(options, image, f"running {len(build.jobs)} maintainer scripts in a sandbox")
         scripts = run_scripts(base, [*entries, *build.scratch], build.jobs,
-                              workdir=_scratch_dir(options, workdir), sandbox=options.sandbox,
+                              workdir=workdir, sandbox=options.sandbox,
                               root=script_root, sequence=build.sequence)
         outcome.scripts_ran = list(scripts.ran)
         outcome.scripts_not_run += scripts.not_run

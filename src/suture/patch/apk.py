@@ -66,11 +66,6 @@ PROTECTED_D = "etc/apk/protected_paths.d/"
 _DATA_PREFIXES = ("lib/apk/", "usr/lib/apk/", "etc/", "usr/share/apk/keys/")
 
 
-def wants_data(path: str) -> bool:
-    """Paths whose contents the apk engine reads from the tree."""
-    return path.startswith(_DATA_PREFIXES)
-
-
 def image_apk2(installed: Sequence[InstalledPackage], release: OSRelease | None) -> bool:
     """Whether the image's versions are ordered as apk-tools 2 orders them: by its installed
     ``apk-tools`` package, else by its os-release (see :func:`apk2_order`)."""

@@ -216,10 +216,6 @@ def image_architecture(image: Image) -> str:
 _DATA_PREFIXES = ("var/lib/dpkg/", "etc/", "usr/share/keyrings/")
 
 
-def wants_data(path: str) -> bool:
-    return path.startswith(_DATA_PREFIXES)
-
-
 APT_CONF = "etc/apt/apt.conf"
 APT_CONF_D = "etc/apt/apt.conf.d/"
 

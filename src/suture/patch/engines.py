@@ -11,7 +11,7 @@ from suture.patch.dpkg import DpkgEngine
 from suture.patch.engine import Build, Engine, Prepared, fetch_parallel, package_fetcher
 
 __all__ = ["ENGINES", "Build", "Engine", "Prepared", "engine_for", "fetch_parallel",
-           "package_fetcher", "purl_type", "wants_data"]
+           "package_fetcher", "wants_data"]
 
 ENGINES: tuple[type[Engine], ...] = (DpkgEngine, ApkEngine)
 
@@ -29,11 +29,3 @@ def engine_for(family: str) -> Engine:
     raise SutureError(f"patching {family} images is not supported yet",
                       hint=f"suture patches images of these package families today: {known}")
 
-
-def purl_type(family: str) -> str:
-    """The purl type of ``family``'s packages (``deb``, ``apk``...); the family's own
-    name when no engine patches it."""
-    for engine in ENGINES:
-        if engine.family == family:
-            return engine.purl_type
-    return family
