@@ -66,6 +66,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -325,7 +326,7 @@ def command(kind: str, root: Path, env: dict[str, str], argv: list[str]) -> list
 
 
 @contextlib.contextmanager
-def _descriptors(cmd: list[str]):  # type: ignore[no-untyped-def]
+def _descriptors(cmd: list[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     """``cmd`` with its ``@USERNS@``/``@SECCOMP@`` placeholders (only as the values of
     bwrap's own ``--userns``/``--seccomp``, before any other option) replaced by open
     descriptors, and those descriptors (to pass to the child)."""
