@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from suture.distro.mirrors import address_class
+from suture.distro.mirrors import RepositoryHosts, address_class
 
 
 @pytest.mark.parametrize(("address", "why"), [
@@ -23,3 +23,16 @@ from suture.distro.mirrors import address_class
 ])
 def test_address_class(address: str, why: str | None) -> None:
     assert address_class(ipaddress.ip_address(address)) == why
+
+
+@pytest.mark.parametrize("spec", ["deb.debian.org", "127.0.0.1:8080", "[::1]:80", "::1",
+                                  "mirror.local:443", "all", "ALL"])
+def test_allow_private_repos_takes_hosts(spec: str) -> None:
+    RepositoryHosts.parse_rule(spec)
+
+
+@pytest.mark.parametrize("spec", ["::bad::", "host:0", "host:70000", "a..b", "x y", "",
+                                  "host:port", "[::1"])
+def test_allow_private_repos_refuses_what_is_no_host(spec: str) -> None:
+    with pytest.raises(ValueError, match="is not HOST"):
+        RepositoryHosts.parse_rule(spec)

@@ -76,6 +76,17 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name (letters, digits, ``-``, ``_``, dot-separated)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return all(label and label.replace("-", "").replace("_", "").isalnum()
+                   and label.isascii() for label in labels)
+
+
 @dataclass(frozen=True)
 class _HostRule:
     host: str
@@ -85,13 +96,15 @@ class _HostRule:
     def parse(cls, spec: str) -> _HostRule:
         spec = spec.strip().lower()
         if spec.startswith("["):  # [v6] or [v6]:port
-            host, _, rest = spec[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ""
+            host, bracket, rest = spec[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{spec!r} is not HOST[:PORT]")
+            port = rest[1:]
         elif spec.count(":") == 1:
             host, _, port = spec.partition(":")
         else:  # a name, an IPv4 address, or a bare IPv6 address
             host, port = spec, ""
-        if not host or (port and not port.isdigit()):
+        if not _valid_host(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
             raise ValueError(f"{spec!r} is not HOST[:PORT]")
         return cls(host, int(port) if port else None)
 
