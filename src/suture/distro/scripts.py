@@ -38,7 +38,9 @@ class ScriptJob:
     ``path`` is where the script lives in the patched root (for dpkg,
     ``var/lib/dpkg/info/<pkg>.postinst``), ``args`` its arguments (for example
     ``("configure", "<old version>")`` or ``("triggered", "ldconfig")``).
-    ``interpreter`` is what runs it (``/bin/sh`` unless its ``#!`` says otherwise).
+    ``interpreter``: the command line that runs it, the script's path then appended
+    (rpm runs a scriptlet as ``/bin/sh <file> <args>``, its interpreter taken from the
+    package header); empty: the script is executed itself (``#!``, else ``/bin/sh``).
     ``staged``: files as they are while this job runs (the package manager's
     state at that moment: an old script not yet replaced, a control area being
     installed), removed or put back as they were once it is done.
@@ -50,6 +52,7 @@ class ScriptJob:
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     staged: tuple[Staged, ...] = ()
+    interpreter: tuple[str, ...] = ()
 
     def describe(self) -> str:
         args = self.args[1:] if self.args[:1] == (self.script,) else self.args

@@ -422,7 +422,7 @@ def _why_not(root: Path, job: ScriptJob) -> str | None:
         if not shell.is_file():
             return "no /bin/sh in the image"
         return f"no /{job.path} in the image (nothing to run)"
-    interpreter = _interpreter(script)
+    interpreter = job.interpreter[0] if job.interpreter else _interpreter(script)
     found = resolve_in_root(root, interpreter, follow_last=True)
     if not found.is_file():
         return f"no {interpreter} in the image"
@@ -552,7 +552,7 @@ def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
             not_run.append((job.describe(), why))
             return
         env = _job_env(job)
-        argv = ["/" + normalize(job.path), *job.args]
+        argv = [*job.interpreter, "/" + normalize(job.path), *job.args]
         log.info("running %s (%s)", job.describe(), kind)
         run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {}, timeout)
         ran.append(job.describe())
