@@ -7,12 +7,15 @@ what we accept), and the package cases with ``rpmkeys --checksig``.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from suture.distro.rpm.header import Header, pad8, parse_header
 from suture.distro.rpm.sign import (
@@ -504,3 +507,144 @@ def test_unsigned_package(packages: dict[str, tuple[Path, GpgKey]]) -> None:
     path, _ = packages["unsigned"]
     sig_header, _, _ = _headers(path.read_bytes())
     assert header_signature(sig_header) is None
+
+
+# ---------------------------------------------------------------- hand-made certificates
+# gpg always writes key flags and back-signatures; the certificates below are made
+# byte by byte (a minimal OpenPGP writer on cryptography) to reach what it will
+# not write, and gpgv judges them as it judges gpg's.
+
+
+def _packet(tag: int, body: bytes) -> bytes:
+    return bytes((0xC0 | tag, 0xFF)) + len(body).to_bytes(4, "big") + body
+
+
+def _subpacket(kind: int, data: bytes) -> bytes:
+    size = len(data) + 1
+    head = bytes((size,)) if size < 192 else b"\xff" + size.to_bytes(4, "big")
+    return head + bytes((kind,)) + data
+
+
+def _mpi(value: int) -> bytes:
+    return value.bit_length().to_bytes(2, "big") + value.to_bytes((value.bit_length() + 7) // 8,
+                                                                   "big")
+
+
+@dataclass
+class _HandKey:
+    private: rsa.RSAPrivateKey
+    body: bytes
+
+    @property
+    def hashed(self) -> bytes:
+        return b"\x99" + len(self.body).to_bytes(2, "big") + self.body
+
+    @property
+    def fingerprint(self) -> bytes:
+        return hashlib.sha1(self.hashed).digest()
+
+
+def _hand_key(created: int) -> _HandKey:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = private.public_key().public_numbers()
+    body = b"\x04" + created.to_bytes(4, "big") + b"\x01" + _mpi(numbers.n) + _mpi(numbers.e)
+    return _HandKey(private, body)
+
+
+def _hand_sig(key: _HandKey, sig_type: int, signed: bytes, created: int,
+              extra: bytes = b"") -> bytes:
+    hashed = (_subpacket(33, b"\x04" + key.fingerprint) + _subpacket(2, created.to_bytes(4, "big"))
+              + extra)
+    head = bytes((4, sig_type, 1, 8)) + len(hashed).to_bytes(2, "big") + hashed
+    trailer = head + b"\x04\xff" + len(head).to_bytes(4, "big")
+    value = key.private.sign(signed + trailer, padding.PKCS1v15(), hashes.SHA256())
+    unhashed = _subpacket(16, key.fingerprint[-8:])
+    return (head + len(unhashed).to_bytes(2, "big") + unhashed
+            + hashlib.sha256(signed + trailer).digest()[:2]
+            + _mpi(int.from_bytes(value, "big")))
+
+
+def _hand_cert(primary: _HandKey, created: int, flags: bytes | None,
+               subkey: tuple[_HandKey, bool] | None = None) -> bytes:
+    uid = b"Hand Made <hand@suture.invalid>"
+    extra = _subpacket(27, flags) if flags is not None else b""
+    cert = _packet(6, primary.body) + _packet(13, uid) + _packet(2, _hand_sig(
+        primary, 0x13, primary.hashed + b"\xb4" + len(uid).to_bytes(4, "big") + uid, created,
+        extra))
+    if subkey is not None:
+        sub, back = subkey
+        bound = primary.hashed + sub.hashed
+        embedded = _subpacket(32, _hand_sig(sub, 0x19, bound, created)) if back else b""
+        cert += _packet(14, sub.body) + _packet(2, _hand_sig(
+            primary, 0x18, bound, created, _subpacket(27, b"\x02") + embedded))
+    return cert
+
+
+def test_hand_made_certificates_judged_as_gpgv_does(tmp_path: Path) -> None:
+    created = 1_600_000_000
+    primary = _hand_key(created)
+    data_sig = _packet(2, _hand_sig(primary, 0x00, DATA, created + 10))
+    keyid = primary.fingerprint[-8:].hex()
+
+    # no key flags at all (Amazon Linux 2023's key): may sign
+    no_flags = _hand_cert(primary, created, None)
+    signer = Keyring.load([("al2023", no_flags)]).verify(DATA, data_sig, what="x")
+    assert signer == Signer(keyid, primary.fingerprint.hex(), "al2023")
+    assert _gpgv(tmp_path / "no-flags", no_flags, DATA, data_sig)
+
+    # flags that allow signing
+    signing = _hand_cert(primary, created, b"\x03")
+    assert Keyring.load([("k", signing)]).verify(DATA, data_sig, what="x").keyid == keyid
+    assert _gpgv(tmp_path / "signing", signing, DATA, data_sig)
+
+    # certify-only: refused
+    certify = _hand_cert(primary, created, b"\x01")
+    with pytest.raises(RpmSignatureError, match=f"key {keyid} may not sign .*key flags"):
+        Keyring.load([("k", certify)]).verify(DATA, data_sig, what="x")
+    assert not _gpgv(tmp_path / "certify", certify, DATA, data_sig)
+
+    # a self-signature that does not verify: the key may not sign, and gpgv, which
+    # drops the user id and with it the key, refuses too
+    broken = bytearray(no_flags)
+    broken[-5] ^= 0x01
+    with pytest.raises(RpmSignatureError, match="no valid self-signature"):
+        Keyring.load([("k", bytes(broken))]).verify(DATA, data_sig, what="x")
+    assert not _gpgv(tmp_path / "broken", bytes(broken), DATA, data_sig)
+
+    # a signing subkey with and without its back-signature
+    sub = _hand_key(created)
+    sub_sig = _packet(2, _hand_sig(sub, 0x00, DATA, created + 10))
+    sub_id = sub.fingerprint[-8:].hex()
+    crossed = _hand_cert(primary, created, b"\x01", (sub, True))
+    assert Keyring.load([("k", crossed)]).verify(DATA, sub_sig, what="x").keyid == sub_id
+    assert _gpgv(tmp_path / "crossed", crossed, DATA, sub_sig)
+    uncrossed = _hand_cert(primary, created, b"\x01", (sub, False))
+    with pytest.raises(RpmSignatureError, match="not cross-certified"):
+        Keyring.load([("k", uncrossed)]).verify(DATA, sub_sig, what="x")
+    assert not _gpgv(tmp_path / "uncrossed", uncrossed, DATA, sub_sig)
+    # a subkey without its binding signature
+    unbound = _packet(6, primary.body) + no_flags[len(_packet(6, primary.body)):] + \
+        _packet(14, sub.body)
+    with pytest.raises(RpmSignatureError, match="no valid binding signature"):
+        Keyring.load([("k", unbound)]).verify(DATA, sub_sig, what="x")
+    assert not _gpgv(tmp_path / "unbound", unbound, DATA, sub_sig)
+
+
+def test_weak_and_unknown_algorithms_refused_as_gpgv_does(keys: dict[str, GpgKey],
+                                                          tmp_path: Path) -> None:
+    key = keys["gpg1"]
+    md5 = _run(["gpg1", "--batch", "--yes", "-u", key.uid, "--digest-algo", "md5",
+                "--detach-sign"], key.home, DATA)
+    keyring = Keyring.load([("k", key.armored)])
+    with pytest.raises(RpmSignatureError, match=f"unsupported signature by {key.keyid}: "
+                                                "digest algorithm MD5"):
+        keyring.verify(DATA, md5, what="x")
+    assert not _gpgv(tmp_path / "md5", _export(key), DATA, md5)
+    # an unknown public-key algorithm in the signature
+    good = _sign(key, DATA)
+    n, body = _strip_header(good)
+    unknown = bytearray(good)
+    unknown[n + 2] = 99
+    with pytest.raises(RpmSignatureError, match="unusable signature: signature algorithm 99"):
+        keyring.verify(DATA, bytes(unknown), what="x")
+    assert not _gpgv(tmp_path / "99", _export(key), DATA, bytes(unknown))

@@ -104,6 +104,7 @@ _CURVES: dict[bytes, ec.EllipticCurve] = {
 _KNOWN_SUBPACKETS = frozenset({2, 3, 4, 7, 9, 11, 16, 21, 22, 23, 25, 27, 28, 29, 30, 32,
                                33, 34})
 _KEY_FLAG_SIGN = 0x02
+_NOT_SIGNING = "not a signing key (key flags)"
 
 
 class RpmSignatureError(SignatureError):
@@ -582,7 +583,7 @@ def _certificate_keys(packets: list[tuple[int, bytes]], origin: str) -> list[_Ke
         primary.flags = next((s.key_flags for s in sorted(
             self_sigs, key=lambda s: -(s.created or 0)) if s.key_flags is not None), None)
         if primary.flags is not None and not primary.flags & _KEY_FLAG_SIGN:
-            primary.problem = "not a signing key (key flags)"
+            primary.problem = _NOT_SIGNING
     for sub, sigs in subkeys:
         _judge_subkey(primary, sub, sigs)
         keys.append(sub)
@@ -598,8 +599,8 @@ def _judge_subkey(primary: _Key, sub: _Key, sigs: list[_Sig]) -> None:
     if any(s.type == _SUBKEY_REVOCATION and _self_check(s, primary, signed) for s in sigs):
         sub.problem = "revoked"
         return
-    if primary.problem == "revoked":
-        sub.problem = "its primary key is revoked"
+    if primary.problem is not None and primary.problem != _NOT_SIGNING:
+        sub.problem = f"its primary key is unusable ({primary.problem})"
         return
     if not bindings:
         sub.problem = "no valid binding signature"
