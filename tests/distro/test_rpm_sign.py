@@ -503,6 +503,26 @@ def test_package_header_signature(name: str, packages: dict[str, tuple[Path, Gpg
     assert not _rpmkeys(tmp_path / "other", packages["unsigned"][1], path)
 
 
+def test_key_as_rpmdb_holds_it(packages: dict[str, tuple[Path, GpgKey]], tmp_path: Path
+                               ) -> None:
+    """The armored key rpm keeps in a gpg-pubkey entry's DESCRIPTION reads back."""
+    path, key = packages["v4"]
+    assert _rpmkeys(tmp_path, key, path)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LC_ALL": "C"}
+    done = subprocess.run(["rpm", "--dbpath", str(tmp_path / "db"), "-q", "gpg-pubkey",
+                           "--qf", "%{VERSION}-%{RELEASE}\\n%{DESCRIPTION}"],
+                          env=env, check=True, capture_output=True)
+    nvr, _, description = done.stdout.partition(b"\n")
+    assert b"Version: rpm-" in description
+    origin = f"rpmdb gpg-pubkey-{nvr.decode()}"
+    keyring = Keyring.load([(origin, description)])
+    sig_header, main, _ = _headers(path.read_bytes())
+    signature = header_signature(sig_header)
+    assert signature is not None
+    assert keyring.verify(signed_header_bytes(main), signature, what=path.name) == \
+        Signer(key.keyid, key.fingerprint.lower(), origin)
+
+
 def test_unsigned_package(packages: dict[str, tuple[Path, GpgKey]]) -> None:
     path, _ = packages["unsigned"]
     sig_header, _, _ = _headers(path.read_bytes())
@@ -642,7 +662,7 @@ def test_weak_and_unknown_algorithms_refused_as_gpgv_does(keys: dict[str, GpgKey
     assert not _gpgv(tmp_path / "md5", _export(key), DATA, md5)
     # an unknown public-key algorithm in the signature
     good = _sign(key, DATA)
-    n, body = _strip_header(good)
+    n, _ = _strip_header(good)
     unknown = bytearray(good)
     unknown[n + 2] = 99
     with pytest.raises(RpmSignatureError, match="unusable signature: signature algorithm 99"):
