@@ -572,13 +572,13 @@ def _hand_key(created: int) -> _HandKey:
 
 
 def _hand_sig(key: _HandKey, sig_type: int, signed: bytes, created: int,
-              extra: bytes = b"") -> bytes:
+              extra: bytes = b"", unhashed_extra: bytes = b"") -> bytes:
     hashed = (_subpacket(33, b"\x04" + key.fingerprint) + _subpacket(2, created.to_bytes(4, "big"))
               + extra)
     head = bytes((4, sig_type, 1, 8)) + len(hashed).to_bytes(2, "big") + hashed
     trailer = head + b"\x04\xff" + len(head).to_bytes(4, "big")
     value = key.private.sign(signed + trailer, padding.PKCS1v15(), hashes.SHA256())
-    unhashed = _subpacket(16, key.fingerprint[-8:])
+    unhashed = _subpacket(16, key.fingerprint[-8:]) + unhashed_extra
     return (head + len(unhashed).to_bytes(2, "big") + unhashed
             + hashlib.sha256(signed + trailer).digest()[:2]
             + _mpi(int.from_bytes(value, "big")))
@@ -611,6 +611,28 @@ def test_hand_made_certificates_judged_as_gpgv_does(tmp_path: Path) -> None:
     signer = Keyring.load([("al2023", no_flags)]).verify(DATA, data_sig, what="x")
     assert signer == Signer(keyid, primary.fingerprint.hex(), "al2023")
     assert _gpgv(tmp_path / "no-flags", no_flags, DATA, data_sig)
+
+    # an unknown critical subpacket, even in the unhashed area
+    for hashed, unhashed in ((_subpacket(0x80 | 100, b"x"), b""), (b"", _subpacket(0x80 | 100,
+                                                                                     b"x"))):
+        critical = _packet(2, _hand_sig(primary, 0x00, DATA, created + 10, hashed, unhashed))
+        with pytest.raises(RpmSignatureError, match="unknown critical subpacket 100"):
+            Keyring.load([("k", no_flags)]).verify(DATA, critical, what="x")
+        assert not _gpgv(tmp_path / f"critical-{len(hashed)}", no_flags, DATA, critical)
+    # a known subpacket may be critical
+    known = _packet(2, _hand_sig(primary, 0x00, DATA, created + 10,
+                                 _subpacket(0x80 | 3, (10 ** 9).to_bytes(4, "big"))))
+    assert Keyring.load([("k", no_flags)]).verify(DATA, known, what="x").keyid == keyid
+    assert _gpgv(tmp_path / "critical-known", no_flags, DATA, known)
+
+    # a signature that expired (five seconds after it was made, in 2020): refused;
+    # gpgv's status says EXPSIG
+    expired = _packet(2, _hand_sig(primary, 0x00, DATA, created + 10,
+                                   _subpacket(3, (5).to_bytes(4, "big"))))
+    with pytest.raises(RpmSignatureError, match=f"the signature by {keyid} expired"):
+        Keyring.load([("k", no_flags)]).verify(DATA, expired, what="x")
+    assert f"EXPSIG {keyid.upper()}" in _gpgv_status(tmp_path / "expsig", no_flags, DATA,
+                                                      expired)[1]
 
     # flags that allow signing
     signing = _hand_cert(primary, created, b"\x03")

@@ -11,29 +11,34 @@ self-signatures, and signature packets v3 and v4.
 What a signature must pass to be accepted (:meth:`Keyring.verify`):
 
 - one well-formed signature packet of type binary (0x00) or text (0x01) document,
-  nothing after it; no unknown critical subpacket in its hashed area; a creation
+  nothing after it; no unknown critical subpacket (in either area); a creation
   time; not expired (signature expiration subpacket) at the time of the check;
 - an issuer (key id, or issuer fingerprint, which must agree) naming a key of the
   keyring; public-key algorithm RSA (PKCS#1 v1.5), EdDSA (Ed25519), ECDSA (P-256,
   P-384, P-521) or DSA; digest SHA-1, SHA-224, SHA-256, SHA-384 or SHA-512 (MD5 and
   RIPEMD-160 are refused);
 - the digest's left 16 bits match the packet's quick check, then the signature
-  verifies over the data and the packet's hashed trailer.
+  verifies over the data and the packet's hashed trailer (gpgv ignores the quick
+  check; rpm refuses a signature that fails it, and so does this);
+- nothing in the unhashed area is trusted: its issuer key id is a hint (it must
+  agree with a hashed issuer fingerprint), the rest is ignored. gpgv refuses a
+  signature whose unhashed issuer subpacket was turned into another subpacket even
+  when the hashed issuer fingerprint names the key; this accepts it.
 
 What a key must pass to sign (:meth:`Keyring.load` records why one cannot):
 
 - a v4 primary key needs a self-signature (user ID certification or direct-key
   signature) that verifies; the newest of those gives its expiry and key flags. A
   key with key flags that do not include signing may not sign; a key without key
-  flags may (Amazon Linux 2023's key has none). A verified key revocation (0x20)
-  makes it unusable.
+  flags may (Amazon Linux 2023's key has none). A verified key revocation (0x20),
+  whatever its reason (soft revocations included), makes it unusable.
 - a subkey needs a binding signature (0x18) by the primary that verifies and, as gpg
   and rpm require of signing subkeys, an embedded back-signature (0x19) by the
   subkey that verifies; a verified subkey revocation (0x28) or a revoked primary
   makes it unusable; its key flags must include signing.
-- the signature must be made after the key was created and before it expired (a
-  key that expired later still vouches for what it signed while alive, as rpm
-  keeps installing packages signed before a key's expiry; a warning is logged).
+- the signature must be made after the key was created and before it expired. A
+  key that expired later still vouches for what it signed while alive (packages
+  stay in repositories for years); a warning is logged. gpgv calls both EXPKEYSIG.
 - v3 keys (RSA) are accepted as they are: their key id is the low 64 bits of the
   modulus and they carry no fingerprint here; their validity period is honoured,
   their self-signatures are not checked.
@@ -328,7 +333,8 @@ class _Sig:
         return tuple(i for i in (self.issuer_fpr, self.issuer) if i)
 
 
-def _subpackets(area: bytes, hashed: bool) -> Iterator[tuple[int, bool, bytes]]:
+def _subpackets(area: bytes) -> Iterator[tuple[int, bool, bytes]]:
+    """(type, critical, data) of each subpacket of a signature's area."""
     r = _Reader(area)
     while not r.done:
         o = r.byte()
@@ -342,8 +348,7 @@ def _subpackets(area: bytes, hashed: bool) -> Iterator[tuple[int, bool, bytes]]:
             raise _Malformed("empty subpacket")
         data = r.take(length)
         kind = data[0]
-        critical = bool(kind & 0x80) and hashed
-        yield kind & 0x7F, critical, data[1:]
+        yield kind & 0x7F, bool(kind & 0x80), data[1:]
 
 
 def _parse_sig(body: bytes) -> _Sig:
@@ -371,7 +376,7 @@ def _parse_sig(body: bytes) -> _Sig:
                    + hashed)
         trailer += b"\x04\xff" + struct.pack(">I", len(trailer))
         for area, is_hashed in ((hashed, True), (unhashed, False)):
-            for kind, critical, data in _subpackets(area, is_hashed):
+            for kind, critical, data in _subpackets(area):
                 if critical and kind not in _KNOWN_SUBPACKETS:
                     raise _Malformed(f"unknown critical subpacket {kind}")
                 if kind == 16 and len(data) == 8:
@@ -518,8 +523,7 @@ def _crc24(data: bytes) -> int:
 
 
 def _binary(data: bytes, origin: str) -> list[bytes]:
-    stripped = data.lstrip()
-    if stripped.startswith(b"-----BEGIN"):
+    if b"-----BEGIN PGP " in data:
         return _dearmor(data, origin)
     if data and data[0] & 0x80:
         return [data]
