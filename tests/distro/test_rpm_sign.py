@@ -7,7 +7,9 @@ what we accept), and the package cases with ``rpmkeys --checksig``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import random
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from suture.distro.rpm.header import Header, pad8, parse_header
+from suture.distro.rpm.header import Header, Tag, pad8, parse_header
 from suture.distro.rpm.sign import (
     Keyring,
     RpmSignatureError,
@@ -428,7 +430,7 @@ def packages(keys: dict[str, GpgKey], tmp_path_factory: pytest.TempPathFactory
     base = tmp_path_factory.mktemp("rpms")
     out = {}
     for name, key_name, v3 in (("v4", "rsa4096", False), ("v3", "gpg1", True),
-                               ("ed25519", "ed25519", False)):
+                               ("ed25519", "ed25519", False), ("dsa", "dsa2048", False)):
         paths = build_rpm(SPEC, base / name, payload="gzip")
         sign_rpms(paths, keys[key_name], v3=v3)
         out[name] = (paths[0], keys[key_name])
@@ -456,7 +458,7 @@ def _rpmkeys(tmp: Path, key: GpgKey, package: Path) -> bool:
     return done.returncode == 0 and "NOKEY" not in done.stdout
 
 
-@pytest.mark.parametrize("name", ["v4", "v3", "ed25519"])
+@pytest.mark.parametrize("name", ["v4", "v3", "ed25519", "dsa"])
 def test_package_header_signature(name: str, packages: dict[str, tuple[Path, GpgKey]],
                                   tmp_path: Path) -> None:
     path, key = packages[name]
@@ -464,6 +466,9 @@ def test_package_header_signature(name: str, packages: dict[str, tuple[Path, Gpg
     sig_header, main, start = _headers(data)
     signature = header_signature(sig_header)
     assert signature is not None
+    # rpm files RSA signatures under RSAHEADER, the others (DSA, EdDSA) under DSAHEADER
+    tag = Tag.RSAHEADER if name in ("v4", "v3") else Tag.DSAHEADER
+    assert sig_header.binary(tag) == signature
     _, body = _strip_header(signature)
     assert body[0] == (3 if name == "v3" else 4)
     keyring = Keyring.load([(f"rpmdb gpg-pubkey-{key.keyid[8:]}-00000000", key.armored)])
@@ -521,6 +526,32 @@ def test_key_as_rpmdb_holds_it(packages: dict[str, tuple[Path, GpgKey]], tmp_pat
     assert signature is not None
     assert keyring.verify(signed_header_bytes(main), signature, what=path.name) == \
         Signer(key.keyid, key.fingerprint.lower(), origin)
+
+
+@pytest.mark.parametrize("key_name", ["rsa2048", "ed25519"])
+def test_mutations_give_a_verdict(key_name: str, signed: dict[str, Signed]) -> None:
+    """Random damage to a key or a signature ends in a Signer or an
+    RpmSignatureError, never another exception; damage to the signed part of the
+    signature is always refused."""
+    case = signed["rsa2048-sha256" if key_name == "rsa2048" else "ed25519"]
+    keyring = Keyring.load([("k", case.binary)])
+    n, body = _strip_header(case.sig)
+    hashed_end = n + 6 + int.from_bytes(body[4:6], "big")
+    rnd = random.Random(20261204)
+    for _ in range(400):
+        sig = bytearray(case.sig)
+        at = rnd.randrange(len(sig))
+        sig[at] ^= rnd.randrange(1, 256)
+        result = _ours(keyring, case.data, bytes(sig))
+        if at < hashed_end or at >= _quick_check_offset(case.sig):
+            assert isinstance(result, RpmSignatureError), at
+        key = bytearray(case.binary)
+        for _ in range(rnd.randint(1, 3)):
+            key[rnd.randrange(len(key))] = rnd.randrange(256)
+        if rnd.random() < 0.2:
+            del key[rnd.randrange(len(key)):]
+        with contextlib.suppress(RpmSignatureError):
+            _ours(Keyring.load([("k", bytes(key))]), case.data, case.sig)
 
 
 def test_unsigned_package(packages: dict[str, tuple[Path, GpgKey]]) -> None:

@@ -2,7 +2,7 @@
 ``repomd.xml``, checked against the keys an image trusts.
 
 rpm stores one binary OpenPGP signature packet in the signature header's RSAHEADER
-(268) or DSAHEADER (267) tag; it signs the main header with its magic
+(268, RSA) or DSAHEADER (267, DSA and EdDSA as rpm 4.18 files them) tag; it signs the main header with its magic
 (:func:`signed_header_bytes`). Packages are signed with v3 signature packets as often
 as with v4, which Sequoia refuses, so this module reads OpenPGP itself (RFC 4880,
 on ``cryptography``) for the few things it needs: public keys and subkeys, their
