@@ -2,11 +2,11 @@
 ``repomd.xml``, checked against the keys an image trusts.
 
 rpm stores one binary OpenPGP signature packet in the signature header's RSAHEADER
-(268, RSA) or DSAHEADER (267, DSA and EdDSA as rpm 4.18 files them) tag; it signs the main header with its magic
-(:func:`signed_header_bytes`). Packages are signed with v3 signature packets as often
-as with v4, which Sequoia refuses, so this module reads OpenPGP itself (RFC 4880,
-on ``cryptography``) for the few things it needs: public keys and subkeys, their
-self-signatures, and signature packets v3 and v4.
+(268, RSA) or DSAHEADER (267, DSA and EdDSA as rpm 4.18 files them) tag; it signs
+the main header with its magic (:func:`signed_header_bytes`). Packages are signed
+with v3 signature packets as often as with v4, which Sequoia refuses, so this module
+reads OpenPGP itself (RFC 4880, on ``cryptography``) for the few things it needs:
+public keys and subkeys, their self-signatures, and signature packets v3 and v4.
 
 What a signature must pass to be accepted (:meth:`Keyring.verify`):
 
@@ -784,7 +784,8 @@ class Keyring:
 
 def header_signature(signature_header: Header) -> bytes | None:
     """The OpenPGP signature over the main header in a package's signature header:
-    RSAHEADER (268), else DSAHEADER (267); ``None`` when the package is unsigned."""
+    RSAHEADER (268), else DSAHEADER (267); ``None`` when the package is unsigned.
+    A tag that is not binary raises :class:`~suture.distro.rpm.header.HeaderError`."""
     for tag in (Tag.RSAHEADER, Tag.DSAHEADER):
         if tag in signature_header:
             return signature_header.binary(tag)
