@@ -114,11 +114,6 @@ class Repos:
         return f"{self.served.url}/{sub}"
 
 
-def _createrepo(tool: str | Path, directory: Path, *args: str) -> None:
-    subprocess.run([str(tool), "-q", "--location-prefix", "", *args, str(directory)],
-                   check=True, capture_output=True)
-
-
 def _sign(key: GpgKey, repomd: Path) -> None:
     subprocess.run(["gpg", "--batch", "--yes", "--armor", "--detach-sign", "-u", key.uid,
                     str(repomd)], env={"GNUPGHOME": str(key.home), "PATH": "/usr/bin:/bin"},
@@ -379,6 +374,22 @@ def test_mirrorlist_first_working_mirror(repos: Repos, tmp_path: Path) -> None:
     assert {p.base_url for p in packages} == {repos.url("xz")}
 
 
+def test_baseurls_first_working_and_xml_base(repos: Repos, tmp_path: Path) -> None:
+    rf = RpmFetcher(_fetcher(tmp_path))
+    packages = rf.fetch_repository(_repo((repos.url("dead"), repos.url("gz"))))
+    assert {p.base_url for p in packages} == {repos.url("gz")}
+    assert repos.served.requests_for("dead/repodata/repomd.xml")[-1].status == 404
+    # a primary whose locations carry xml:base: packages come from there
+    primary = next((repos.root / "gz" / "repodata").glob("*-primary.xml.gz"))
+    text = gzip.decompress(primary.read_bytes()).replace(
+        b'<location href="', f'<location xml:base="{repos.url("gz")}" href="'.encode())
+    moved = parse_primary(text, repo=_repo(), base_url="http://elsewhere.invalid/x",
+                          what="primary")
+    assert {p.base_url for p in moved} == {repos.url("gz")}
+    for pkg in moved:
+        assert rf.fetch_package(pkg).stat().st_size == pkg.size
+
+
 def test_mirror_override_and_private_hosts(repos: Repos, tmp_path: Path) -> None:
     origin = "https://cdn-ubi.redhat.example/ubi9/9/x86_64/baseos/os"
     repo = _repo((origin,))
@@ -483,6 +494,12 @@ repo_gpgcheck=1
                               "https://b2.example/9/x86_64/")
     assert not extra.enabled and extra.source == "etc/yum.repos.d/b.repo"
     assert extra.gpgkeys == ("file:///etc/pki/rpm-gpg/K1", "file:///etc/pki/rpm-gpg/K2-9")
+    # dnf.conf's own repository sections come first; ids dnf refuses are skipped
+    more = parse_repo_files({"etc/yum.repos.d/z.repo": b"[bad/id]\nbaseurl=http://a/\n"
+                             b"[ok]\nbaseurl=http://b/\n"}, variables,
+                            dnf_conf=b"[main]\nrepo_gpgcheck=1\n[local]\nbaseurl=http://l/\n")
+    assert [(r.id, r.source, r.repo_gpgcheck) for r in more] == [
+        ("local", "etc/dnf/dnf.conf", True), ("ok", "etc/yum.repos.d/z.repo", True)]
     with pytest.raises(RepoConfigError, match=r"etc/yum.repos.d/x.repo:3: "):
         parse_repo_files({"etc/yum.repos.d/x.repo": b"[x]\nbaseurl=http://a/\nnonsense\n"},
                          variables)

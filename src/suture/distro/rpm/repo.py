@@ -69,6 +69,7 @@ _NS_ML = "{http://www.metalinker.org/}"
 _NS_MM = "{http://fedorahosted.org/mirrormanager}"
 _FLAGS = {"EQ": SENSE_EQUAL, "LT": SENSE_LESS, "GT": SENSE_GREATER,
           "LE": SENSE_LESS | SENSE_EQUAL, "GE": SENSE_GREATER | SENSE_EQUAL}
+_REPO_ID = re.compile(r"[A-Za-z0-9_.:-]+")
 _TRUE = {"1", "yes", "true", "on"}
 _FALSE = {"0", "no", "false", "off"}
 
@@ -181,15 +182,20 @@ def repo_variables(files: Mapping[str, bytes], *, basearch: str, releasever: str
     return out
 
 
+_DISTROVERPKG = ("system-release(releasever)", "system-release", "distribution-release",
+                 "redhat-release", "suse-release")
+
+
 def releasever_of(installed: Sequence[PackageInfo], os_release_version_id: str) -> str:
     """dnf's ``$releasever``: the version of ``system-release(releasever)`` an installed
     package provides (its versioned provide, else the package's version), else the
-    version of the package providing ``system-release`` or ``redhat-release``, else
-    os-release ``VERSION_ID``."""
-    for wanted in ("system-release(releasever)", "system-release", "redhat-release"):
+    version of the package providing ``system-release``, ``distribution-release``,
+    ``redhat-release`` or ``suse-release`` (dnf's ``DISTROVERPKG``, in that order),
+    else os-release ``VERSION_ID``."""
+    for wanted in _DISTROVERPKG:
         for pkg in sorted(installed, key=lambda p: p.name):
             for dep in pkg.provides:
-                if dep.name != wanted and not (pkg.name == wanted and dep.name == pkg.name):
+                if dep.name != wanted:
                     continue
                 if wanted == "system-release(releasever)" and dep.version:
                     return _strip_evr(dep.version)
@@ -289,9 +295,11 @@ def parse_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *
     path then section, disabled ones included (``enabled=False``).
 
     ``dnf_conf``'s ``[main]`` gives the defaults of ``gpgcheck``, ``repo_gpgcheck``,
-    ``priority`` and ``cost``. A repository id seen twice keeps its first definition
-    (as dnf, which warns). A malformed line raises :class:`RepoConfigError` naming the
-    file and line.
+    ``priority`` and ``cost``; its other sections are repositories too, first (as dnf
+    reads them), with ``source`` ``etc/dnf/dnf.conf``. A repository id seen twice keeps
+    its first definition and an id with characters dnf refuses is skipped (as dnf,
+    which warns). A malformed line raises :class:`RepoConfigError` naming the file and
+    line. ``reposdir`` is not followed: the caller passes the files.
     """
     defaults: dict[str, tuple[str, int]] = {}
     if dnf_conf is not None:
@@ -304,11 +312,16 @@ def parse_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *
     d_cost = _int(defaults.get("cost"), 1000, "etc/dnf/dnf.conf")
     out: list[RpmRepository] = []
     seen: set[str] = set()
-    for path in sorted(files):
-        for name, _line, e in _ini(files[path], path):
+    sources = [("etc/dnf/dnf.conf", dnf_conf)] if dnf_conf is not None else []
+    sources += [(path, files[path]) for path in sorted(files)]
+    for path, data in sources:
+        for name, _line, e in _ini(data, path):
             if name == "main":
                 continue
             repo_id = _expand(name, variables)
+            if not _REPO_ID.fullmatch(repo_id):
+                log.warning("%s: bad repository id %r, ignored", path, repo_id)
+                continue
             if repo_id in seen:
                 log.warning("%s: repository %s defined again, ignored", path, repo_id)
                 continue
@@ -351,8 +364,7 @@ def _xml(data: bytes, what: str, limit: int = MAX_INDEX) -> ET.Element:
     """``data`` parsed, refusing DTDs and entity declarations (no expansion attacks)."""
     if len(data) > limit:
         raise SizeMismatch(what, limit, len(data), ceiling=True)
-    head = data[:1 << 16]
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in head or b"<!ENTITY" in data:
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise RepositoryError(f"{what}: XML with a DTD or entity declaration refused")
     try:
         return ET.fromstring(data)
@@ -697,7 +709,10 @@ class RpmFetcher:
                 raise DigestMismatch(pwhat + " (decompressed)",
                                      f"{primary.open_checksum_type}:{primary.open_checksum}",
                                      f"{primary.open_checksum_type}:{got}")
-        return parse_primary(data, repo=repo, base_url=base, what=pwhat)
+        packages = parse_primary(data, repo=repo, base_url=base, what=pwhat)
+        # a location's xml:base is a URL of the repository's own: the mirrors apply to it
+        return [p if p.base_url == base else replace(p, base_url=self._m(p.base_url))
+                for p in packages]
 
     @staticmethod
     def _check_metalink(repomd: bytes, metalink: Metalink, what: str) -> None:
@@ -740,9 +755,10 @@ class RpmFetcher:
 
     def fetch_package(self, pkg: RepoPackage) -> Path:
         """The package file, verified by the checksum (and size) primary gave, from the
-        cache when it holds a copy that still matches, else downloaded."""
+        cache when it holds a copy that still matches, else downloaded. ``pkg`` is one
+        :meth:`fetch_repository` returned (its ``base_url`` already mirrored)."""
         what = f"{pkg.repo_id}: {pkg.nevra}"
-        url = _join(self._m(pkg.base_url), pkg.location, what)
+        url = _join(pkg.base_url, pkg.location, what)
         return self._fetch_checked(url, pkg.checksum_type, pkg.checksum, pkg.size or None,
                                    what, MAX_PACKAGE)
 
