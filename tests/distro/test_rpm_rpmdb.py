@@ -98,6 +98,29 @@ true
 /usr/share/hello
 """
 
+RICH_SPEC = """\
+Name: richdeps
+Version: 1
+Release: 1
+Summary: rich dependencies of every kind
+License: MIT
+BuildArch: noarch
+Requires: (pa if pb else pc)
+Requires: ((ph >= 1.0 with ph < 2) or rpmlib(Foo) or pi)
+Requires: (pj without pk)
+Conflicts: (pl and pm)
+Recommends: (pn if po)
+Conflicts: (pd unless (pe or pf) else pg)
+Suggests: (pp or pq)
+Supplements: (pr and (ps or pt))
+Enhances: (pu or pv)
+Requires(post): pw
+Requires(preun): px
+%description
+rich
+%files
+"""
+
 
 @dataclass
 class Scenario:
@@ -124,6 +147,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     for v, out in (("1.0", old), ("1.1", new)):
         out += build_rpm(LIB_SPEC.format(v=v), tmp / f"pkgs-{v}")
         out += build_rpm(HELLO_SPEC.format(v=v), tmp / f"pkgs-{v}")
+    new += build_rpm(RICH_SPEC, tmp / "pkgs-rich")
     sign_rpms(old + new, key)
     root = tmp / "root"
     root.mkdir()
@@ -166,7 +190,7 @@ def _our_blobs(s: Scenario) -> list[tuple[int, bytes]]:
 def test_installed_blob_is_rpms(scenario: Scenario) -> None:
     rpm = _rpm_blobs(scenario.new_db)
     ours = _our_blobs(scenario)
-    assert len(ours) == 2
+    assert len(ours) == 3
     for hnum, blob in ours:
         assert blob == rpm[hnum]
         # a re-export of rpm's own blob (dribbles dropped and recomputed) is the same
@@ -227,7 +251,7 @@ def test_rpm_reads_written_db(scenario: Scenario, tmp_path: Path) -> None:
     write_sqlite(scenario.old_db, dbdir / "rpmdb.sqlite", remove=scenario.old_hnums,
                  add=[b for _, b in ours])
     qa = _rpm(dbdir, "-qa", "--qf", "%{NEVRA}\\n").split()
-    assert sorted(qa) == ["hello-1.1-1.noarch", "libsut-2:1.1-1.noarch"]
+    assert sorted(qa) == ["hello-1.1-1.noarch", "libsut-2:1.1-1.noarch", "richdeps-1-1.noarch"]
     assert set(_rpm(dbdir, "-q", "--whatrequires", "libsut").split()) == {"hello-1.1-1.noarch"}
     assert set(_rpm(dbdir, "-q", "--whatrequires", "sutlib").split()) == {"hello-1.1-1.noarch"}
     assert _rpm(dbdir, "-q", "--whatprovides", "greeter").split() == ["hello-1.1-1.noarch"]
