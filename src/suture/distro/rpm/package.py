@@ -266,7 +266,10 @@ class _Member(io.RawIOBase):
                  what: str) -> None:
         super().__init__()
         self._stream, self._left, self._what, self._check = stream, size, what, check
-        self._hash = hashlib.new(algo) if check and check.digest else None
+        if check and stat.S_ISREG(check.mode) and check.data and not check.digest:
+            raise RpmPackageError(f"{what}: {check.path}: the header has no digest for "
+                                  "this file", path=check.path)
+        self._hash = hashlib.new(algo) if check and stat.S_ISREG(check.mode) else None
         self._link = bytearray() if check and stat.S_ISLNK(check.mode) else None
         if size == 0:
             self._verify()
