@@ -388,6 +388,11 @@ def test_baseurls_first_working_and_xml_base(repos: Repos, tmp_path: Path) -> No
     assert {p.base_url for p in moved} == {repos.url("gz")}
     for pkg in moved:
         assert rf.fetch_package(pkg).stat().st_size == pkg.size
+    # primary is read in pieces: packages across the piece boundaries are all there
+    spaced = text.replace(b"</package>", b"</package>" + b" " * 700_000)
+    assert parse_primary(spaced, repo=_repo(), base_url="x", what="p") == moved
+    with pytest.raises(RepositoryError, match="malformed XML"):
+        parse_primary(spaced[:-20], repo=_repo(), base_url="x", what="p")
 
 
 def test_mirror_override_and_private_hosts(repos: Repos, tmp_path: Path) -> None:

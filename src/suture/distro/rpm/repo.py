@@ -16,7 +16,7 @@ import io
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -459,6 +459,46 @@ def _deps(node: ET.Element | None, what: str) -> tuple[Dep, ...]:
     return tuple(out)
 
 
+_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
+
+
+def _packages(data: bytes, what: str) -> Iterator[ET.Element]:
+    """primary's ``<package>`` elements one at a time, each dropped from the tree once
+    the caller has it (a large primary is never held as one tree)."""
+    if len(data) > MAX_INDEX:
+        raise SizeMismatch(what, MAX_INDEX, len(data), ceiling=True)
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise RepositoryError(f"{what}: XML with a DTD or entity declaration refused")
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    step = 1 << 20
+    chunks = [data[at:at + step] for at in range(0, len(data), step)] + [b""]
+    try:
+        for chunk in chunks:
+            if chunk:
+                parser.feed(chunk)
+            else:
+                parser.close()
+            for item in parser.read_events():
+                event, node = item[0], item[-1]
+                if not isinstance(node, ET.Element):
+                    continue
+                if event == "start":
+                    if root is None:
+                        root = node
+                        if node.tag != f"{_NS_COMMON}metadata":
+                            raise RepositoryError(
+                                f"{what}: not a primary document (root {node.tag!r})")
+                    continue
+                if node.tag == f"{_NS_COMMON}package" and root is not None:
+                    yield node
+                    root.clear()
+    except ET.ParseError as exc:
+        raise RepositoryError(f"{what}: malformed XML ({exc})") from None
+    if root is None:
+        raise RepositoryError(f"{what}: empty document")
+
+
 def parse_primary(data: bytes, *, repo: RpmRepository, base_url: str, what: str
                   ) -> list[RepoPackage]:
     """The packages of a decompressed ``primary.xml``. ``location`` is the href as
@@ -466,12 +506,8 @@ def parse_primary(data: bytes, *, repo: RpmRepository, base_url: str, what: str
     becomes the package's ``base_url``). Dependency versions are ``[E:]V[-R]`` with a
     zero epoch left out, flags rpm's ``RPMSENSE_*`` bits (``pre="1"`` adds
     ``SENSE_PREREQ``)."""
-    root = _xml(data, what)
-    if root.tag != f"{_NS_COMMON}metadata":
-        raise RepositoryError(f"{what}: not a primary document (root {root.tag!r})")
     out: list[RepoPackage] = []
-    xml_base = "{http://www.w3.org/XML/1998/namespace}base"
-    for node in root.findall(f"{_NS_COMMON}package"):
+    for node in _packages(data, what):
         if node.get("type") != "rpm":
             continue
         name = (node.findtext(f"{_NS_COMMON}name") or "").strip()
@@ -504,7 +540,7 @@ def parse_primary(data: bytes, *, repo: RpmRepository, base_url: str, what: str
             arch=(node.findtext(f"{_NS_COMMON}arch") or "").strip(),
             provides=provides, requires=requires, obsoletes=obsoletes, conflicts=conflicts,
             files=files, sourcerpm=sourcerpm,
-            location=loc.get("href", ""), base_url=loc.get(xml_base) or base_url,
+            location=loc.get("href", ""), base_url=loc.get(_XML_BASE) or base_url,
             checksum_type=ctype, checksum=_hex(cs.text, ctype, where),
             size=_int_or_none(size.get("package") if size is not None else None, where) or 0,
             repo_id=repo.id, repo_order=repo.order, priority=repo.priority))
