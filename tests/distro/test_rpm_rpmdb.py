@@ -17,6 +17,7 @@ from suture.distro.rpm.header import Header, Tag, pad8, parse_header
 from suture.distro.rpm.rpmdb import (
     INDEX_TABLES,
     header_files,
+    index_rows,
     installed_blob,
     package_info,
     read_sqlite,
@@ -346,6 +347,57 @@ def test_mariner_rewrite(tmp_path: Path) -> None:
         assert after[table] == moved, table
     assert _rpm(dbdir, "-q", "--qf", "%{NEVRA}", victim.info.name) == \
         _rpm(MARINER.parent, "-q", "--qf", "%{NEVRA}", victim.info.name)
+
+
+def test_rewrite_in_place_with_wal(scenario: Scenario, tmp_path: Path) -> None:
+    """A database rpm left with committed pages still in its WAL is read with them, and
+    rewritten in place: the result holds them and no WAL is replayed over it."""
+    dbdir = tmp_path / "db"
+    dbdir.mkdir()
+    db = dbdir / "rpmdb.sqlite"
+    shutil.copyfile(scenario.old_db, db)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    rows_before = writer.execute("SELECT count(*) FROM Name").fetchone()[0]
+    blob = _our_blobs(scenario)[0][1]
+    extra = _our_blobs(scenario)[-1][1]
+    writer.execute("INSERT INTO Packages (blob) VALUES (?)", (extra,))  # in the WAL only
+    hnum_wal = writer.execute("SELECT max(hnum) FROM Packages").fetchone()[0]
+    wal = dbdir / "rpmdb.sqlite-wal"
+    stale = wal.read_bytes()
+    assert stale  # the insert is in the WAL, not the main file
+    shutil.copyfile(db, tmp_path / "main-only.sqlite")
+    shutil.copyfile(wal, tmp_path / "wal.keep")
+    writer.close()  # checkpoints; put the uncheckpointed state back
+    shutil.copyfile(tmp_path / "main-only.sqlite", db)
+    shutil.copyfile(tmp_path / "wal.keep", wal)
+    assert [p.hnum for p in read_sqlite(db)] == [*scenario.old_hnums, hnum_wal]
+    new = write_sqlite(db, db, remove=[hnum_wal, *scenario.old_hnums], add=[blob])
+    assert new == [hnum_wal + 1]
+    assert wal.stat().st_size == 0
+    assert [p.hnum for p in read_sqlite(db)] == new
+    assert rows_before == 2
+    _rpm(dbdir, "--verifydb", tool="rpmdb")
+
+
+def test_mariner_index_rows_are_rpms(tmp_path: Path) -> None:
+    """rpmdb --rebuilddb re-adds every header through rpmdbAdd: our rows for each
+    Mariner package equal the rows rpm writes for it."""
+    if not MARINER.is_file():
+        pytest.skip("CBL-Mariner test database missing")
+    dbdir = tmp_path / "db"
+    dbdir.mkdir()
+    shutil.copyfile(MARINER, dbdir / "rpmdb.sqlite")
+    _rpm(dbdir, "--rebuilddb", tool="rpmdb")
+    theirs = sqlite_index_rows(dbdir / "rpmdb.sqlite")
+    ours: dict[str, set[tuple[str | bytes, int, int]]] = {t: set() for t in INDEX_TABLES}
+    pkgs = read_sqlite(dbdir / "rpmdb.sqlite")
+    assert len(pkgs) == 129
+    for p in pkgs:
+        for table, rows in index_rows(p.header, p.hnum).items():
+            ours[table] |= set(rows)
+    for table in INDEX_TABLES:
+        assert ours[table] == theirs[table], table
 
 
 def test_bad_input(tmp_path: Path) -> None:

@@ -580,8 +580,10 @@ def write_sqlite(source: Path, dest: Path, *, remove: Sequence[int],
     ``remove`` deleted and the header blobs ``add`` (see :func:`installed_blob`)
     inserted in order, each index table updated as rpm does; the new packages' hnums
     (AUTOINCREMENT: never a number used before). The result is checkpointed (no WAL
-    content) and keeps the source's page size and journal mode. PackageDBError, and
-    nothing written, when the source is no rpm database, a number is not in it or a
+    content) and keeps the source's page size and journal mode; ``dest`` may be
+    ``source``. A non-empty ``-wal`` beside ``dest`` is emptied and a ``-shm`` removed
+    (sqlite would replay the one onto the new file). PackageDBError, and nothing
+    written, when the source is no rpm database, a number is not in it or a
     blob is no header."""
     where = str(source)
     headers = []
@@ -632,9 +634,16 @@ def write_sqlite(source: Path, dest: Path, *, remove: Sequence[int],
             conn.close()
         written = Path(tmp) / "rpmdb.sqlite"
         partial = dest.with_name(dest.name + ".suture-new")
+        wal = dest.with_name(dest.name + "-wal")
+        shm = dest.with_name(dest.name + "-shm")
         try:
             shutil.copyfile(written, partial)
             partial.replace(dest)
+            # a WAL beside the new file would be replayed onto it: its content is in
+            # the written file (when dest is the source) or belongs to an older one
+            if wal.is_file() and wal.stat().st_size:
+                wal.write_bytes(b"")
+            shm.unlink(missing_ok=True)
         except OSError as exc:
             partial.unlink(missing_ok=True)
             raise PackageDBError(f"cannot write: {exc.strerror or exc}",
