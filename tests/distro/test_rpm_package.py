@@ -292,6 +292,17 @@ def test_file_changed_after_reading(built: dict[str, Path], tmp_path: Path) -> N
             stream.read()
     assert seen[-1] == "usr/share/sut/big"
 
+    # a change that leaves every member as it was (an ignored field of the trailer)
+    data = bytearray(built["none"].read_bytes())
+    path.write_bytes(bytes(data))
+    archive = read_rpm(path, what="p")
+    at = data.index(b"TRAILER!!!", archive.payload_offset) - 110 + 6  # its inode
+    data[at] = ord("1")
+    path.write_bytes(bytes(data))
+    with pytest.raises(RpmPackageError, match=r"p: payload changed since it was checked"):
+        for _name, _size, stream in archive.members():
+            stream.read()
+
 
 # --------------------------------------------------------------------------- hostile payloads
 
@@ -369,7 +380,7 @@ def test_cpio_sizes_types_and_large_files(built: dict[str, Path], tmp_path: Path
     (tmp_path / "type").mkdir()
     bad = _hostile(built, tmp_path / "type", data[conf:conf + 22], data[conf:field(1)] +
                    b"000041a4")
-    with pytest.raises(RpmPackageError, match="etc/sut.conf is of another file type"):
+    with pytest.raises(RpmPackageError, match=r"etc/sut.conf is of another file type"):
         _read_all(bad)
     # rpm's large-file variant is refused clearly
     (tmp_path / "large").mkdir()
@@ -381,7 +392,7 @@ def test_cpio_sizes_types_and_large_files(built: dict[str, Path], tmp_path: Path
     (tmp_path / "size").mkdir()
     old = data[conf:field(7)]
     bad = _hostile(built, tmp_path / "size", old, old[:-8] + b"00000003")
-    with pytest.raises(RpmPackageError, match="etc/sut.conf has 3 bytes, the header says 4"):
+    with pytest.raises(RpmPackageError, match=r"etc/sut.conf has 3 bytes, the header says 4"):
         _read_all(bad)
 
 

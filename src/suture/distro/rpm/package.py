@@ -139,16 +139,26 @@ def _header_files(header: Header, what: str) -> list[_File]:
     flags = _array(header, Tag.FILEFLAGS, n, what)
     inodes = _array(header, Tag.FILEINODES, n, what)
     devices = _array(header, Tag.FILEDEVICES, n, what)
-    if n and (sizes is None or modes is None):
-        raise RpmPackageError(f"{what}: the header lists files without sizes or modes")
+    if sizes is None or modes is None:
+        if n:
+            raise RpmPackageError(f"{what}: the header lists files without sizes or modes")
+        return []
     # Hardlink sets (rpmfilesBuildNLink): regular, non-ghost files sharing device
     # and inode; the payload holds the content on the set's last file only.
-    last_link: dict[tuple[int, int], int] = {}
+    link_sets: dict[tuple[int, int], list[int]] = {}
     for i in range(n):
-        mode = modes[i] if modes else 0
-        fl = flags[i] if flags else 0
-        if inodes and stat.S_ISREG(mode) and not fl & _GHOST and inodes[i] > 0:
-            last_link[(devices[i] if devices else 0, inodes[i])] = i
+        if inodes and stat.S_ISREG(modes[i]) and not (flags[i] if flags else 0) & _GHOST \
+                and inodes[i] > 0:
+            link_sets.setdefault((devices[i] if devices else 0, inodes[i]), []).append(i)
+    data_less: set[int] = set()
+    for members in link_sets.values():
+        last = members[-1]
+        for i in members[:-1]:
+            if sizes[i] != sizes[last] or (digests and digests[i].lower()
+                                           != digests[last].lower()):
+                raise RpmPackageError(f"{what}: hardlinked files {names[i]} and "
+                                      f"{names[last]} differ in size or digest")
+            data_less.add(i)
     files: list[_File] = []
     seen: set[str] = set()
     for i, name in enumerate(names):
@@ -156,14 +166,10 @@ def _header_files(header: Header, what: str) -> list[_File]:
         if path in seen:
             raise RpmPackageError(f"{what}: the header lists {path} twice", path=path)
         seen.add(path)
-        mode = modes[i] if modes else 0
-        fl = flags[i] if flags else 0
-        data = True
-        if inodes and stat.S_ISREG(mode) and not fl & _GHOST and inodes[i] > 0:
-            data = last_link[(devices[i] if devices else 0, inodes[i])] == i
-        files.append(_File(i, path, mode, sizes[i] if sizes else 0,
+        files.append(_File(i, path, modes[i], sizes[i],
                            (digests[i] if digests else "").lower(),
-                           links[i] if links else "", fl, data))
+                           links[i] if links else "", flags[i] if flags else 0,
+                           i not in data_less))
     return files
 
 
