@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from suture.distro.rpm.header import Header, Tag, pad8, parse_header
+from suture.distro.rpm.header import Header, HeaderError, Tag, pad8, parse_header
 from suture.distro.rpm.rpmdb import (
     INDEX_TABLES,
     header_files,
@@ -202,6 +202,32 @@ def test_installed_blob_is_rpms(scenario: Scenario) -> None:
                                tid=h.number(Tag.INSTALLTID) or 0,
                                color=h.number(Tag.INSTALLCOLOR) or 0, file_states=states)
         assert again == rpm[hnum]
+
+
+def test_header_files_are_rpms(scenario: Scenario) -> None:
+    qf = ("[%{FILENAMES}|%{FILEMODES}|%{FILESIZES}|%{FILEDIGESTS}|%{FILEFLAGS}|%{FILEUSERNAME}"
+          "|%{FILEGROUPNAME}|%{FILEMTIMES}|%{FILELINKTOS}|%{FILEINODES}|%{FILESTATES}\\n]")
+    for name, path in scenario.new_pkgs.items():
+        _sig, main = _headers(path)
+        files = header_files(main)
+        expect = subprocess.run(["rpm", "-qp", "--qf", qf.replace("|%{FILESTATES}", ""),
+                                 str(path)], capture_output=True, text=True,
+                                check=True).stdout.splitlines()
+        assert [f"/{f.path}|{f.mode}|{f.size}|{f.digest}|{f.flags}|{f.user}|{f.group}|"
+                f"{f.mtime}|{f.linkto}|{f.inode}" for f in files] == expect
+        assert all(f.state is None and f.digest_algo == 8 for f in files)
+        installed = next(p for p in read_sqlite(scenario.new_db) if p.info.name == name)
+        expect = rpm_root(scenario.root, "-q", "--qf", qf, name).stdout.splitlines()
+        assert [f"/{f.path}|{f.mode}|{f.size}|{f.digest}|{f.flags}|{f.user}|{f.group}|"
+                f"{f.mtime}|{f.linkto}|{f.inode}|{f.state}"
+                for f in header_files(installed.header)] == expect
+    _sig, hello = _headers(scenario.new_pkgs["hello"])
+    by = {f.path: f for f in header_files(hello)}
+    assert by["usr/share/hello/a"].inode == by["usr/share/hello/b"].inode
+    assert by["usr/bin/hi"].linkto == "hello"
+    assert by["etc/hello.conf"].flags == 17
+    with pytest.raises(HeaderError):
+        installed_blob(hello, None, install_time=0, tid=0, color=0, file_states=b"")
 
 
 def test_write_sqlite_matches_rpm(scenario: Scenario, tmp_path: Path) -> None:

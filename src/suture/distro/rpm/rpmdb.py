@@ -507,6 +507,18 @@ def sqlite_index_rows(db: Path) -> dict[str, set[Row]]:
 
 # ---------------------------------------------------------------- sqlite files
 
+def _key_type(table: str) -> str:
+    return "BLOB" if table in ("Installtid", "Sigmd5") else "TEXT"
+
+
+def _key_bytes(key: Key) -> bytes:
+    return key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                         (name,)).fetchone() is not None
@@ -533,7 +545,7 @@ def _open_copy(path: Path, tmp: Path) -> sqlite3.Connection:
         raise PackageDBError(f"cannot read: {exc.strerror or exc}", path=where) from exc
     try:
         conn = sqlite3.connect(copy, isolation_level=None)
-        conn.execute("PRAGMA query_only = OFF")
+        conn.text_factory = _decode
         if not _has_table(conn, "Packages"):
             conn.close()
             raise PackageDBError("sqlite database without a Packages table", path=where)
@@ -620,8 +632,10 @@ def write_sqlite(source: Path, dest: Path, *, remove: Sequence[int],
                     new.append(cur.lastrowid)
                     rows = index_rows(h, cur.lastrowid)
                     for table in tables:
-                        conn.executemany(f"INSERT INTO '{table}' VALUES (?, ?, ?)",
-                                         rows[table])
+                        # text keys go in as their bytes (rpm binds them unchecked)
+                        conn.executemany(
+                            f"INSERT INTO '{table}' VALUES (CAST(? AS {_key_type(table)}), ?, ?)",
+                            [(_key_bytes(k), n, i) for k, n, i in rows[table]])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
