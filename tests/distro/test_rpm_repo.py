@@ -129,7 +129,8 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repos]:
     key = make_gpg_key(work / "gnupg", "repo@suture.invalid")
     root = work / "srv"
     kinds = {"gz": ("createrepo_c", ["--general-compress-type=gz"]),
-             "xz": ("createrepo_c", ["--general-compress-type=xz", "--checksum=sha512"])}
+             "xz": ("createrepo_c", ["--general-compress-type=xz", "--checksum=sha512"]),
+             "bz2": ("createrepo_c", ["--general-compress-type=bz2", "--checksum=sha1"])}
     if VENV_CREATEREPO.exists():
         kinds["zstd"] = (str(VENV_CREATEREPO), ["--general-compress-type=zstd"])
     for sub, (tool, args) in kinds.items():
@@ -205,7 +206,7 @@ def _package_view(pkg: RepoPackage) -> dict[str, object]:
             "files": sorted(pkg.files)}
 
 
-@pytest.mark.parametrize("kind", ["gz", "xz", "zstd"])
+@pytest.mark.parametrize("kind", ["gz", "xz", "zstd", "bz2"])
 def test_primary_is_what_the_headers_say(repos: Repos, tmp_path: Path, kind: str) -> None:
     if not (repos.root / kind).exists():
         pytest.skip("the createrepo_c module is not installed (zstd)")
@@ -220,7 +221,7 @@ def test_primary_is_what_the_headers_say(repos: Repos, tmp_path: Path, kind: str
         assert _package_view(pkg) == header
         data = built.read_bytes()
         assert pkg.checksum == hashlib.new(pkg.checksum_type, data).hexdigest()
-        assert pkg.checksum_type == ("sha512" if kind == "xz" else "sha256")
+        assert pkg.checksum_type == {"xz": "sha512", "bz2": "sha1"}.get(kind, "sha256")
         assert pkg.size == len(data)
         assert pkg.location == f"Packages/{built.name}"
         assert (pkg.repo_id, pkg.repo_order, pkg.priority) == ("sut", 4, 7)
@@ -267,6 +268,10 @@ def test_tampered_primary_is_caught_by_its_checksum(repos: Repos, tmp_path: Path
     repo = _repo((repos.url("tampered-primary"),), id="evil")
     with pytest.raises(DigestMismatch, match="evil: primary"):
         RpmFetcher(_fetcher(tmp_path)).fetch_repository(repo)
+    # with other mirrors failing too, the checksum failure is what is reported
+    with pytest.raises(DigestMismatch, match="evil: primary"):
+        RpmFetcher(_fetcher(tmp_path)).fetch_repository(
+            _repo((repos.url("tampered-primary"), repos.url("gone")), id="evil"))
 
 
 def test_repo_gpgcheck_refuses_a_changed_repomd(repos: Repos, tmp_path: Path) -> None:
@@ -361,6 +366,10 @@ def test_metalink_checks_repomd_and_falls_back_to_the_next_mirror(
     with pytest.raises(DigestMismatch, match="metalink"):
         RpmFetcher(_fetcher(tmp_path)).fetch_repository(
             _repo(metalink=repos.url("metalink/stale.xml")))
+    # offline, the cached copies are found behind the dead first mirror too
+    offline = RpmFetcher(_fetcher(tmp_path, offline=True)).fetch_repository(
+        _repo(metalink=repos.url("metalink/good.xml")))
+    assert offline == packages
 
 
 def test_mirrorlist_first_working_mirror(repos: Repos, tmp_path: Path) -> None:
@@ -419,6 +428,12 @@ def test_offline_uses_the_cache_and_misses_clearly(repos: Repos, tmp_path: Path)
     first = online.fetch_repository(repo)
     for pkg in first:
         online.fetch_package(pkg)
+    count = len(repos.served.requests)
+    # online again, repomd is revalidated (not modified), primary comes from the cache
+    again = RpmFetcher(_fetcher(tmp_path))
+    assert again.fetch_repository(repo) == first
+    new = repos.served.requests[count:]
+    assert [(r.path.rsplit("/", 1)[-1], r.status) for r in new] == [("repomd.xml", 304)]
     count = len(repos.served.requests)
     offline = RpmFetcher(_fetcher(tmp_path, offline=True))
     assert offline.fetch_repository(repo) == first

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from suture.distro.errors import OfflineCacheMiss, RepositoryError
+from suture.distro.errors import OfflineCacheMiss, RepositoryError, SignatureError
 from suture.distro.fetch import MAX_INDEX, MAX_META, Fetcher, decompress_index, redact
 from suture.distro.mirrors import mirror_url
 from suture.distro.rpm.model import (
@@ -682,9 +682,11 @@ class RpmFetcher:
         answers (baseurl; else a metalink's mirrors, ``repomd.xml`` checked against the
         metalink's size and hashes; else a mirror list's). With ``repo_gpgcheck``,
         ``repomd.xml.asc`` must verify with ``keys``. Raises
-        :class:`~suture.distro.errors.RepositoryError` subclasses (the last mirror's
-        failure when none works), :class:`~suture.errors.DigestMismatch` naming the
-        repository when primary's checksum is not repomd's."""
+        :class:`~suture.distro.errors.RepositoryError` subclasses, and
+        :class:`~suture.errors.DigestMismatch` naming the repository when primary's
+        checksum is not repomd's. When no mirror works, the first integrity failure
+        (checksum, size, signature) is raised, else the last mirror's. Offline, every
+        mirror's cached copy is tried."""
         metalink: Metalink | None = None
         if repo.baseurls:
             bases = tuple(self._m(u) for u in repo.baseurls)
@@ -701,20 +703,19 @@ class RpmFetcher:
         else:
             raise RepositoryError(f"{repo.id} ({repo.source}): no baseurl, metalink or "
                                   "mirrorlist")
-        failure: Exception | None = None
+        failures: list[Exception] = []
         for base in bases:
             try:
                 return self._from_base(repo, base.rstrip("/"), metalink, keys)
-            except OfflineCacheMiss:
-                raise
             except (RepositoryError, DigestMismatch, SizeMismatch) as exc:
                 if len(bases) == 1:
                     raise
                 log.info("%s: %s failed (%s), trying the next mirror", repo.id, redact(base),
                          exc)
-                failure = exc
-        assert failure is not None
-        raise failure
+                failures.append(exc)
+        # what says the metadata was tampered with outranks an unreachable mirror
+        raise next((f for f in failures if isinstance(
+            f, DigestMismatch | SizeMismatch | SignatureError)), failures[-1])
 
     def _from_base(self, repo: RpmRepository, base: str, metalink: Metalink | None,
                    keys: Keyring | None) -> list[RepoPackage]:
