@@ -1,0 +1,182 @@
+"""The rpm upgrade closure on hand-made package values, and against dnf --installroot on
+packages built with rpmbuild (the oracle module below)."""
+
+from __future__ import annotations
+
+from suture.distro.rpm.model import (
+    SENSE_EQUAL,
+    SENSE_GREATER,
+    SENSE_LESS,
+    SENSE_SCRIPT_POST,
+    Dep,
+    PackageInfo,
+    RepoPackage,
+)
+from suture.distro.rpm.resolve import Resolver, compare_floor, source_name
+from suture.distro.rpm.version import parse_evr
+
+GE = SENSE_GREATER | SENSE_EQUAL
+
+
+def dep(text: str) -> Dep:
+    """``name``, ``name = evr``, ``name >= evr``..."""
+    if text.startswith("("):
+        return Dep(text)
+    parts = text.split()
+    if len(parts) == 1:
+        return Dep(text)
+    flags = {"=": SENSE_EQUAL, ">=": GE, "<": SENSE_LESS, ">": SENSE_GREATER,
+             "<=": SENSE_LESS | SENSE_EQUAL}[parts[1]]
+    return Dep(parts[0], flags, parts[2])
+
+
+def inst(nevr: str, arch: str = "x86_64", *, provides: tuple[str, ...] = (),
+         requires: tuple[str, ...] = (), conflicts: tuple[str, ...] = (),
+         files: tuple[str, ...] = (), source: str = "") -> PackageInfo:
+    name, evr = nevr.split(" ")
+    e, v, r = parse_evr(evr)
+    return PackageInfo(name, e, v, r or "1", arch, tuple(map(dep, provides)),
+                       tuple(map(dep, requires)), (), tuple(map(dep, conflicts)), files,
+                       source)
+
+
+def cand(nevr: str, arch: str = "x86_64", *, provides: tuple[str, ...] = (),
+         requires: tuple[str, ...] = (), obsoletes: tuple[str, ...] = (),
+         conflicts: tuple[str, ...] = (), files: tuple[str, ...] = (), priority: int = 99,
+         repo: str = "base", source: str = "") -> RepoPackage:
+    name, evr = nevr.split(" ")
+    e, v, r = parse_evr(evr)
+    return RepoPackage(name, e, v, r or "1", arch, tuple(map(dep, provides)),
+                       tuple(map(dep, requires)), tuple(map(dep, obsoletes)),
+                       tuple(map(dep, conflicts)), files, source,
+                       location=f"Packages/{name}-{evr}.{arch}.rpm", base_url="file:///repo",
+                       checksum="ab" * 32, size=100, repo_id=repo, priority=priority)
+
+
+def changes(res: object) -> list[tuple[str, str | None, str, bool]]:
+    return [(c.new.nevra, c.old.nevra if c.old else None, c.arch, c.requested)
+            for c in res.changes]  # type: ignore[attr-defined]
+
+
+def test_plain_upgrade_to_newest_and_floor() -> None:
+    r = Resolver([inst("a 1.0-1")], [cand("a 1.1-1"), cand("a 1.2-1"), cand("a 0.9-1")],
+                 arch="x86_64")
+    res = r.resolve({"a": "1.1-1"})
+    assert changes(res) == [("a-1.2-1.x86_64", "a-1.0-1.x86_64", "x86_64", True)]
+    assert r.newest("a") == "1.2-1"
+    res = r.resolve({"a": "1.3"})
+    assert res.changes == [] and "fixed version 1.3" in res.failures["a"]
+
+
+def test_up_to_date_not_installed_and_older() -> None:
+    r = Resolver([inst("a 1.0-1"), inst("b 2.0-1")], [cand("a 1.0-1"), cand("b 1.0-1")],
+                 arch="x86_64")
+    res = r.resolve({"a": None, "b": None, "c": None})
+    assert res.up_to_date == ["a"] and res.not_installed == ["c"]
+    assert "only older b-1.0-1.x86_64" in res.failures["b"]
+    assert res.changes == []
+
+
+def test_arch_rules() -> None:
+    # noarch stays noarch, an arch package stays on its arch
+    r = Resolver([inst("n 1-1", "noarch"), inst("x 1-1")],
+                 [cand("n 2-1", "x86_64"), cand("x 2-1", "noarch"), cand("x 1.5-1")],
+                 arch="x86_64")
+    res = r.resolve(None)
+    assert changes(res) == [("x-1.5-1.x86_64", "x-1-1.x86_64", "x86_64", True)]
+
+
+def test_multilib_both_or_refused() -> None:
+    installed = [inst("lib 1-1"), inst("lib 1-1", "i686")]
+    r = Resolver(installed, [cand("lib 2-1"), cand("lib 2-1", "i686")], arch="x86_64")
+    assert [c.new.nevra for c in r.resolve({"lib": None}).changes] == [
+        "lib-2-1.i686", "lib-2-1.x86_64"]
+    r = Resolver(installed, [cand("lib 2-1")], arch="x86_64")
+    res = r.resolve({"lib": None})
+    assert res.changes == [] and "i686" in res.failures["lib"]
+
+
+def test_priority_wins_over_newer() -> None:
+    r = Resolver([inst("a 1-1")], [cand("a 2-1", priority=10, repo="pinned"),
+                                   cand("a 3-1", priority=50, repo="extra")], arch="x86_64")
+    assert [c.new.evr for c in r.resolve(None).changes] == ["2-1"]
+    assert r.held("a") is not None and "extra" in r.held("a")  # type: ignore[operator]
+    res = r.resolve({"a": "3-1"})
+    assert "a" in res.held and res.changes == []
+
+
+def test_exact_pair_pulls_partner() -> None:
+    installed = [inst("openssl-libs 1:3.0.7-27"),
+                 inst("openssl 1:3.0.7-27", requires=("openssl-libs = 1:3.0.7-27",))]
+    cands = [cand("openssl-libs 1:3.0.7-28"),
+             cand("openssl 1:3.0.7-28", requires=("openssl-libs = 1:3.0.7-28",))]
+    res = Resolver(installed, cands, arch="x86_64").resolve({"openssl-libs": None})
+    assert changes(res) == [
+        ("openssl-1:3.0.7-28.x86_64", "openssl-1:3.0.7-27.x86_64", "x86_64", False),
+        ("openssl-libs-1:3.0.7-28.x86_64", "openssl-libs-1:3.0.7-27.x86_64", "x86_64", True)]
+    # without the partner's new build the target is refused, nothing half-done
+    res = Resolver(installed, cands[:1], arch="x86_64").resolve({"openssl-libs": None})
+    assert res.changes == [] and "breaks openssl-1:3.0.7-27" in res.failures["openssl-libs"]
+
+
+def test_new_dependency_installed_and_file_dep() -> None:
+    installed = [inst("app 1-1")]
+    cands = [cand("app 2-1", requires=("libnew >= 1", "/usr/bin/helper")),
+             cand("libnew 1-1"), cand("libnew 0.5-1"),
+             cand("helpers 1-1", "noarch", files=("/usr/bin/helper",))]
+    res = Resolver(installed, cands, arch="x86_64").resolve({"app": None})
+    assert changes(res) == [("app-2-1.x86_64", "app-1-1.x86_64", "x86_64", True),
+                            ("helpers-1-1.noarch", None, "noarch", False),
+                            ("libnew-1-1.x86_64", None, "x86_64", False)]
+    res = Resolver(installed, cands[:1], arch="x86_64").resolve({"app": None})
+    assert "nothing provides libnew >= 1" in res.failures["app"]
+
+
+def test_rich_and_scriptlet_requires_rpmlib_ignored() -> None:
+    installed = [inst("app 1-1"), inst("b 1-1")]
+    cands = [cand("app 2-1", requires=("(b >= 2 or c)", "rpmlib(PayloadIsZstd) <= 5.4.18-1")),
+             cand("b 2-1"), cand("c 1-1")]
+    res = Resolver(installed, cands, arch="x86_64").resolve({"app": None})
+    assert [c.new.nevra for c in res.changes] == ["app-2-1.x86_64", "b-2-1.x86_64"]
+    post = RepoPackage("app", None, "3", "1", "x86_64",
+                       requires=(Dep("d", SENSE_SCRIPT_POST),))
+    res = Resolver(installed, [post], arch="x86_64").resolve({"app": None})
+    assert "nothing provides d" in res.failures["app"]
+
+
+def test_obsoletes_rename() -> None:
+    installed = [inst("oldname 1-1")]
+    cands = [cand("newname 2-1", obsoletes=("oldname < 2",), provides=("oldname = 2-1",))]
+    res = Resolver(installed, cands, arch="x86_64").resolve({"oldname": None})
+    assert changes(res) == [("newname-2-1.x86_64", "oldname-1-1.x86_64", "x86_64", True)]
+    assert [p.nevra for p in res.erased] == ["oldname-1-1.x86_64"]
+
+
+def test_conflicts_refuse() -> None:
+    installed = [inst("a 1-1"), inst("b 1-1", conflicts=("a >= 2",))]
+    res = Resolver(installed, [cand("a 2-1")], arch="x86_64").resolve({"a": None})
+    assert res.changes == [] and "conflicts" in res.failures["a"]
+    installed = [inst("a 1-1"), inst("b 1-1")]
+    res = Resolver(installed, [cand("a 2-1", conflicts=("b < 2",))],
+                   arch="x86_64").resolve({"a": None})
+    assert "conflicts with b-1-1.x86_64" in res.failures["a"]
+
+
+def test_one_failure_does_not_sink_the_others() -> None:
+    installed = [inst("a 1-1"), inst("b 1-1")]
+    cands = [cand("a 2-1", requires=("missing",)), cand("b 2-1")]
+    res = Resolver(installed, cands, arch="x86_64").resolve(None)
+    assert [c.new.nevra for c in res.changes] == ["b-2-1.x86_64"]
+    assert list(res.failures) == ["a"]
+
+
+def test_series_and_helpers() -> None:
+    r = Resolver([inst("libcrypto 1-1", source="openssl-1-1.src.rpm")],
+                 [cand("libcrypto3 3-1", source="openssl-3-1.src.rpm")], arch="x86_64")
+    assert r.series("libcrypto") == ["libcrypto3"]
+    assert source_name("openssl-3.0.7-27.el9.src.rpm") == "openssl"
+    assert source_name("") == ""
+    assert compare_floor("1:3.0.7-28.el9", "3.0.7-28.el9") == 0
+    assert compare_floor("1:3.0.7-27.el9", "3.0.7-28.el9") < 0
+    assert compare_floor("1:3.0.7-27.el9", "0:3.0.7-28.el9") > 0
+    assert compare_floor("3.0.7-28", "3.0.7") == 0
