@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
@@ -415,3 +416,18 @@ def test_missing_file(built: dict[str, Path], tmp_path: Path) -> None:
     bad = _hostile(built, tmp_path, first, trailer + b"\0" * (len(first) - len(trailer)))
     with pytest.raises(RpmPackageError, match="the payload lacks 8 file"):
         _read_all(bad)
+
+
+def test_ghost_in_payload_is_skipped(built: dict[str, Path], tmp_path: Path) -> None:
+    """rpm < 4.11 put %ghost files in payloads; rpm skips them, and so does members()."""
+    data = bytearray(built["none"].read_bytes())
+    _, main, start, _ = _offsets(bytes(data))
+    entry = main.entry(Tag.FILEFLAGS)
+    assert entry is not None and main.ints(Tag.FILEFLAGS)[0] == 17  # etc/sut.conf, cn
+    at = start + 16 + 16 * len(main.index) + entry.offset
+    data[at:at + 4] = struct.pack(">I", 17 | 64)
+    _rehash(data)
+    path = _copy(tmp_path, data)
+    assert _rpmkeys_ok(tmp_path, path)
+    names = [name for name, _size, _stream in read_rpm(path, what="p").members()]
+    assert "etc/sut.conf" not in names and "usr/share/sut/big" in names

@@ -272,10 +272,11 @@ class _Member(io.RawIOBase):
                  what: str) -> None:
         super().__init__()
         self._stream, self._left, self._what, self._check = stream, size, what, check
-        if check and stat.S_ISREG(check.mode) and check.data and not check.digest:
+        if check and stat.S_ISREG(check.mode) and size and not check.digest:
             raise RpmPackageError(f"{what}: {check.path}: the header has no digest for "
                                   "this file", path=check.path)
-        self._hash = hashlib.new(algo) if check and stat.S_ISREG(check.mode) else None
+        self._hash = (hashlib.new(algo) if check and stat.S_ISREG(check.mode) and check.digest
+                      else None)
         self._link = bytearray() if check and stat.S_ISLNK(check.mode) else None
         if size == 0:
             self._verify()
@@ -362,6 +363,14 @@ def _cpio(stream: IO[bytes], files: list[_File], algo: str, what: str
         if path in found:
             raise RpmPackageError(f"{what}: payload member {path} appears twice", path=path)
         found.add(path)
+        if f.flags & _GHOST:  # rpm < 4.11 put ghosts in payloads; rpm skips them
+            if size > f.size:
+                raise RpmPackageError(f"{what}: ghost payload member {path} has {size} "
+                                      f"bytes, the header says {f.size}", path=path)
+            _Member(stream, size, None, algo, what).drain()
+            _read_exact(stream, (4 - size % 4) % 4, what, "payload")
+            pos += size + (4 - size % 4) % 4
+            continue
         if stat.S_IFMT(mode) != stat.S_IFMT(f.mode):
             raise RpmPackageError(f"{what}: payload member {path} is of another file type "
                                   f"({mode:o}) than the header's ({f.mode:o})", path=path)
@@ -371,11 +380,8 @@ def _cpio(stream: IO[bytes], files: list[_File], algo: str, what: str
                                   f"header says {expected}", path=path)
         check = f if f.data or not stat.S_ISREG(f.mode) else None
         member = _Member(stream, size, check, algo, what)
-        if f.flags & _GHOST:  # rpm < 4.11 put ghosts in payloads; rpm skips them
-            member.drain()
-        else:
-            yield path, size, cast(IO[bytes], member)
-            member.drain()
+        yield path, size, cast(IO[bytes], member)
+        member.drain()
         data_pad = (4 - size % 4) % 4
         if data_pad:
             _read_exact(stream, data_pad, what, "payload")
