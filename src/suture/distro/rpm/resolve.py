@@ -185,13 +185,14 @@ class Resolver:
 
     def newest(self, name: str) -> str | None:
         """The newest EVR every installed architecture of ``name`` may go to (the
-        installed one when nothing newer is offered; ``None``: not installed)."""
+        installed one when nothing newer is offered; ``None``: not installed); that of
+        the package which obsoletes it when there is one."""
         have = self._by_name.get(name)
         if not have:
             return None
         tops: list[PackageInfo] = []
         for old in have:
-            best = self._best(old)
+            best = self._obsoleter(old) or self._best(old)
             tops.append(best if best is not None and compare_packages(best, old) > 0 else old)
         return min(tops, key=functools.cmp_to_key(compare_packages)).evr
 
