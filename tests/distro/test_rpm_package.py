@@ -9,8 +9,10 @@ by the file checks of :meth:`RpmArchive.members`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import random
 import shutil
 import struct
 import subprocess
@@ -431,3 +433,30 @@ def test_ghost_in_payload_is_skipped(built: dict[str, Path], tmp_path: Path) -> 
     assert _rpmkeys_ok(tmp_path, path)
     names = [name for name, _size, _stream in read_rpm(path, what="p").members()]
     assert "etc/sut.conf" not in names and "usr/share/sut/big" in names
+
+
+def test_random_damage_ends_in_a_verdict(built: dict[str, Path], tmp_path: Path) -> None:
+    """Random bytes changed in the main header or the payload's first members, the
+    digests re-computed when the headers still parse: the package reads, or one
+    SutureError says why not; nothing else escapes."""
+    from suture.errors import SutureError
+
+    original = built["none"].read_bytes()
+    _, _, start, payload = _offsets(original)
+    rng = random.Random(1234)
+    verdicts: dict[str, int] = {}
+    for i in range(120):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(start + 16, payload + 1024)
+            data[at] = rng.randrange(256)
+        with contextlib.suppress(SutureError, AssertionError):  # headers that no longer parse
+            _rehash(data)
+        path = _copy(tmp_path, data, f"m{i}.rpm")
+        try:
+            _read_all(path)
+            verdicts["read"] = verdicts.get("read", 0) + 1
+        except SutureError as exc:
+            verdicts[type(exc).__name__] = verdicts.get(type(exc).__name__, 0) + 1
+        path.unlink()
+    assert verdicts.get("RpmPackageError", 0) > 0

@@ -430,7 +430,7 @@ class RpmArchive:
         after the last member. Decompression is bounded by the header's sizes."""
         what = self.what
         files = _header_files(self.header, what)
-        algo_id = self.header.number(Tag.FILEDIGESTALGO) or 1
+        algo_id = _number(self.header, Tag.FILEDIGESTALGO, what) or 1
         if algo_id not in _ALGOS:
             raise RpmPackageError(f"{what}: unsupported file digest algorithm {algo_id}")
         algo = _ALGOS[algo_id]
@@ -478,6 +478,13 @@ def _read_header(fh: BinaryIO, offset: int, max_entries: int, max_data: int, wha
     except HeaderError as exc:
         raise RpmPackageError(str(exc)) from None
     return header, offset + end
+
+
+def _number(header: Header, tag: int, what: str) -> int | None:
+    try:
+        return header.number(tag)
+    except HeaderError as exc:
+        raise RpmPackageError(f"{what}: {exc}") from None
 
 
 def _hex_tag(sig: Header, tag: int, what: str) -> str | None:
@@ -562,7 +569,7 @@ def read_rpm(path: Path, *, what: str, keys: Keyring | None = None,
             for h in hashers:
                 h.update(chunk)
 
-    recorded = sig.number(Tag.LONGSIGSIZE) or sig.number(Tag.SIG_SIZE)
+    recorded = _number(sig, Tag.LONGSIGSIZE, what) or _number(sig, Tag.SIG_SIZE, what)
     if recorded is not None:
         actual = len(main_bytes) + size
         if actual < recorded:
