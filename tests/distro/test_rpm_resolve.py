@@ -3,6 +3,14 @@ packages built with rpmbuild (the oracle module below)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
 from suture.distro.rpm.model import (
     SENSE_EQUAL,
     SENSE_GREATER,
@@ -14,6 +22,7 @@ from suture.distro.rpm.model import (
 )
 from suture.distro.rpm.resolve import Resolver, compare_floor, source_name
 from suture.distro.rpm.version import parse_evr
+from tests.fixtures.rpmbuild import RPM_DB, build_rpm, rpm_root
 
 GE = SENSE_GREATER | SENSE_EQUAL
 
@@ -180,3 +189,149 @@ def test_series_and_helpers() -> None:
     assert compare_floor("1:3.0.7-27.el9", "3.0.7-28.el9") < 0
     assert compare_floor("1:3.0.7-27.el9", "0:3.0.7-28.el9") > 0
     assert compare_floor("3.0.7-28", "3.0.7") == 0
+
+
+# -- the oracle: dnf --installroot on packages built with rpmbuild ---------------------
+
+ORACLE_TOOLS = ("rpm", "rpmbuild", "createrepo_c", "dnf")
+
+
+def _spec(name: str, evr: str, *lines: str) -> str:
+    e, v, r = parse_evr(evr)
+    head = f"Epoch: {e}\n" if e is not None else ""
+    extra = "\n".join(lines)
+    return (f"Name: {name}\n{head}Version: {v}\nRelease: {r or '1'}\nSummary: t\n"
+            f"License: MIT\n{extra}\n%description\nt\n%files\n")
+
+
+# (name, evr, spec lines, where): where is "root" (installed), "base" or "extra"
+ORACLE_PACKAGES = [
+    ("plain", "1.0-1", (), "root"), ("plain", "1.1-1", (), "base"),
+    ("plain", "1.2-1", (), "base"), ("plain", "0.9-1", (), "base"),
+    ("libp", "1:1.0-1", (), "root"), ("tool", "1.0-1", ("Requires: libp = 1:1.0-1",), "root"),
+    ("libp", "1:1.1-1", (), "base"), ("tool", "1.1-1", ("Requires: libp = 1:1.1-1",), "base"),
+    ("app", "1-1", (), "root"), ("app", "2-1", ("Requires: libnew >= 1",), "base"),
+    ("libnew", "1-1", (), "base"), ("libnew", "0.5-1", (), "base"),
+    ("oldname", "1-1", (), "root"),
+    ("newname", "2-1", ("Obsoletes: oldname < 2", "Provides: oldname = 2-1"), "base"),
+    ("prio", "1-1", (), "root"), ("prio", "2-1", (), "base"), ("prio", "3-1", (), "extra"),
+    ("steady", "1-1", (), "root"), ("steady", "1-1", (), "base"),
+]
+
+QF = ("@@%{NAME}\\t%{EPOCH}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SOURCERPM}\\n"
+      "[P\\t%{PROVIDENAME}\\t%{PROVIDEFLAGS}\\t%{PROVIDEVERSION}\\n]"
+      "[R\\t%{REQUIRENAME}\\t%{REQUIREFLAGS}\\t%{REQUIREVERSION}\\n]"
+      "[O\\t%{OBSOLETENAME}\\t%{OBSOLETEFLAGS}\\t%{OBSOLETEVERSION}\\n]"
+      "[C\\t%{CONFLICTNAME}\\t%{CONFLICTFLAGS}\\t%{CONFLICTVERSION}\\n]"
+      "[F\\t%{FILENAMES}\\n]")
+
+
+def _query(args: list[str]) -> list[dict[str, object]]:
+    """Packages as rpm's query format gives them (a header each)."""
+    text = subprocess.run(["rpm", *args, "--qf", QF], check=True, capture_output=True,
+                          text=True).stdout
+    out: list[dict[str, object]] = []
+    for block in text.split("@@")[1:]:
+        lines = block.splitlines()
+        name, epoch, version, release, arch, source = lines[0].split("\t")
+        deps: dict[str, list[Dep]] = {"P": [], "R": [], "O": [], "C": []}
+        files: list[str] = []
+        for line in lines[1:]:
+            kind, *rest = line.split("\t")
+            if kind == "F":
+                files.append(rest[0])
+            elif kind in deps:
+                deps[kind].append(Dep(rest[0], int(rest[1]), rest[2]))
+        out.append({"name": name, "epoch": None if epoch == "(none)" else int(epoch),
+                    "version": version, "release": release, "arch": arch,
+                    "provides": tuple(deps["P"]), "requires": tuple(deps["R"]),
+                    "obsoletes": tuple(deps["O"]), "conflicts": tuple(deps["C"]),
+                    "files": tuple(files), "sourcerpm": "" if source == "(none)" else source})
+    return out
+
+
+@dataclass
+class DnfWorld:
+    top: Path
+    root: Path
+    home: Path
+    installed: list[PackageInfo]
+    candidates: list[RepoPackage]
+
+
+@pytest.fixture(scope="module")
+def dnf_world(tmp_path_factory: pytest.TempPathFactory) -> DnfWorld:
+    missing = [t for t in ORACLE_TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}")
+    top = tmp_path_factory.mktemp("dnf-oracle")
+    built: dict[str, list[Path]] = {"root": [], "base": [], "extra": []}
+    for name, evr, lines, where in ORACLE_PACKAGES:
+        built[where] += build_rpm(_spec(name, evr, *lines), top / f"rpms-{where}",
+                                  payload="gzip")
+    for repo in ("base", "extra"):
+        subprocess.run(["createrepo_c", "-q", str(top / f"rpms-{repo}")], check=True)
+    root = top / "root"
+    root.mkdir()
+    rpm_root(root, "--initdb")
+    rpm_root(root, "-i", *map(str, built["root"]))
+    home = top / "home"
+    home.mkdir()
+    (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n")
+    repos = root / "etc/yum.repos.d"
+    repos.mkdir(parents=True)
+    priorities = {"base": 10, "extra": 50}
+    (repos / "sut.repo").write_text("".join(
+        f"[sut-{r}]\nname={r}\nbaseurl=file://{top}/rpms-{r}\ngpgcheck=0\nenabled=1\n"
+        f"priority={p}\n\n" for r, p in priorities.items()))
+    installed = [PackageInfo(**d) for d in _query(  # type: ignore[arg-type]
+        ["--root", str(root), *RPM_DB, "-qa"])]
+    candidates: list[RepoPackage] = []
+    for order, repo in enumerate(("base", "extra")):
+        paths = built[repo]
+        for path, d in zip(paths, _query(["-qp", *map(str, paths)]), strict=True):
+            candidates.append(RepoPackage(
+                **d, location=path.name, base_url=f"file://{top}/rpms-{repo}",  # type: ignore[arg-type]
+                checksum=hashlib.sha256(path.read_bytes()).hexdigest(),
+                size=path.stat().st_size, repo_id=f"sut-{repo}", repo_order=order,
+                priority=priorities[repo]))
+    return DnfWorld(top, root, home, installed, candidates)
+
+
+def _nevras(root: Path) -> set[str]:
+    out = rpm_root(root, "-qa", "--qf", "%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}"
+                                        ".%{ARCH}\\n").stdout
+    return set(out.split())
+
+
+def _dnf(world: DnfWorld, tmp: Path, *args: str) -> tuple[set[str], set[str]]:
+    """What ``dnf upgrade ARGS`` installs and removes in a copy of the root."""
+    root = tmp / "root"
+    shutil.copytree(world.root, root, symlinks=True)
+    before = _nevras(root)
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(world.home), "LC_ALL": "C"}
+    subprocess.run(["dnf", "-y", "-q", f"--installroot={root}", "--releasever=9",
+                    f"--setopt=reposdir={root}/etc/yum.repos.d",
+                    f"--setopt=cachedir={tmp}/cache", "--setopt=install_weak_deps=False",
+                    "upgrade", *args], check=True, env=env, capture_output=True)
+    after = _nevras(root)
+    return after - before, before - after
+
+
+def _ours(world: DnfWorld, targets: dict[str, str | None] | None) -> tuple[set[str], set[str]]:
+    res = Resolver(world.installed, world.candidates, arch="x86_64").resolve(targets)
+    assert res.failures == {}
+    added = {c.new.nevra for c in res.changes}
+    removed = {c.old.nevra for c in res.changes if c.old} | {p.nevra for p in res.erased}
+    return added, removed
+
+
+@pytest.mark.parametrize("targets", [
+    ["plain"], ["libp"], ["app"], ["oldname"], ["prio"], ["steady", "plain"], None,
+], ids=["plain", "exact-pair", "new-dependency", "obsoletes", "priority", "up-to-date",
+        "update-all"])
+def test_against_dnf(dnf_world: DnfWorld, tmp_path: Path, targets: list[str] | None) -> None:
+    want = _dnf(dnf_world, tmp_path, *(targets or []))
+    got = _ours(dnf_world, None if targets is None else dict.fromkeys(targets))
+    assert got == want
+    assert want[0]  # every case changes something

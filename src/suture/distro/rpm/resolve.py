@@ -230,7 +230,8 @@ class Resolver:
         if targets is None:
             names: dict[str, str | None] = {}
             for name in sorted(self._by_name):
-                if any(self._upgrade(o) is not None for o in self._by_name[name]):
+                if any(self._upgrade(o) is not None or self._obsoleter(o) is not None
+                       for o in self._by_name[name]):
                     names[name] = None
             update_all = True
         else:
