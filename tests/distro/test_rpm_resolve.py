@@ -197,11 +197,16 @@ ORACLE_TOOLS = ("rpm", "rpmbuild", "createrepo_c", "dnf")
 
 
 def _spec(name: str, evr: str, *lines: str) -> str:
+    """A package without files; a line ``file PATH`` gives it an (empty) file."""
     e, v, r = parse_evr(evr)
     head = f"Epoch: {e}\n" if e is not None else ""
-    extra = "\n".join(lines)
+    files = [line.split(" ", 1)[1] for line in lines if line.startswith("file ")]
+    extra = "\n".join(line for line in lines if not line.startswith("file "))
+    install = "".join(f"mkdir -p %{{buildroot}}{f.rsplit('/', 1)[0]}\n"
+                      f"touch %{{buildroot}}{f}\n" for f in files)
     return (f"Name: {name}\n{head}Version: {v}\nRelease: {r or '1'}\nSummary: t\n"
-            f"License: MIT\n{extra}\n%description\nt\n%files\n")
+            f"License: MIT\n{extra}\n%description\nt\n%install\n{install}"
+            f"%files\n" + "".join(f"{f}\n" for f in files))
 
 
 # (name, evr, spec lines, where): where is "root" (installed), "base" or "extra"
@@ -216,6 +221,17 @@ ORACLE_PACKAGES = [
     ("newname", "2-1", ("Obsoletes: oldname < 2", "Provides: oldname = 2-1"), "base"),
     ("prio", "1-1", (), "root"), ("prio", "2-1", (), "base"), ("prio", "3-1", (), "extra"),
     ("steady", "1-1", (), "root"), ("steady", "1-1", (), "base"),
+    ("fapp", "1-1", (), "root"), ("fapp", "2-1", ("Requires: /usr/libexec/sut/helper",), "base"),
+    ("helpers", "1-1", ("file /usr/libexec/sut/helper",), "base"),
+    ("rapp", "1-1", (), "root"), ("richb", "1-1", (), "root"),
+    ("rapp", "2-1", ("Requires: (richb >= 2 or richc)",), "base"),
+    ("richb", "2-1", (), "base"), ("richc", "1-1", (), "base"),
+    ("capp", "1-1", (), "root"), ("cblock", "1-1", ("Conflicts: capp >= 2",), "root"),
+    ("capp", "2-1", (), "base"),
+    ("blib", "1-1", (), "root"), ("buser", "1-1", ("Requires: blib = 1-1",), "root"),
+    ("blib", "2-1", (), "base"),
+    ("ml", "1-1", (), "root"), ("ml", "1-1", ("arch i686",), "root"),
+    ("ml", "2-1", (), "base"), ("ml", "2-1", ("arch i686",), "base"),
 ]
 
 QF = ("@@%{NAME}\\t%{EPOCH}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{SOURCERPM}\\n"
@@ -267,8 +283,10 @@ def dnf_world(tmp_path_factory: pytest.TempPathFactory) -> DnfWorld:
     top = tmp_path_factory.mktemp("dnf-oracle")
     built: dict[str, list[Path]] = {"root": [], "base": [], "extra": []}
     for name, evr, lines, where in ORACLE_PACKAGES:
+        arch = "i686" if "arch i686" in lines else None
+        lines = tuple(line for line in lines if line != "arch i686")
         built[where] += build_rpm(_spec(name, evr, *lines), top / f"rpms-{where}",
-                                  payload="gzip")
+                                  payload="gzip", arch=arch)
     for repo in ("base", "extra"):
         subprocess.run(["createrepo_c", "-q", str(top / f"rpms-{repo}")], check=True)
     root = top / "root"
@@ -304,34 +322,50 @@ def _nevras(root: Path) -> set[str]:
     return set(out.split())
 
 
-def _dnf(world: DnfWorld, tmp: Path, *args: str) -> tuple[set[str], set[str]]:
-    """What ``dnf upgrade ARGS`` installs and removes in a copy of the root."""
+def _dnf(world: DnfWorld, tmp: Path, *args: str, best: bool = False
+         ) -> tuple[set[str], set[str]] | None:
+    """What ``dnf upgrade ARGS`` installs and removes in a copy of the root (``None``: dnf
+    refused)."""
     root = tmp / "root"
     shutil.copytree(world.root, root, symlinks=True)
     before = _nevras(root)
     env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(world.home), "LC_ALL": "C"}
-    subprocess.run(["dnf", "-y", "-q", f"--installroot={root}", "--releasever=9",
-                    f"--setopt=reposdir={root}/etc/yum.repos.d",
-                    f"--setopt=cachedir={tmp}/cache", "--setopt=install_weak_deps=False",
-                    "upgrade", *args], check=True, env=env, capture_output=True)
+    proc = subprocess.run(["dnf", "-y", "-q", f"--installroot={root}", "--releasever=9",
+                           f"--setopt=reposdir={root}/etc/yum.repos.d",
+                           f"--setopt=cachedir={tmp}/cache", "--setopt=install_weak_deps=False",
+                           f"--setopt=best={best}", "upgrade", *args], env=env,
+                          capture_output=True)
+    if proc.returncode:
+        return None
     after = _nevras(root)
     return after - before, before - after
 
 
-def _ours(world: DnfWorld, targets: dict[str, str | None] | None) -> tuple[set[str], set[str]]:
+def _ours(world: DnfWorld, targets: dict[str, str | None] | None
+          ) -> tuple[tuple[set[str], set[str]], dict[str, str]]:
     res = Resolver(world.installed, world.candidates, arch="x86_64").resolve(targets)
-    assert res.failures == {}
     added = {c.new.nevra for c in res.changes}
     removed = {c.old.nevra for c in res.changes if c.old} | {p.nevra for p in res.erased}
-    return added, removed
+    return (added, removed), res.failures
 
 
 @pytest.mark.parametrize("targets", [
-    ["plain"], ["libp"], ["app"], ["oldname"], ["prio"], ["steady", "plain"], None,
+    ["plain"], ["libp"], ["app"], ["oldname"], ["prio"], ["steady", "plain"], ["fapp"],
+    ["rapp"], ["ml"], None,
 ], ids=["plain", "exact-pair", "new-dependency", "obsoletes", "priority", "up-to-date",
-        "update-all"])
+        "file-dependency", "rich-dependency", "multilib", "update-all"])
 def test_against_dnf(dnf_world: DnfWorld, tmp_path: Path, targets: list[str] | None) -> None:
     want = _dnf(dnf_world, tmp_path, *(targets or []))
-    got = _ours(dnf_world, None if targets is None else dict.fromkeys(targets))
-    assert got == want
+    got, failures = _ours(dnf_world, None if targets is None else dict.fromkeys(targets))
+    assert want is not None and got == want
     assert want[0]  # every case changes something
+    # update-all leaves out what cannot be upgraded, as dnf (best=False) does
+    assert sorted(failures) == ([] if targets else ["blib", "capp"])
+
+
+@pytest.mark.parametrize("target", ["capp", "blib"], ids=["conflict", "broken-dependent"])
+def test_refusals_against_dnf_best(dnf_world: DnfWorld, tmp_path: Path, target: str) -> None:
+    # dnf with best=True must install the newest or fail; so must we
+    assert _dnf(dnf_world, tmp_path, target, best=True) is None
+    got, failures = _ours(dnf_world, {target: None})
+    assert got == (set(), set()) and list(failures) == [target]
