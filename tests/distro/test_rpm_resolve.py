@@ -153,6 +153,15 @@ def test_rich_and_scriptlet_requires_rpmlib_ignored() -> None:
     assert "nothing provides d" in res.failures["app"]
 
 
+def test_rich_and_needs_two_packages() -> None:
+    installed = [inst("app 1-1"), inst("b 1-1")]
+    cands = [cand("app 2-1", requires=("(b >= 2 and (c if b) and (d if x))",)),
+             cand("b 2-1"), cand("c 1-1"), cand("d 1-1")]
+    res = Resolver(installed, cands, arch="x86_64").resolve({"app": None})
+    assert [c.new.nevra for c in res.changes] == ["app-2-1.x86_64", "b-2-1.x86_64",
+                                                  "c-1-1.x86_64"]
+
+
 def test_obsoletes_rename() -> None:
     installed = [inst("oldname 1-1")]
     cands = [cand("newname 2-1", obsoletes=("oldname < 2",), provides=("oldname = 2-1",))]
@@ -230,6 +239,9 @@ ORACLE_PACKAGES = [
     ("capp", "2-1", (), "base"),
     ("blib", "1-1", (), "root"), ("buser", "1-1", ("Requires: blib = 1-1",), "root"),
     ("blib", "2-1", (), "base"),
+    ("randapp", "1-1", (), "root"),
+    ("randapp", "2-1", ("Requires: (richd and (riche >= 1 if richb))",), "base"),
+    ("richd", "1-1", (), "base"), ("riche", "1-1", (), "base"),
     ("ml", "1-1", (), "root"), ("ml", "1-1", ("arch i686",), "root"),
     ("ml", "2-1", (), "base"), ("ml", "2-1", ("arch i686",), "base"),
 ]
@@ -351,9 +363,9 @@ def _ours(world: DnfWorld, targets: dict[str, str | None] | None
 
 @pytest.mark.parametrize("targets", [
     ["plain"], ["libp"], ["app"], ["oldname"], ["prio"], ["steady", "plain"], ["fapp"],
-    ["rapp"], ["ml"], None,
+    ["rapp"], ["randapp"], ["ml"], None,
 ], ids=["plain", "exact-pair", "new-dependency", "obsoletes", "priority", "up-to-date",
-        "file-dependency", "rich-dependency", "multilib", "update-all"])
+        "file-dependency", "rich-dependency", "rich-and-if", "multilib", "update-all"])
 def test_against_dnf(dnf_world: DnfWorld, tmp_path: Path, targets: list[str] | None) -> None:
     want = _dnf(dnf_world, tmp_path, *(targets or []))
     got, failures = _ours(dnf_world, None if targets is None else dict.fromkeys(targets))

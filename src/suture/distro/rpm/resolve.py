@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 
 from suture.distro.rpm.model import SENSE_EQUAL, SENSE_MISSINGOK, Dep, PackageInfo, RepoPackage
 from suture.distro.rpm.version import (
+    RichDep,
     RichDepError,
     compare_evr,
     compare_packages,
     dep_matches,
     parse_evr,
+    parse_rich,
     rich_satisfied,
 )
 
@@ -132,6 +134,45 @@ class _World:
             except RichDepError:
                 return False
         return self.has(req)
+
+
+def _text(node: RichDep | Dep) -> str:
+    if isinstance(node, Dep):
+        return str(node)
+    args = [_text(a) for a in node.args]
+    if node.op in ("if", "unless") and len(args) == 3:
+        return f"({args[0]} {node.op} {args[1]} else {args[2]})"
+    return "(" + f" {node.op} ".join(args) + ")"
+
+
+def _as_dep(node: RichDep | Dep) -> Dep:
+    return node if isinstance(node, Dep) else Dep(_text(node))
+
+
+def _split(node: RichDep | Dep, world: _World) -> list[Dep]:
+    """What an unmet rich requirement comes down to in ``world``: each unmet operand of an
+    ``and``/``with``, the branch an ``if``/``unless`` takes; ``or``/``without`` stay whole
+    (one package must meet them)."""
+    if isinstance(node, Dep):
+        return [node]
+    a = node.args
+    if node.op in ("and", "with"):
+        return [d for x in a if not world.satisfies(_as_dep(x)) for d in _split(x, world)]
+    if node.op in ("if", "unless"):
+        cond = world.satisfies(_as_dep(a[1]))
+        if cond == (node.op == "if"):
+            return _split(a[0], world)
+        return _split(a[2], world) if len(a) == 3 else []
+    return [_as_dep(node)]
+
+
+def _parts(req: Dep, world: _World) -> list[Dep]:
+    if not req.rich:
+        return [req]
+    try:
+        return _split(parse_rich(req.name), world)
+    except RichDepError:
+        return [req]
 
 
 @dataclass
@@ -357,12 +398,16 @@ class Resolver:
             for req in e.new.requires:
                 if world.satisfies(req):
                     continue
-                provider = self._provider(req, entries, world)
-                if provider is None:
-                    raise _Refused(e.roots, f"nothing provides {req} needed by {e.new.nevra}")
-                k = (provider.new.name, provider.new.arch)
-                if k not in added and k not in entries:
-                    added[k] = _Entry(provider.old, provider.new, False, e.roots)
+                for part in _parts(req, world):
+                    if world.satisfies(part):
+                        continue
+                    provider = self._provider(part, entries, world)
+                    if provider is None:
+                        raise _Refused(e.roots,
+                                       f"nothing provides {part} needed by {e.new.nevra}")
+                    k = (provider.new.name, provider.new.arch)
+                    if k not in added and k not in entries:
+                        added[k] = _Entry(provider.old, provider.new, False, e.roots)
             for c in e.new.conflicts:
                 hit = [p for p in world.providers(c) if p is not e.new]
                 if hit:
