@@ -105,6 +105,13 @@ def test_multilib_both_or_refused() -> None:
     assert res.changes == [] and "i686" in res.failures["lib"]
 
 
+def test_install_only_refused() -> None:
+    r = Resolver([inst("kernel 5.14-1"), inst("kernel 5.14-2")], [cand("kernel 5.14-3")],
+                 arch="x86_64")
+    res = r.resolve(None)
+    assert res.changes == [] and "install-only" in res.failures["kernel"]
+
+
 def test_priority_wins_over_newer() -> None:
     r = Resolver([inst("a 1-1")], [cand("a 2-1", priority=10, repo="pinned"),
                                    cand("a 3-1", priority=50, repo="extra")], arch="x86_64")

@@ -320,6 +320,10 @@ class Resolver:
         if not have:
             out.not_installed.append(name)
             return
+        if len({p.arch for p in have}) != len(have):
+            out.failures[name] = (f"{name} is installed in several versions of one architecture "
+                                  "(an install-only package such as a kernel): not upgraded")
+            return
         entries: list[_Entry] = []
         current = 0
         for old in have:
