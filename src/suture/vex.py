@@ -27,7 +27,7 @@ class VexProduct:
 
     ``distro`` is the purl ``distro`` qualifier (``debian-12``); ``namespace`` the
     purl namespace of its packages (``debian``, ``ubuntu``, ``alpine``, ``wolfi``);
-    ``package_type`` the purl type (``deb``, ``apk``; by default ``apk`` for the apk
+    ``package_type`` the purl type (``deb``, ``apk``, ``rpm``; by default ``apk`` for the apk
     distributions' namespaces and ``deb`` otherwise).
     """
 
@@ -72,8 +72,37 @@ def apk_purl(update: Update, namespace: str, distro: str) -> str:
             f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
 
 
+# os-release ID -> the OS family Trivy names in an rpm purl's namespace and distro.
+RPM_NAMESPACES = {"rhel": "redhat", "centos": "centos", "rocky": "rocky", "almalinux": "alma",
+                  "ol": "oracle", "amzn": "amazon", "fedora": "fedora",
+                  "azurelinux": "azurelinux", "mariner": "cbl-mariner",
+                  "opensuse-leap": "opensuse.leap", "opensuse-tumbleweed": "opensuse.tumbleweed",
+                  "sles": "sles", "sle-micro": "slem", "photon": "photon"}
+
+
+def rpm_purl(update: Update, namespace: str, distro: str) -> str:
+    """``pkg:rpm/<family>/<name>@<version>-<release>?arch=<arch>&distro=<family>-<version>
+    [&epoch=<n>]`` as Trivy writes it: the namespace is Trivy's OS family for the
+    os-release ID ``namespace`` (``rhel`` -> ``redhat``, ``amzn`` -> ``amazon``), the
+    epoch a qualifier (only when nonzero), never in the version; qualifiers sorted."""
+    family = RPM_NAMESPACES.get(namespace.lower(), namespace.lower())
+    head, sep, tail = distro.partition("-")
+    if sep and head.lower() == namespace.lower():
+        distro = f"{family}-{tail}"
+    epoch, sep, version = update.to_version.partition(":")
+    if not sep or not epoch.isdigit():
+        epoch, version = "", update.to_version
+    qualifiers = [f"arch={_enc(update.architecture)}", f"distro={_enc(distro)}"]
+    if epoch and int(epoch):
+        qualifiers.append(f"epoch={int(epoch)}")
+    return (f"pkg:rpm/{_enc(family)}/{_enc(update.name)}@{_enc(version)}?"
+            + "&".join(qualifiers))
+
+
 def package_purl(update: Update, product: VexProduct) -> str:
     """The purl of ``update`` as a package of ``product``'s distribution."""
+    if product.purl_type == "rpm":
+        return rpm_purl(update, product.namespace, product.distro)
     if product.purl_type == "apk":
         return apk_purl(update, product.namespace, product.distro)
     return deb_purl(update, product.namespace, product.distro)

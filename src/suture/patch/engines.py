@@ -9,11 +9,12 @@ from suture.errors import SutureError
 from suture.patch.apk import ApkEngine
 from suture.patch.dpkg import DpkgEngine
 from suture.patch.engine import Build, Engine, Prepared, fetch_parallel, package_fetcher
+from suture.patch.rpm import RpmEngine
 
 __all__ = ["ENGINES", "Build", "Engine", "Prepared", "engine_for", "fetch_parallel",
            "package_fetcher", "wants_data"]
 
-ENGINES: tuple[type[Engine], ...] = (DpkgEngine, ApkEngine)
+ENGINES: tuple[type[Engine], ...] = (DpkgEngine, ApkEngine, RpmEngine)
 
 
 def wants_data(path: str) -> bool:

@@ -1,0 +1,392 @@
+"""The rpm engine: RHEL and its rebuilds, Fedora, Amazon Linux, Azure Linux images, with
+or without ``rpm`` or ``dnf`` in them.
+
+prepare: read the sqlite rpmdb (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``, symlinks
+followed; BDB, ndb and distroless manifest-only images are refused, naming the
+backend), os-release, the basearch from the image platform, ``$releasever`` (as dnf:
+the installed ``system-release(releasever)``; ``latest`` on Amazon Linux 2023, as AWS
+documents for updates), the variables of ``etc/dnf/vars`` and ``etc/yum/vars``, the
+enabled repositories of ``etc/yum.repos.d`` (``--mirror`` applied) and the trusted
+keys: the ``gpgkey=file:///...`` files the repositories name, read from the image, the
+armored keys of the rpmdb's ``gpg-pubkey`` entries and the user's ``--keyring``
+files. Each repository's metadata is fetched verified and its packages filtered by
+its ``excludepkgs``/``includepkgs`` and to the image's architectures. plan: the
+resolver decides (:mod:`suture.plan.rpm`). fetch: each package into the cache,
+verified by primary's checksum and, when its repository has ``gpgcheck``, its header
+signature. build: native unpack into layer entries and the rewritten rpmdb
+(:mod:`suture.distro.rpm.apply`). The image's ``rpm`` is never used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from suture.distro.detect import OSRelease
+from suture.distro.fetch import Fetcher
+from suture.distro.rpm.header import Tag
+from suture.distro.rpm.model import SENSE_EQUAL, Dep, RepoPackage
+from suture.distro.rpm.package import RpmArchive, read_rpm
+from suture.distro.rpm.repo import (
+    RpmFetcher,
+    RpmRepository,
+    parse_repo_files,
+    releasever_of,
+    repo_variables,
+)
+from suture.distro.rpm.rpmdb import InstalledPackage, read_sqlite
+from suture.distro.rpm.sign import Keyring
+from suture.distro.rpm.version import dep_matches
+from suture.errors import PackageDBError, SutureError
+from suture.inspect import Inspection
+from suture.oci.fs import FileEntry, read_files, resolve
+from suture.oci.image import Image
+from suture.patch.engine import Build, fetch_parallel, package_fetcher
+from suture.patch.model import PatchOptions
+from suture.plan import Plan, Update
+
+if TYPE_CHECKING:
+    from suture.reports.model import Finding
+
+log = logging.getLogger(__name__)
+
+DB_DIRS = ("usr/lib/sysimage/rpm", "var/lib/rpm")  # newest layout first
+SQLITE = "rpmdb.sqlite"
+REPOS_D = "etc/yum.repos.d/"
+DNF_CONF = "etc/dnf/dnf.conf"
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+_DATA_PREFIXES = ("etc/yum.repos.d/", "etc/dnf/", "etc/yum/", "etc/pki/rpm-gpg/",
+                  "etc/os-release", "usr/lib/os-release", "var/lib/rpm/",
+                  "usr/lib/sysimage/rpm/")
+_OTHER_BACKENDS = (("Packages.db", "ndb"), ("Packages", "Berkeley DB"))
+_MANIFEST = "var/lib/rpmmanifest/container-manifest-2"
+# The image platform's architecture (GOARCH) -> rpm's basearch.
+_BASEARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x",
+             "386": "i686", "arm": "armv7hl", "riscv64": "riscv64"}
+# 32-bit arches installed beside a 64-bit basearch (multilib).
+_MULTILIB = {"x86_64": ("i686",), "ppc64": ("ppc",), "s390x": ("s390",)}
+MAX_KEY_FILE = 8 << 20
+
+
+def _data(files: Mapping[str, FileEntry], links: Mapping[str, str], path: str
+          ) -> bytes | None:
+    entry = files.get(resolve(path, links))
+    if entry is None or entry.kind != "file":
+        return None
+    return entry.data
+
+
+def _under(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
+           ) -> dict[str, bytes]:
+    """Regular files directly under ``prefix`` (symlinks followed), by their path as
+    asked (``prefix`` + base name)."""
+    real = resolve(prefix.rstrip("/"), links) + "/"
+    out: dict[str, bytes] = {}
+    for path in files:
+        if not path.startswith(real) or "/" in path[len(real):]:
+            continue
+        target = files.get(resolve(path, links))
+        if target is not None and target.kind == "file" and target.data is not None:
+            out[prefix + path[len(real):]] = target.data
+    return out
+
+
+def basearch(architecture: str) -> str:
+    """rpm's basearch for an OCI platform architecture (``amd64`` -> ``x86_64``)."""
+    return _BASEARCH.get(architecture, architecture)
+
+
+def releasever(installed: Sequence[InstalledPackage], release: OSRelease | None) -> str:
+    """dnf's ``$releasever`` for the image; ``latest`` on Amazon Linux 2023, whose
+    installed ``system-release`` locks it to the image's own snapshot (AWS documents
+    ``dnf --releasever=latest upgrade`` to update)."""
+    if release is not None and release.id == "amzn" and release.version_id == "2023":
+        return "latest"
+    return releasever_of([p.info for p in installed],
+                         release.version_id if release is not None else "")
+
+
+def package_key(update: Update, updates: Sequence[Update]) -> str:
+    """The key of ``update``'s file in :meth:`RpmState.fetch`'s answer: the name, or
+    ``name.arch`` when the plan updates the name in two architectures (multilib)."""
+    same = sum(1 for u in updates if u.name == update.name)
+    return update.name if same == 1 else f"{update.name}.{update.architecture}"
+
+
+def _wanted(name: str, repo: RpmRepository) -> bool:
+    if any(fnmatch.fnmatchcase(name, pat) for pat in repo.excludepkgs):
+        return False
+    return not repo.includepkgs or any(fnmatch.fnmatchcase(name, pat)
+                                       for pat in repo.includepkgs)
+
+
+@dataclass
+class RpmState:
+    image: Image
+    inspection: Inspection
+    options: PatchOptions
+    files: dict[str, FileEntry]
+    links: dict[str, str]
+    installed: list[InstalledPackage]
+    db_dir: str  # the directory holding rpmdb.sqlite, symlinks resolved
+    db_data: bytes
+    arch: str
+    keys: Keyring
+    repositories: list[RpmRepository] = field(default_factory=list)
+    candidates: list[RepoPackage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fetcher: RpmFetcher | None = None
+
+    # ----------------------------------------------------------------- plan
+    def plan(self, findings: list[Finding] | None) -> Plan:
+        from suture.plan.rpm import plan_rpm
+
+        infos = [p.info for p in self.installed if p.info.name != "gpg-pubkey"]
+        return plan_rpm(infos, self.candidates, findings, architecture=self.arch,
+                        notes=tuple(self.notes))
+
+    # ---------------------------------------------------------------- fetch
+    def _candidate(self, u: Update) -> RepoPackage:
+        for c in self.candidates:
+            if c.name == u.name and c.arch == u.architecture and c.evr == u.to_version:
+                return c
+        raise SutureError(f"{u.name} {u.to_version} is not in the repositories")  # pragma: no cover
+
+    def _repo(self, pkg: RepoPackage) -> RpmRepository:
+        return next(r for r in self.repositories if r.id == pkg.repo_id)
+
+    def _read(self, pkg: RepoPackage, path: Path) -> RpmArchive:
+        keys = self.keys if self._repo(pkg).gpgcheck else None
+        try:
+            return read_rpm(path, what=f"{pkg.repo_id}: {pkg.nevra}", keys=keys)
+        except SutureError:
+            if self.fetcher is not None:
+                self.fetcher.forget(pkg)
+            raise
+
+    def fetch(self, plan: Plan) -> dict[str, Path]:
+        assert self.fetcher is not None
+        fetcher = self.fetcher
+        updates = plan.updates
+
+        def one(u: Update) -> tuple[str, Path]:
+            pkg = self._candidate(u)
+            path = fetcher.fetch_package(pkg)
+            self._read(pkg, path)
+            return package_key(u, updates), path
+
+        return fetch_parallel(one, updates)
+
+    # ---------------------------------------------------------------- build
+    def build(self, plan: Plan, packages: dict[str, Path]) -> Build:
+        from suture.distro.rpm.apply import RpmUpdate, apply_updates
+
+        updating = {(u.name, u.architecture) for u in plan.updates}
+        rpm_updates = []
+        taken: set[int] = set()
+        for u in plan.updates:
+            pkg = self._candidate(u)
+            archive = self._read(pkg, packages[package_key(u, plan.updates)])
+            old = next((p for p in self.installed if p.info.name == u.name
+                        and p.info.arch == u.architecture), None) if u.from_version else None
+            obsoleted = []
+            for p in self.installed:
+                info = p.info
+                if (p.hnum in taken or info.name == u.name or info.name == "gpg-pubkey"
+                        or (info.name, info.arch) in updating):
+                    continue
+                me = Dep(info.name, SENSE_EQUAL, info.evr)
+                if any(dep_matches(o, me) for o in pkg.obsoletes):
+                    obsoleted.append(p)
+                    taken.add(p.hnum)
+            if old is not None:
+                taken.add(old.hnum)
+            rpm_updates.append(RpmUpdate(old, archive, tuple(obsoleted)))
+        workdir = Path(tempfile.mkdtemp(prefix="suture-rpm-"))
+        try:
+            db_file = workdir / SQLITE
+            db_file.write_bytes(self.db_data)
+            epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+            now = int(epoch) if epoch.isdigit() else int(time.time())
+            result = apply_updates(self.installed, rpm_updates, tree=self.files,
+                                   read=self._current, db_path=f"{self.db_dir}/{SQLITE}",
+                                   db_file=db_file, install_time=now, tid=now,
+                                   workdir=workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        inner = result.cleanup
+
+        def cleanup() -> None:
+            try:
+                if inner is not None:
+                    inner()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+        return Build(result.entries, result.jobs, result.scratch, result.not_run,
+                     list(result.notes), cleanup=cleanup)
+
+    def _current(self, path: str) -> bytes | None:
+        """The contents of the image's file at ``path`` (root-relative), None when it
+        is not a regular file."""
+        real = resolve(path, self.links)
+        entry = self.files.get(real)
+        if entry is None or entry.kind != "file":
+            return None
+        if entry.data is not None:
+            return entry.data
+        hit = read_files(self.image, [real]).get(real)
+        return hit.data if hit is not None and hit.kind == "file" else None
+
+    # ------------------------------------------------------- vulnerabilities
+    def fixed_vulnerabilities(self, plan: Plan, packages: dict[str, Path],
+                              build: Build) -> dict[str, tuple[str, ...]]:
+        """Nothing yet: rpm changelogs name CVEs (Red Hat's ``Resolves: CVE-...``) and
+        could be read here later; an update-all run's VEX states no fixes until then."""
+        return {}
+
+
+class RpmEngine:
+    family: ClassVar[str] = "rpm"
+    data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
+    purl_type: ClassVar[str] = "rpm"
+
+    # -------------------------------------------------------------- prepare
+    def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
+                tree: Mapping[str, FileEntry]) -> RpmState:
+        files = dict(tree)
+        links = {p: e.linkname for p, e in files.items() if e.kind == "symlink"}
+        db_dir, data = self._database(image, files, links)
+        with tempfile.TemporaryDirectory(prefix="suture-rpmdb-") as tmp:
+            copy = Path(tmp) / SQLITE
+            copy.write_bytes(data)
+            installed = read_sqlite(copy)
+        if not any(p.info.name != "gpg-pubkey" for p in installed):
+            raise PackageDBError("no installed packages", path=f"/{db_dir}/{SQLITE}")
+        platform = image.platform
+        if platform is None:
+            raise SutureError("the image config names no architecture")
+        arch = basearch(platform.architecture)
+        release = inspection.os
+        rel = releasever(installed, release)
+        var_files = {**_under(files, links, "etc/yum/vars/"),
+                     **_under(files, links, "etc/dnf/vars/")}
+        variables = repo_variables(var_files, basearch=arch, releasever=rel)
+        if rel == "latest":
+            variables["releasever"] = "latest"  # Amazon Linux 2023: over a vars file too
+        repo_files = {p: b for p, b in _under(files, links, REPOS_D).items()
+                      if p.endswith(".repo")}
+        repos = [r for r in parse_repo_files(repo_files, variables,
+                                             dnf_conf=_data(files, links, DNF_CONF))
+                 if r.enabled]
+        if not repos:
+            raise SutureError("the image has no enabled rpm repositories (/etc/yum.repos.d)",
+                              hint="an image built without them cannot be patched from its "
+                                   "own configuration")
+        keys = self._keys(files, links, repos, installed, options)
+        state = RpmState(image, inspection, options, files, links, installed, db_dir, data,
+                         arch, keys, repositories=repos)
+        if rel == "latest":
+            state.notes.append("Amazon Linux 2023: repositories read at releasever=latest")
+        log.info("rpm: basearch %s, releasever %s, %d repositories", arch, rel, len(repos))
+        self._load(state)
+        return state
+
+    @staticmethod
+    def _database(image: Image, files: Mapping[str, FileEntry], links: Mapping[str, str]
+                  ) -> tuple[str, bytes]:
+        for where in DB_DIRS:
+            real = resolve(where, links)
+            entry = files.get(f"{real}/{SQLITE}")
+            if entry is None or entry.kind != "file":
+                continue
+            data = entry.data
+            if data is None:  # larger than the tree's ceiling
+                hit = read_files(image, [f"{real}/{SQLITE}"], max_file=4 << 30)
+                found = hit.get(f"{real}/{SQLITE}")
+                data = found.data if found is not None else None
+            if data is None:
+                raise PackageDBError("cannot read the rpm database", path=f"/{real}/{SQLITE}")
+            wal = files.get(f"{real}/{SQLITE}-wal")
+            if wal is not None and wal.size:
+                raise PackageDBError("the rpm database has an uncheckpointed write-ahead "
+                                     "log; it is not supported yet",
+                                     path=f"/{real}/{SQLITE}-wal")
+            return real, data
+        for where in DB_DIRS:
+            real = resolve(where, links)
+            for name, backend in _OTHER_BACKENDS:
+                if f"{real}/{name}" in files:
+                    raise PackageDBError(f"rpm databases in the {backend} format are not "
+                                         "supported yet (only sqlite)",
+                                         path=f"/{real}/{name}")
+        if _MANIFEST in files:
+            raise PackageDBError("the image has only an rpm manifest (a distroless image "
+                                 "without an rpm database): not supported yet",
+                                 path="/" + _MANIFEST)
+        raise PackageDBError("no rpm database in the image",
+                             path=f"/{DB_DIRS[1]}/{SQLITE}")
+
+    @staticmethod
+    def _keys(files: Mapping[str, FileEntry], links: Mapping[str, str],
+              repos: Sequence[RpmRepository], installed: Sequence[InstalledPackage],
+              options: PatchOptions) -> Keyring:
+        """The union of the repositories' ``file://`` keys in the image, the rpmdb's
+        imported keys and the user's ``--keyring`` files. Keys elsewhere (https) are
+        not fetched: pass them with ``--keyring``."""
+        found: list[tuple[str, bytes]] = []
+        seen: set[str] = set()
+        for repo in repos:
+            for url in repo.gpgkeys:
+                parts = urlsplit(url)
+                if parts.scheme != "file":
+                    log.warning("%s: gpgkey %s is not a file in the image; pass it with "
+                                "--keyring", repo.id, url)
+                    continue
+                path = unquote(parts.path).lstrip("/")
+                if path in seen:
+                    continue
+                seen.add(path)
+                body = _data(files, links, path)
+                if body is None:
+                    log.warning("%s: gpgkey %s is not in the image", repo.id, url)
+                    continue
+                found.append((f"/{path}", body[:MAX_KEY_FILE + 1]))
+        for p in installed:
+            if p.info.name != "gpg-pubkey":
+                continue
+            text = p.header.string(Tag.DESCRIPTION)
+            if text and "BEGIN PGP PUBLIC KEY BLOCK" in text:
+                found.append((f"rpmdb {p.info.nevra}", text.encode()))
+        for i, body in enumerate(options.keyrings):
+            found.append((f"--keyring #{i + 1}", body))
+        keys = Keyring.load(found)
+        if len(keys) == 0 and any(r.gpgcheck or r.repo_gpgcheck for r in repos):
+            raise SutureError("no trusted rpm keys: the repositories check signatures but no "
+                              "key is in the image or its rpm database",
+                              hint="pass --keyring FILE with the repository's public key")
+        return keys
+
+    @staticmethod
+    def _load(state: RpmState) -> None:
+        options = state.options
+        state.fetcher = RpmFetcher(package_fetcher(options, "rpm", Fetcher),
+                                   mirrors=options.mirrors)
+        arches = {state.arch, "noarch"}
+        arches.update(a for a in _MULTILIB.get(state.arch, ())
+                      if any(p.info.arch == a for p in state.installed))
+        for repo in state.repositories:
+            pkgs = state.fetcher.fetch_repository(repo, keys=state.keys)
+            kept = [p for p in pkgs if p.arch in arches and _wanted(p.name, repo)]
+            state.candidates.extend(kept)
+            log.info("%s: %d packages, %d for this image", repo.id, len(pkgs), len(kept))
