@@ -16,11 +16,8 @@ outside the root, or that is a device node, is refused with a
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import io
-import lzma
 import os
 import tarfile
 import tempfile
@@ -36,6 +33,7 @@ from suture.distro.dpkg.control import (
     parse_md5sums,
     parse_paragraphs,
 )
+from suture.distro.streams import decompressing_reader
 from suture.errors import LayerError, PackageDBError, SizeMismatch, SutureError
 from suture.oci.layer import DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
 
@@ -300,25 +298,9 @@ class _Ceiling(io.RawIOBase):
 
 
 def _decompressed(raw: _MemberReader, kind: str, limit: int, what: str) -> IO[bytes]:
-    # The decompressors wrap ``raw`` without owning it and live as long as the tar
-    # reader does: there is nothing to close here (hence no context managers).
-    inner: Any
-    raw_io = cast(IO[bytes], raw)
-    if kind == "none":
-        inner = raw
-    elif kind == "gzip":
-        inner = gzip.GzipFile(fileobj=raw_io, mode="rb")
-    elif kind == "xz":
-        inner = lzma.LZMAFile(raw_io, "rb", format=lzma.FORMAT_XZ)  # noqa: SIM115
-    elif kind == "lzma":
-        inner = lzma.LZMAFile(raw_io, "rb", format=lzma.FORMAT_ALONE)  # noqa: SIM115
-    elif kind == "bzip2":
-        inner = bz2.BZ2File(raw_io, "rb")
-    else:
-        import zstandard
-
-        inner = zstandard.ZstdDecompressor().stream_reader(raw_io, read_across_frames=True,
-                                                           closefd=False)
+    # The decompressor wraps ``raw`` without owning it and lives as long as the tar
+    # reader does: there is nothing to close here.
+    inner = decompressing_reader(cast(IO[bytes], raw), kind)
     return io.BufferedReader(_Ceiling(inner, limit, what), _CHUNK)
 
 

@@ -21,10 +21,8 @@ must appear. rpm's stripped large-file payloads (``07070X``) are refused.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import io
-import lzma
 import stat
 import struct
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from suture.distro.rpm.sign import (
     header_signature,
     signed_header_bytes,
 )
+from suture.distro.streams import decompressing_reader
 from suture.errors import SutureError
 
 __all__ = ["RpmArchive", "RpmPackageError", "read_rpm"]
@@ -237,29 +236,9 @@ class _Decoding(io.RawIOBase):
 
 
 def _decompressed(raw: IO[bytes], compressor: str, what: str) -> IO[bytes]:
-    inner: Any
     if compressor == "none":
         return raw
-    if compressor == "gzip":
-        try:
-            from isal import igzip
-
-            inner = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
-        except ImportError:  # pragma: no cover - isal is a dependency
-            import gzip
-
-            inner = gzip.GzipFile(fileobj=raw, mode="rb")
-    elif compressor == "xz":
-        inner = lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_XZ)  # noqa: SIM115
-    elif compressor == "lzma":
-        inner = lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_ALONE)  # noqa: SIM115
-    elif compressor == "bzip2":
-        inner = bz2.BZ2File(raw, "rb")
-    else:
-        import zstandard
-
-        inner = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
-                                                           closefd=False)
+    inner = decompressing_reader(raw, compressor)
     return cast(IO[bytes], io.BufferedReader(_Decoding(inner, what), CHUNK))
 
 
