@@ -387,7 +387,7 @@ class _Jobs:
                 self.jobs[-1] = ScriptJob(pkg.label, phase, prog[0].lstrip("/"), prog[1:], env)
             return
         interp = prog or ("/bin/sh",)
-        slug = phase.lstrip("%").replace(" ", "-").replace("/", "_")
+        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in phase.lstrip("%"))
         path = f"{SCRIPT_DIR}/rpm-tmp.{pkg.name}.{self.counter}.{slug}"
         data = body.encode("utf-8", "surrogateescape")
         self.jobs.append(ScriptJob(pkg.label, phase, path, args, env,
