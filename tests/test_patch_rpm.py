@@ -1,0 +1,232 @@
+"""`suture patch` end to end on rpm images (RHEL 9, Fedora 40, Amazon Linux 2023, Azure
+Linux 3.0), against a signed createrepo_c repository served on 127.0.0.1.
+
+Packages, repositories and images come from :mod:`tests.fixtures.rpmrepo` (rpmbuild,
+rpmsign, createrepo_c, and roots populated by the real ``rpm --root``). The CLI runs in
+a subprocess; the tests read back what it wrote and judge it with the real tools:
+``rpm -qa`` and ``rpmdb --verifydb`` on the patched layer's rpmdb, the files and
+whiteouts of the image, the log the packages' scriptlets appended to, the VEX's
+purls, and, as an oracle, ``rpm -U --root`` of the same packages on a copy of the
+same root (file tree, ``rpm -qa`` and scriptlet log).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suture.oci.fs import read_files
+from suture.oci.image import Image
+from tests.fixtures.patchimages import error_line, layout_state, open_image, suture, trivy_report
+from tests.fixtures.rpmrepo import FAMILIES, LOG, RpmWorld
+
+FAMILY_LIST = sorted(FAMILIES)
+#: Trivy's OS family and name for each image (the report's Metadata.OS).
+TRIVY_OS = {"rhel": ("redhat", "9.4"), "fedora": ("fedora", "40"),
+            "amzn": ("amazon", "2023"), "azurelinux": ("azurelinux", "3.0")}
+CVE = "CVE-2024-31337"
+ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C", "HOME": "/tmp"}
+
+
+def _run(world: RpmWorld, tmp: Path, ref: str, tag: str, *args: str, repo: str = "good"
+         ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    result, vex = tmp / f"result-{tag}.json", tmp / f"vex-{tag}.json"
+    proc = suture("patch", "-i", ref, "-t", tag, "--result", str(result), "-o", str(vex),
+                  "--cache-dir", str(tmp / "cache"), "--mirror", world.mirror(repo),
+                  "--allow-private-repos", "127.0.0.1", "--sandbox", "auto",
+                  "--progress", "quiet", *args)
+    return proc, result, vex
+
+
+def _platform(result: Path) -> dict[str, Any]:
+    (platform,) = json.loads(result.read_text())["platforms"]
+    return dict(platform)
+
+
+def _dbpath(family: str) -> str:
+    return FAMILIES[family][2]
+
+
+def _rpmdb(image: Image, family: str, dest: Path) -> Path:
+    """The image's rpmdb.sqlite (merged view) copied into ``dest``; ``dest``."""
+    path = f"{_dbpath(family)}/rpmdb.sqlite"
+    found = read_files(image, [path], max_file=1 << 30)
+    data = found[path].data
+    assert data is not None
+    dest.mkdir(parents=True)
+    (dest / "rpmdb.sqlite").write_bytes(data)
+    return dest
+
+
+def _qa(dbpath: Path) -> list[str]:
+    out = subprocess.run(["rpm", "--dbpath", str(dbpath), "-qa",
+                          "--qf", "%{NAME}-%{EVR}.%{ARCH}\\n"],
+                         check=True, capture_output=True, text=True, env=ENV).stdout
+    return sorted(line for line in out.splitlines() if not line.startswith("gpg-pubkey"))
+
+
+def _verifydb(dbpath: Path) -> None:
+    proc = subprocess.run(["rpmdb", "--dbpath", str(dbpath), "--verifydb"],
+                          capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def _contents(image: Image, *paths: str) -> dict[str, bytes | None]:
+    found = read_files(image, paths)
+    return {p: (found[p].data if p in found else None) for p in paths}
+
+
+def _last_layer_names(image: Image) -> set[str]:
+    with image.layers[-1].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        return {m.name.removeprefix("./").rstrip("/") for m in tar}
+
+
+def _log(image: Image) -> list[str]:
+    data = _contents(image, LOG)[LOG] or b""
+    return data.decode().splitlines()
+
+
+def _oracle(world: RpmWorld, root: Path, tmp: Path, family: str) -> Path:
+    """A copy of ``root`` upgraded by ``rpm -U`` to the 2.0 packages."""
+    copy = tmp / f"oracle-{family}"
+    shutil.copytree(root, copy, symlinks=True)
+    subprocess.run(["rpm", "--root", str(copy), "--dbpath", "/" + _dbpath(family), "-U",
+                    str(world.pkg("libsut-2.0-1")), str(world.pkg("sutprog-2.0-1"))],
+                   check=True, capture_output=True, env=ENV)
+    return copy
+
+
+def _tree(root: Path, family: str) -> dict[str, bytes | str]:
+    """Regular files (contents) and symlinks (targets) of ``root`` outside the rpmdb."""
+    out: dict[str, bytes | str] = {}
+    skip = (_dbpath(family), "var/lib/rpm")
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.startswith(skip):
+            continue
+        if path.is_symlink():
+            out[rel] = str(path.readlink())
+        elif path.is_file():
+            out[rel] = path.read_bytes()
+    return out
+
+
+# --------------------------------------------------------------------------- patching
+
+
+@pytest.mark.parametrize("family", FAMILY_LIST)
+def test_update_all(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
+    ref, root = rpm_world.image(tmp_path, family)
+    before_log = (root / LOG).read_text().splitlines()
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "patched")
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert platform["status"] == "patched", platform["message"]
+    assert sorted((u["name"], u["type"], u["from"], u["to"]) for u in platform["updates"]) == [
+        ("libsut", "rpm", "1.0-1", "2.0-1"), ("sutprog", "rpm", "1.0-1", "2.0-1")]
+    image = open_image(ref.rsplit(":", 1)[0] + ":patched")
+
+    # the database, as rpm reads it
+    db = _rpmdb(image, family, tmp_path / "db")
+    _verifydb(db)
+    assert _qa(db) == sorted(["libsut-2.0-1.x86_64", "sutprog-2.0-1.x86_64",
+                              "sut-sh-1.0-1.x86_64",
+                              f"sut-release-{FAMILIES[family][1]}-1.noarch"])
+
+    # the files: new ones in, dropped ones whited out, the untouched config replaced
+    got = _contents(image, "usr/lib64/libsut.so.1", "usr/share/sut/new.txt",
+                    "usr/share/sut/old.txt", "etc/sut.conf", "usr/bin/sutprog")
+    assert got == {"usr/lib64/libsut.so.1": b"libsut 2.0\n", "usr/share/sut/new.txt": b"new\n",
+                   "usr/share/sut/old.txt": None, "etc/sut.conf": b"mode=2.0\n",
+                   "usr/bin/sutprog": b"#!/bin/sh\necho sutprog 2.0\n"}
+    assert "usr/share/sut/.wh.old.txt" in _last_layer_names(image)
+
+    # the scriptlets ran, in the root, as rpm -U runs them on the same root
+    oracle = _oracle(rpm_world, root, tmp_path, family)
+    expected_log = (oracle / LOG).read_text().splitlines()
+    assert expected_log[:len(before_log)] == before_log
+    assert _log(image) == expected_log
+    assert platform["scripts"]["notRun"] == []
+    assert len(platform["scripts"]["ran"]) == len(expected_log) - len(before_log)
+
+    _same_as_oracle(image, root, oracle, family, tmp_path)
+
+
+def _same_as_oracle(image: Image, root: Path, oracle: Path, family: str, tmp: Path) -> None:
+    """The image holds the files rpm -U left (same contents), none it removed, and the
+    same packages."""
+    want = _tree(oracle, family)
+    files = [p for p, v in want.items() if isinstance(v, bytes)]
+    assert len(files) > 5
+    assert _contents(image, *files) == {p: want[p] for p in files}
+    gone = [p for p in _tree(root, family) if p not in want]
+    assert _contents(image, *gone) == dict.fromkeys(gone)
+    assert _qa(_rpmdb(image, family, tmp / "db-oracle")) == _qa(oracle / _dbpath(family))
+
+
+@pytest.mark.parametrize("family", FAMILY_LIST)
+def test_report_driven_with_vex(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
+    ref, _root = rpm_world.image(tmp_path, family)
+    trivy_family, trivy_name = TRIVY_OS[family]
+    report = tmp_path / "trivy.json"
+    report.write_text(json.dumps(trivy_report(trivy_family, trivy_name, [
+        (CVE, "libsut", "1.0-1", "2.0-1"), ("CVE-2024-0002", "sut-sh", "1.0-1", "")])))
+    proc, result, vex = _run(rpm_world, tmp_path, ref, "fixed", "-r", str(report))
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert [(u["name"], u["to"], u["reason"], u["vulnerabilities"])
+            for u in platform["updates"]] == [("libsut", "2.0-1", "report", [CVE]),
+                                              ("sutprog", "2.0-1", "dependency", [])]
+    assert [(s["name"], s["reason"]) for s in platform["skipped"]] == [("sut-sh", "unfixed")]
+    (statement,) = json.loads(vex.read_text())["statements"]
+    assert statement["vulnerability"]["name"] == CVE
+    subs = [s["@id"] for p in statement["products"] for s in p["subcomponents"]]
+    version = FAMILIES[family][0].split("VERSION_ID=")[1].split("\n")[0].strip('"')
+    assert subs == [f"pkg:rpm/{trivy_family}/libsut@2.0-1?arch=x86_64"
+                    f"&distro={trivy_family}-{version}"]
+    db = _rpmdb(open_image(ref.rsplit(":", 1)[0] + ":fixed"), family, tmp_path / "db")
+    _verifydb(db)
+    assert "libsut-2.0-1.x86_64" in _qa(db)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_tampered_package_refused(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    ref, _root = rpm_world.image(tmp_path, "rhel")
+    layout = Path(ref.split(":")[1])
+    before = layout_state(layout)
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "bad", repo="tampered")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert "libsut-2.0-1.x86_64: payload digest mismatch" in line, line
+    assert _platform(result)["status"] == "error"
+    assert layout_state(layout) == before  # nothing written
+
+
+def test_lower_version_is_not_a_downgrade(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    ref, _root = rpm_world.image(tmp_path, "fedora")
+    layout = Path(ref.split(":")[1])
+    before = layout_state(layout)
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "same", repo="lower")
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert platform["status"] == "up-to-date" and platform["updates"] == []
+    assert layout_state(layout) == before
+
+
+def test_unsupported_backend_named(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    ref, root = rpm_world.image(tmp_path, "rhel")
+    (root / "var/lib/rpm/rpmdb.sqlite").rename(root / "var/lib/rpm/Packages")
+    from tests.fixtures.patchimages import write_image
+
+    ref = write_image(root, tmp_path, "bdb", layout="layout-bdb")
+    proc, _result, _vex = _run(rpm_world, tmp_path, ref, "bad")
+    assert proc.returncode != 0
+    assert "Berkeley DB" in error_line(proc)
