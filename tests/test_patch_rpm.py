@@ -23,8 +23,15 @@ import pytest
 
 from suture.oci.fs import read_files
 from suture.oci.image import Image
-from tests.fixtures.patchimages import error_line, layout_state, open_image, suture, trivy_report
-from tests.fixtures.rpmrepo import FAMILIES, LOG, RpmWorld
+from tests.fixtures.patchimages import (
+    error_line,
+    layout_state,
+    open_image,
+    suture,
+    trivy_report,
+    write_image,
+)
+from tests.fixtures.rpmrepo import FAMILIES, KEY_PATH, LOG, RpmWorld
 
 FAMILY_LIST = sorted(FAMILIES)
 #: Trivy's OS family and name for each image (the report's Metadata.OS).
@@ -224,9 +231,52 @@ def test_lower_version_is_not_a_downgrade(rpm_world: RpmWorld, tmp_path: Path) -
 def test_unsupported_backend_named(rpm_world: RpmWorld, tmp_path: Path) -> None:
     ref, root = rpm_world.image(tmp_path, "rhel")
     (root / "var/lib/rpm/rpmdb.sqlite").rename(root / "var/lib/rpm/Packages")
-    from tests.fixtures.patchimages import write_image
-
     ref = write_image(root, tmp_path, "bdb", layout="layout-bdb")
     proc, _result, _vex = _run(rpm_world, tmp_path, ref, "bad")
     assert proc.returncode != 0
     assert "Berkeley DB" in error_line(proc)
+
+
+def test_signed_by_an_untrusted_key_refused(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    ref, _root = rpm_world.image(tmp_path, "azurelinux")
+    layout = Path(ref.split(":")[1])
+    before = layout_state(layout)
+    proc, _result, _vex = _run(rpm_world, tmp_path, ref, "bad", repo="foreign")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert rpm_world.other.keyid in line.lower(), line
+    assert layout_state(layout) == before
+    # the user's --keyring makes the same packages trusted
+    keyring = tmp_path / "other.asc"
+    keyring.write_bytes(rpm_world.other.armored)
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "ok", "--keyring", str(keyring),
+                              repo="foreign")
+    assert proc.returncode == 0, proc.stderr
+    assert _platform(result)["status"] == "patched"
+
+
+def test_keys_from_the_rpmdb_alone(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    """An image without the gpgkey file: the key rpm --import put in the rpmdb is trusted."""
+    root = rpm_world.make_root(tmp_path / "root", "amzn")
+    (root / KEY_PATH).unlink()
+    ref = write_image(root, tmp_path, "v1")
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "patched")
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert platform["status"] == "patched", platform["message"]
+    assert "Amazon Linux 2023: repositories read at releasever=latest" in platform["notes"]
+
+
+def test_edited_config_kept_as_rpm_does(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    """%config(noreplace) edited by the user: kept, the new one beside it (as rpm -U)."""
+    root = rpm_world.make_root(tmp_path / "root", "rhel")
+    (root / "etc/sut.conf").write_text("mode=mine\n")
+    ref = write_image(root, tmp_path, "v1")
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "patched")
+    assert proc.returncode == 0, proc.stderr
+    assert _platform(result)["status"] == "patched"
+    image = open_image(ref.rsplit(":", 1)[0] + ":patched")
+    assert _contents(image, "etc/sut.conf", "etc/sut.conf.rpmnew") == {
+        "etc/sut.conf": b"mode=mine\n", "etc/sut.conf.rpmnew": b"mode=2.0\n"}
+    oracle = _oracle(rpm_world, root, tmp_path, "rhel")
+    _same_as_oracle(image, root, oracle, "rhel", tmp_path)
