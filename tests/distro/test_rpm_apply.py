@@ -151,6 +151,34 @@ env | sort > /var/log/env-%{{version}}.txt
 {movedfile}
 """
 
+def _fed(what: str) -> str:
+    return 'echo "watch ' + what + ' $1 $2 $#" >> /var/log/sut.log; cat >> /var/log/sut.log'
+
+
+WATCH_SPEC = """\
+Name: watch
+Version: 1
+Release: 1
+Summary: file triggers
+License: MIT
+BuildArch: noarch
+%description
+w
+%filetriggerin -- /usr/lib/sut
+""" + _fed("filetriggerin") + """
+%filetriggerun -- /usr/share/hello
+""" + _fed("filetriggerun") + """
+%filetriggerpostun -- /usr/share/hello
+""" + _fed("filetriggerpostun") + """
+%transfiletriggerin -- /usr/share/hello /usr/lib/sut
+""" + _fed("transfiletriggerin") + """
+%transfiletriggerun -- /usr/share/hello
+""" + _fed("transfiletriggerun") + """
+%transfiletriggerpostun -- /usr/share/hello
+""" + _fed("transfiletriggerpostun") + """
+%files
+"""
+
 OTHER_SPEC = """\
 Name: other
 Version: 1
@@ -306,7 +334,7 @@ class Built:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     tmp = tmp_path_factory.mktemp("rpmapply")
-    sh = build_rpm(SH_SPEC, tmp / "sh")
+    sh = build_rpm(SH_SPEC, tmp / "sh") + build_rpm(WATCH_SPEC, tmp / "sh")
     old = build_rpm(_spec(LIB_SPEC, "1.0", "1.0"), tmp / "p0") + \
         build_rpm(_spec(HELLO_SPEC, "1.0", "1.1"), tmp / "p0")
     new = build_rpm(_spec(LIB_SPEC, "1.1", "1.0"), tmp / "p1") + \

@@ -35,21 +35,28 @@ What rpm does and this module reproduces:
   a ``-wal`` beside it in the image is emptied (the written file is
   checkpointed), a ``-shm`` is left as it is;
 * scriptlets, as measured with rpm 4.18 ``-U`` of several packages: every
-  ``%pretrans`` (install order), then per new package in dependency order
-  ``%pre``, ``%post``, the installed packages' ``%triggerin`` on it, its own
-  ``%triggerin`` on installed packages; then the erasures in reverse order:
-  the old package's own ``%triggerun``, the installed packages' ``%triggerun``
-  on it, ``%preun``, ``%postun``, the others' ``%triggerpostun``; last every
-  ``%posttrans``. ``$1`` is the number of instances of the package's name after
-  the step (``%pretrans``/``%posttrans`` get the ``%pre`` count, as rpm 4.18
-  passes), a trigger's ``$2`` that of the triggering name. A ``-p <prog>``
-  scriptlet without a body runs the program with no arguments (as measured).
-  The environment is rpm's ``PATH``.
+  ``%pretrans`` (install order), the installed packages' ``%transfiletriggerun``
+  (the erased packages' matching files on stdin); then per new package in
+  dependency order ``%pre``, the installed packages' ``%filetriggerin`` (its
+  matching files), ``%post``, the installed packages' ``%triggerin`` on it, its
+  own ``%triggerin`` on installed packages (and its own ``%filetriggerin``, not
+  measured); then the erasures in reverse order: the others'
+  ``%filetriggerun`` (the files removed), the old package's own ``%triggerun``,
+  the installed packages' ``%triggerun`` on it, ``%preun``, the others'
+  ``%filetriggerpostun``, ``%postun``, the others' ``%triggerpostun``; last every
+  ``%posttrans``, the ``%transfiletriggerin`` (the new packages' matching files)
+  and ``%transfiletriggerpostun`` (empty stdin). ``$1`` is the number of
+  instances of the package's name after the step (``%pretrans``/``%posttrans``
+  get the ``%pre`` count, as rpm 4.18 passes), a trigger's ``$2`` that of the
+  triggering name; file triggers get ``0``. A ``-p <prog>`` scriptlet without a
+  body runs the program with no arguments (as measured). The environment is
+  rpm's ``PATH``. A file trigger's paths are a staged file fed to its stdin by
+  ``/bin/sh -c 'exec "$@" < list'`` (ScriptJob has no stdin); a Lua file
+  trigger gets no stdin.
 
 Differences from rpm: the whole layer is in place before the first scriptlet runs
 (rpm runs ``%pre`` before unpacking each package, and erases after); file
-triggers (``%filetriggerin``, ``%transfiletriggerin`` and the erase ones) are not
-run: each one that would fire is reported in ``not_run``.
+trigger priorities are not honoured (installed order).
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ import stat
 import struct
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -394,6 +401,30 @@ class _Jobs:
                                    staged=(Staged(path, data=data, mode=0o755),),
                                    interpreter=interp))
 
+    def add_fed(self, pkg: _Pkg, phase: str, body: str, prog: tuple[str, ...],
+                lines: Sequence[str], env: tuple[tuple[str, str], ...]) -> None:
+        """A file trigger: rpm writes the matching paths to its stdin, one a line.
+        The list is staged beside the script and fed in by ``/bin/sh -c``."""
+        self.counter += 1
+        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in phase.lstrip("%"))
+        base = f"{SCRIPT_DIR}/rpm-tmp.{pkg.name}.{self.counter}.{slug}"
+        listing = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+        staged = [Staged(base + ".paths", data=listing, mode=0o644)]
+        if body:
+            staged.append(Staged(base, data=body.encode("utf-8", "surrogateescape"),
+                                 mode=0o755))
+            run, path = prog or ("/bin/sh",), base
+        elif prog and prog[0] != "<lua>":
+            run, path = prog[1:], prog[0].lstrip("/")
+        else:
+            return
+        if run[:1] == ("<lua>",):
+            interp: tuple[str, ...] = run  # the Lua runner reads no stdin
+        else:
+            interp = ("/bin/sh", "-c", f'exec "$@" < /{base}.paths', "rpm-file-trigger", *run)
+        self.jobs.append(ScriptJob(pkg.label, phase, path, ("0",), env, staged=tuple(staged),
+                                   interpreter=interp))
+
     def phase(self, pkg: _Pkg, phase: str, args: tuple[str, ...],
               env: tuple[tuple[str, str], ...]) -> None:
         tag, prog_tag = _PHASES[phase]
@@ -420,6 +451,31 @@ def _triggers(pkg: _Pkg, sense: int) -> list[tuple[Dep, str, tuple[str, ...], in
     return out
 
 
+_FILE_TRIGGER_TAGS = (Tag.FILETRIGGERNAME, Tag.FILETRIGGERFLAGS, Tag.FILETRIGGERINDEX,
+                      Tag.FILETRIGGERSCRIPTS, Tag.FILETRIGGERSCRIPTPROG)
+_TRANS_TRIGGER_TAGS = (Tag.TRANSFILETRIGGERNAME, Tag.TRANSFILETRIGGERFLAGS,
+                       Tag.TRANSFILETRIGGERINDEX, Tag.TRANSFILETRIGGERSCRIPTS,
+                       Tag.TRANSFILETRIGGERSCRIPTPROG)
+
+
+def _file_triggers(pkg: _Pkg, sense: int, trans: bool
+                   ) -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
+    """(path prefixes, body, prog) of ``pkg``'s (transaction) file triggers of ``sense``,
+    one per script."""
+    name_t, flags_t, index_t, scripts_t, prog_t = \
+        _TRANS_TRIGGER_TAGS if trans else _FILE_TRIGGER_TAGS
+    h = pkg.header
+    names = h.strings(name_t)
+    if not names:
+        return []
+    flags, indexes, scripts = h.ints(flags_t), h.ints(index_t), h.strings(scripts_t)
+    by_ix: dict[int, list[str]] = {}
+    for n, fl, ix in zip(names, flags, indexes, strict=False):
+        if fl & sense and ix < len(scripts):
+            by_ix.setdefault(ix, []).append(n)
+    return [(tuple(pfx), scripts[ix], _prog(h, prog_t, ix)) for ix, pfx in by_ix.items()]
+
+
 def _env(pkg: _Pkg) -> tuple[tuple[str, str], ...]:
     env = [("PATH", SCRIPT_PATH)]
     prefixes = pkg.header.strings(Tag.INSTPREFIXES) or pkg.header.strings(Tag.PREFIXES)
@@ -431,10 +487,24 @@ def _env(pkg: _Pkg) -> tuple[tuple[str, str], ...]:
 
 
 def _schedule(order: Sequence[_Pkg], olds: Sequence[Sequence[_Pkg]],
-              installed: Sequence[_Pkg]) -> list[ScriptJob]:
-    """The scriptlets of the transaction in rpm's order (module docstring)."""
+              installed: Sequence[_Pkg], kept: Set[str]) -> list[ScriptJob]:
+    """The scriptlets of the transaction in rpm's order (module docstring). ``kept``:
+    the paths some package owns after the transaction (the erased packages' other
+    files are removed)."""
     j = _Jobs()
     db: list[_Pkg] = list(installed)
+    erase = [o for group in olds for o in group]
+
+    def fed(q: _Pkg, sense: int, trans: bool, phase: str, paths: Sequence[str],
+            always: bool = False) -> None:
+        for prefixes, body, prog in _file_triggers(q, sense, trans):
+            hits = ["/" + p for p in paths if ("/" + p).startswith(prefixes)]
+            if hits:
+                j.add_fed(q, f"{phase}({prefixes[0]})", body, prog,
+                          () if always else hits, _env(q))
+
+    def removed(o: _Pkg) -> list[str]:
+        return [f.path for f in o.files if f.path not in kept]
 
     def count(name: str) -> int:
         return sum(1 for p in db if p.name == name)
@@ -465,21 +535,33 @@ def _schedule(order: Sequence[_Pkg], olds: Sequence[Sequence[_Pkg]],
                 j.add(p, f"{phase}({dep.name})", body, prog,
                       (str(own), str(count(hits[0].name))), _env(p))
 
+    erased_files = [f.path for o in erase for f in o.files]
     for p in order:
         j.phase(p, "%pretrans", (str(count(p.name) + 1),), _env(p))
+    for q in list(db):
+        fed(q, _TRIGGERUN, True, "%transfiletriggerun", erased_files)
     for p in order:
-        db.append(p)
-        n = str(count(p.name))
+        n = str(count(p.name) + 1)
         j.phase(p, "%pre", (n,), _env(p))
+        for q in list(db):
+            fed(q, _TRIGGERIN, False, "%filetriggerin", [f.path for f in p.files])
+        db.append(p)
         j.phase(p, "%post", (n,), _env(p))
         others_fire(p, _TRIGGERIN, "%triggerin")
         own_fire(p, _TRIGGERIN, "%triggerin", count(p.name))
-    erase = [o for group in olds for o in group]
+        fed(p, _TRIGGERIN, False, "%filetriggerin",
+            [f.path for q in db for f in q.files])
     for o in reversed(erase):
+        for q in list(db):
+            if q is not o:
+                fed(q, _TRIGGERUN, False, "%filetriggerun", removed(o))
         own_fire(o, _TRIGGERUN, "%triggerun", count(o.name) - 1)
         others_fire(o, _TRIGGERUN, "%triggerun")
         n = str(count(o.name) - 1)
         j.phase(o, "%preun", (n,), _env(o))
+        for q in list(db):
+            if q is not o:
+                fed(q, _TRIGGERPOSTUN, False, "%filetriggerpostun", removed(o))
         j.phase(o, "%postun", (n,), _env(o))
         db.remove(o)
         for q in list(db):
@@ -490,18 +572,12 @@ def _schedule(order: Sequence[_Pkg], olds: Sequence[Sequence[_Pkg]],
     for p in order:
         j.phase(p, "%posttrans", (str(sum(1 for x in installed if x.name == p.name) + 1),),
                 _env(p))
+    new_files = [f.path for p in order for f in p.files]
+    for q in list(db):
+        fed(q, _TRIGGERIN, True, "%transfiletriggerin", new_files)
+    for q in list(db):
+        fed(q, _TRIGGERPOSTUN, True, "%transfiletriggerpostun", erased_files, always=True)
     return j.jobs
-
-
-def _file_triggers(pkgs: Sequence[_Pkg]) -> list[tuple[str, str]]:
-    out = []
-    for p in pkgs:
-        for tag, what in ((Tag.FILETRIGGERNAME, "file trigger"),
-                          (Tag.TRANSFILETRIGGERNAME, "transaction file trigger")):
-            for name in p.header.strings(tag):
-                out.append((f"{p.label} {what} on {name}",
-                            "file triggers are not run by suture"))
-    return out
 
 
 # ---------------------------------------------------------------- the transaction
@@ -600,8 +676,10 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
                     data=b""))
 
     olds = [[by_hnum[ip.hnum] for ip in _erased(updates[i])] for i in order_ix]
-    jobs = _schedule([new_pkgs[i] for i in order_ix], olds, [by_hnum[p.hnum] for p in installed])
-    not_run = _file_triggers([*new_pkgs, *staying])
+    jobs = _schedule([new_pkgs[i] for i in order_ix], olds,
+                     [by_hnum[p.hnum] for p in installed],
+                     {f.path for p in (*staying, *new_pkgs) for f in p.files})
+    not_run: list[tuple[str, str]] = []
     spool, workdir = a.spool, a.workdir
 
     def cleanup() -> None:
