@@ -280,3 +280,32 @@ def test_edited_config_kept_as_rpm_does(rpm_world: RpmWorld, tmp_path: Path) -> 
         "etc/sut.conf": b"mode=mine\n", "etc/sut.conf.rpmnew": b"mode=2.0\n"}
     oracle = _oracle(rpm_world, root, tmp_path, "rhel")
     _same_as_oracle(image, root, oracle, "rhel", tmp_path)
+
+
+def test_includepkgs_limits_the_candidates(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    """includepkgs=sut-* leaves libsut and sutprog 2.0 out: nothing to update."""
+    root = rpm_world.make_root(tmp_path / "root", "fedora")
+    repo = root / "etc/yum.repos.d/sut.repo"
+    text = repo.read_text().replace("gpgcheck=1\n", "gpgcheck=1\nincludepkgs=sut-*\n", 1)
+    # a key file that is no key is skipped, the good one still used
+    repo.write_text(text.replace("gpgkey=", "gpgkey=file:///etc/pki/rpm-gpg/broken.asc ", 1))
+    (root / "etc/pki/rpm-gpg/broken.asc").write_bytes(b"not a key")
+    ref = write_image(root, tmp_path, "v1")
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "same")
+    assert proc.returncode == 0, proc.stderr
+    assert _platform(result)["status"] == "up-to-date"
+
+
+@pytest.mark.parametrize(("to", "os_id", "distro", "purl"), [
+    ("1:3.0.7-28.el9", "rhel", "rhel-9.4",
+     "pkg:rpm/redhat/openssl@3.0.7-28.el9?arch=x86_64&distro=redhat-9.4&epoch=1"),
+    ("0:1.2-3", "amzn", "amzn-2023", "pkg:rpm/amazon/openssl@1.2-3?arch=x86_64&distro=amazon-2023"),
+    ("1.2-3", "azurelinux", "azurelinux-3.0",
+     "pkg:rpm/azurelinux/openssl@1.2-3?arch=x86_64&distro=azurelinux-3.0"),
+])
+def test_rpm_purl(to: str, os_id: str, distro: str, purl: str) -> None:
+    from suture.plan import Update
+    from suture.vex import VexProduct, package_purl
+
+    update = Update("openssl", "x86_64", "1.0-1", to, "openssl", "report")
+    assert package_purl(update, VexProduct("pkg:oci/x", (update,), os_id, distro, "rpm")) == purl

@@ -343,7 +343,8 @@ class RpmEngine:
               options: PatchOptions) -> Keyring:
         """The union of the repositories' ``file://`` keys in the image, the rpmdb's
         imported keys and the user's ``--keyring`` files. Keys elsewhere (https) are
-        not fetched: pass them with ``--keyring``."""
+        not fetched: pass them with ``--keyring``. A key of the image that does not
+        load is skipped with a warning; a ``--keyring`` file that does not is an error."""
         found: list[tuple[str, bytes]] = []
         seen: set[str] = set()
         for repo in repos:
@@ -368,9 +369,16 @@ class RpmEngine:
             text = p.header.string(Tag.DESCRIPTION)
             if text and "BEGIN PGP PUBLIC KEY BLOCK" in text:
                 found.append((f"rpmdb {p.info.nevra}", text.encode()))
-        for i, body in enumerate(options.keyrings):
-            found.append((f"--keyring #{i + 1}", body))
-        keys = Keyring.load(found)
+        usable = []
+        for origin, body in found:  # a broken key in the image is skipped, not fatal
+            try:
+                Keyring.load([(origin, body)])
+            except SutureError as exc:
+                log.warning("%s: not used: %s", origin, exc)
+                continue
+            usable.append((origin, body))
+        usable += [(f"--keyring #{i + 1}", body) for i, body in enumerate(options.keyrings)]
+        keys = Keyring.load(usable)  # the user's --keyring files must all load
         if len(keys) == 0 and any(r.gpgcheck or r.repo_gpgcheck for r in repos):
             raise SutureError("no trusted rpm keys: the repositories check signatures but no "
                               "key is in the image or its rpm database",
