@@ -99,12 +99,13 @@ def _log(image: Image) -> list[str]:
     return data.decode().splitlines()
 
 
-def _oracle(world: RpmWorld, root: Path, tmp: Path, family: str) -> Path:
-    """A copy of ``root`` upgraded by ``rpm -U`` to the 2.0 packages."""
+def _oracle(world: RpmWorld, root: Path, tmp: Path, family: str,
+            stems: tuple[str, ...] = ("libsut-2.0-1", "sutprog-2.0-1")) -> Path:
+    """A copy of ``root`` upgraded by ``rpm -U`` to the packages ``stems``."""
     copy = tmp / f"oracle-{family}"
     shutil.copytree(root, copy, symlinks=True)
     subprocess.run(["rpm", "--root", str(copy), "--dbpath", "/" + _dbpath(family), "-U",
-                    str(world.pkg("libsut-2.0-1")), str(world.pkg("sutprog-2.0-1"))],
+                    *(str(world.pkg(s)) for s in stems)],
                    check=True, capture_output=True, env=ENV)
     return copy
 
@@ -309,3 +310,21 @@ def test_rpm_purl(to: str, os_id: str, distro: str, purl: str) -> None:
 
     update = Update("openssl", "x86_64", "1.0-1", to, "openssl", "report")
     assert package_purl(update, VexProduct("pkg:oci/x", (update,), os_id, distro, "rpm")) == purl
+
+
+def test_obsoleting_rename(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    """sutng obsoletes sutprog: update-all installs it and erases sutprog, as rpm -U."""
+    ref, root = rpm_world.image(tmp_path, "rhel")
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "patched", repo="renamed")
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert platform["status"] == "patched", platform["message"]
+    assert sorted((u["name"], u["from"], u["to"]) for u in platform["updates"]) == [
+        ("libsut", "1.0-1", "2.0-1"), ("sutng", "1.0-1", "2.0-1")]
+    image = open_image(ref.rsplit(":", 1)[0] + ":patched")
+    db = _rpmdb(image, "rhel", tmp_path / "db")
+    _verifydb(db)
+    assert "sutprog-1.0-1.x86_64" not in _qa(db) and "sutng-2.0-1.x86_64" in _qa(db)
+    oracle = _oracle(rpm_world, root, tmp_path, "rhel", ("libsut-2.0-1", "sutng-2.0-1"))
+    assert _log(image) == (oracle / LOG).read_text().splitlines()
+    _same_as_oracle(image, root, oracle, "rhel", tmp_path)
