@@ -20,8 +20,10 @@ import pytest
 from suture.distro.apply import FileConflictError
 from suture.distro.rpm.apply import ApplyResult, RpmUpdate, apply_updates, capability_xattr
 from suture.distro.rpm.header import Tag
+from suture.distro.rpm.model import SENSE_EQUAL, Dep
 from suture.distro.rpm.package import read_rpm
-from suture.distro.rpm.rpmdb import InstalledPackage, read_sqlite
+from suture.distro.rpm.rpmdb import InstalledPackage, package_info, read_sqlite
+from suture.distro.rpm.version import dep_matches
 from suture.distro.scripts import ScriptJob
 from suture.oci.layer import DIR, FILE, HARDLINK, SYMLINK, WHITEOUT_PREFIX, Entry
 from tests.fixtures.rpmbuild import build_rpm, have_rpm_tools, rpm_root
@@ -302,7 +304,8 @@ def describe(root: Path) -> dict[str, tuple[object, ...]]:
             caps = os.getxattr(full, "security.capability", follow_symlinks=False)
         except OSError:
             caps = b""
-        mtime = n.mtime if n.kind != DIR else None
+        # directories change as files come and go; the scripts' logs are written now
+        mtime = n.mtime if n.kind != DIR and not path.startswith("var/log/") else None
         out[path] = (n.kind, n.mode, n.uid, n.gid, content, caps.hex(), mtime)
     return out
 
@@ -318,6 +321,7 @@ def _install_10(root: Path, sh: list[Path], old: list[Path]) -> None:
     rpm_root(root, "-i", *map(str, old))
     for name in ("hello.conf", "hello-plain.conf", "hello-same.conf"):
         (root / "etc" / name).write_text("mine\n")
+        os.utime(root / "etc" / name, (1750000000, 1750000000))
     with (root / LOG).open("a") as fh:
         fh.write("--\n")
 
@@ -349,8 +353,10 @@ def _updates(root: Path, installed: list[InstalledPackage], new: list[Path]
     out = []
     for path in new:
         archive = read_rpm(path, what=path.name)
-        name = archive.header.string(Tag.NAME) or ""
-        out.append(RpmUpdate(by_name.get(name), archive))
+        info = package_info(archive.header)
+        obsoleted = tuple(p for p in installed for o in info.obsoletes
+                          if dep_matches(o, Dep(p.info.name, SENSE_EQUAL, p.info.evr)))
+        out.append(RpmUpdate(by_name.get(info.name), archive, obsoleted))
     return out
 
 
@@ -372,18 +378,15 @@ def _apply(root: Path, new: list[Path], work: Path, install_time: int = 1,
     return installed, result
 
 
-def test_upgrade_matches_rpm(built: Built) -> None:
-    r1, r2 = built.tmp / "r1", built.tmp / "r2"
-    for r in (r1, r2):
-        _install_10(r, built.sh, built.old)
-    proc = rpm_root(r1, "-U", *map(str, built.new))
+def compare_upgrade(r1: Path, r2: Path, new: list[Path], work: Path) -> ApplyResult:
+    """``rpm -U new`` on r1, apply_updates on r2; everything must agree."""
+    proc = rpm_root(r1, "-U", *map(str, new))
     warnings = sorted(line for line in proc.stderr.splitlines() if line.startswith("warning:"))
-
-    after = {p.info.name: p for p in read_sqlite(r1 / DB)}
-    hello = after["hello"].header
-    install_time = hello.number(Tag.INSTALLTIME) or 0
-    tid = hello.number(Tag.INSTALLTID) or 0
-    _installed, res = _apply(r2, built.new, built.tmp / "work", install_time, tid)
+    after = read_sqlite(r1 / DB)
+    newest = max(after, key=lambda p: p.hnum).header
+    install_time = newest.number(Tag.INSTALLTIME) or 0
+    tid = newest.number(Tag.INSTALLTID) or 0
+    _installed, res = _apply(r2, new, work, install_time, tid)
     write_entries(r2, res.entries)
     run_jobs(r2, res.jobs)
     if res.cleanup:
@@ -393,18 +396,84 @@ def test_upgrade_matches_rpm(built: Built) -> None:
     assert (r2 / LOG).read_text().splitlines() == (r1 / LOG).read_text().splitlines()
     t1, t2 = describe(r1), describe(r2)
     assert sorted(t2) == sorted(t1)
-    assert {k: v for k, v in t2.items() if t1[k] != v} == {}
+    assert {k: (t1[k], v) for k, v in t2.items() if t1[k] != v} == {}
     assert qa(r2) == qa(r1)
-    blobs1 = {p.info.nevra: p.header for p in read_sqlite(r1 / DB)}
+    blobs1 = {p.info.nevra: p.header for p in after}
     blobs2 = {p.info.nevra: p.header for p in read_sqlite(r2 / DB)}
     assert sorted(blobs1) == sorted(blobs2)
+    exact = 0
     for nevra, h1 in blobs1.items():
         h2 = blobs2[nevra]
         assert h2.tags == h1.tags, nevra
         for tag in h1.tags:
             if tag not in (Tag.INSTALLTIME, Tag.INSTALLTID):
                 assert h2.raw(tag) == h1.raw(tag), (nevra, tag)
-        assert len(h2.blob) == len(h1.blob)
+        if all(h1.raw(t) == h2.raw(t) for t in (Tag.INSTALLTIME, Tag.INSTALLTID)):
+            assert h2.blob == h1.blob, nevra
+            exact += 1
+        else:
+            assert len(h2.blob) == len(h1.blob), nevra
+    assert exact >= 1  # at least the last package the transaction added
+    return res
+
+
+def test_upgrade_matches_rpm(built: Built) -> None:
+    r1, r2 = built.tmp / "r1", built.tmp / "r2"
+    for r in (r1, r2):
+        _install_10(r, built.sh, built.old)
+    res = compare_upgrade(r1, r2, built.new, built.tmp / "work")
+    assert len(res.notes) == 2  # the .rpmnew and the .rpmsave
+    assert any(e.path == "usr/share/hello/.wh.only-1.0" for e in res.entries)
+    assert any(callable(e.data) for e in res.entries if e.path == "usr/share/hello/big")
+
+
+def _erase_spec(name: str, v: str, extra: str = "") -> str:
+    return f"""\
+Name: {name}
+Version: {v}
+Release: 1
+Summary: {name}
+License: MIT
+BuildArch: noarch
+{extra}
+%description
+{name}
+%install
+mkdir -p %{{buildroot}}/etc %{{buildroot}}/usr/share/{name}/sub
+echo {name} {v} > %{{buildroot}}/etc/{name}.conf
+echo {name} {v} > %{{buildroot}}/etc/{name}-kept.conf
+echo {v} > %{{buildroot}}/usr/share/{name}/sub/f
+%pre
+{_log("pre").replace("{{", "{").replace("}}", "}")}
+%preun
+{_log("preun").replace("{{", "{").replace("}}", "}")}
+%postun
+{_log("postun").replace("{{", "{").replace("}}", "}")}
+%files
+%config /etc/{name}.conf
+%config(noreplace) /etc/{name}-kept.conf
+/usr/share/{name}
+"""
+
+
+def test_obsoletes_and_independent_upgrades(built: Built) -> None:
+    """An obsoleting rename (its modified %config saved as .rpmsave on erase, its
+    directories removed) and an unrelated upgrade in one transaction."""
+    tmp = built.tmp / "obs"
+    old = build_rpm(_erase_spec("oldname", "1.0"), tmp / "p0") + \
+        build_rpm(_erase_spec("solo", "1.0"), tmp / "p0")
+    new = build_rpm(_erase_spec("newname", "1.1", "Obsoletes: oldname < 1.1"), tmp / "p1") + \
+        build_rpm(_erase_spec("solo", "1.1"), tmp / "p1")
+    r1, r2 = tmp / "r1", tmp / "r2"
+    for r in (r1, r2):
+        r.mkdir(parents=True)
+        rpm_root(r, "-i", "--nodeps", *map(str, built.sh))
+        rpm_root(r, "-i", *map(str, old))
+        for name in ("oldname.conf", "solo-kept.conf"):
+            (r / "etc" / name).write_text("mine\n")
+            os.utime(r / "etc" / name, (1750000000, 1750000000))
+    res = compare_upgrade(r1, r2, new, tmp / "work")
+    assert any(n.endswith("oldname.conf.rpmsave") for n in res.notes)
 
 
 def test_conflict_with_a_staying_package(built: Built) -> None:
