@@ -12,6 +12,7 @@ same root (file tree, ``rpm -qa`` and scriptlet log).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -139,6 +140,10 @@ def test_update_all(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
     assert sorted((u["name"], u["type"], u["from"], u["to"]) for u in platform["updates"]) == [
         ("libsut", "rpm", "1.0-1", "2.0-1"), ("sutprog", "rpm", "1.0-1", "2.0-1")]
     image = open_image(ref.rsplit(":", 1)[0] + ":patched")
+    if shutil.which("skopeo"):  # another reader agrees on what was written
+        raw = subprocess.run(["skopeo", "inspect", "--raw", ref.rsplit(":", 1)[0] + ":patched"],
+                             check=True, capture_output=True).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == image.digest
 
     # the database, as rpm reads it
     db = _rpmdb(image, family, tmp_path / "db")
