@@ -496,3 +496,34 @@ def test_caps_as_setcap_writes(tmp_path: Path, text: str) -> None:
     f.write_bytes(b"")
     subprocess.run([setcap, text, str(f)], check=True)
     assert capability_xattr(text) == os.getxattr(f, "security.capability")
+
+
+def test_wal_emptied_and_spool_cleaned(built: Built) -> None:
+    """A non-empty ``-wal`` in the image gets an empty one in the layer (the written
+    database is checkpointed); ``-shm`` is left alone; cleanup removes the spool."""
+    root = built.tmp / "r4"
+    _install_10(root, built.sh, built.old)
+    installed = read_sqlite(root / DB)
+    tree = scan(root)
+    tree[DB + "-wal"] = Node(FILE, 0o644, 0, 0, "", 4096, 0)
+    tree[DB + "-shm"] = Node(FILE, 0o644, 0, 0, "", 32768, 0)
+    work = built.tmp / "work4"
+    work.mkdir()
+    db_copy = work / "in.sqlite"
+    shutil.copyfile(root / DB, db_copy)
+
+    def read(path: str) -> bytes | None:
+        p = root / path
+        return p.read_bytes() if p.is_file() and not p.is_symlink() else None
+
+    res = apply_updates(installed, _updates(root, installed, built.new), tree=tree, read=read,
+                        db_path=DB, db_file=db_copy, install_time=5, tid=6, workdir=work)
+    by_path = {e.path: e for e in res.entries}
+    assert by_path[DB + "-wal"].data == b""
+    assert DB + "-shm" not in by_path
+    assert callable(by_path[DB].data)
+    spooled = [e for e in res.entries if callable(e.data) and e.path != DB]
+    assert spooled
+    assert res.cleanup is not None
+    res.cleanup()
+    assert [p for p in work.rglob("*") if p.is_file() and p != db_copy] == []

@@ -323,19 +323,22 @@ class _Applier:
 def _edges(pkgs: Sequence[_Pkg]) -> list[set[int]]:
     """For each package, the others (by index) that provide one of its Requires (of
     every kind: pre, post, preun...; rpmlib() and rich ones left out)."""
+    provides: dict[str, list[tuple[int, Dep]]] = {}
+    paths: dict[str, set[int]] = {}
+    for j, q in enumerate(pkgs):
+        for pr in q.provides:
+            provides.setdefault(pr.name, []).append((j, pr))
+        for f in q.files:
+            paths.setdefault("/" + f.path, set()).add(j)
     out: list[set[int]] = []
     for i, p in enumerate(pkgs):
         needs: set[int] = set()
         for dep in package_info(p.header).requires:
             if dep.name.startswith("rpmlib(") or dep.rich:
                 continue
-            for j, q in enumerate(pkgs):
-                if j == i:
-                    continue
-                if any(dep_matches(dep, pr) for pr in q.provides) or (
-                        dep.name.startswith("/") and any(f.path == dep.name[1:]
-                                                         for f in q.files)):
-                    needs.add(j)
+            needs |= {j for j, pr in provides.get(dep.name, ()) if dep_matches(dep, pr)}
+            needs |= paths.get(dep.name, set())
+        needs.discard(i)
         out.append(needs)
     return out
 
@@ -652,7 +655,7 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
 
     for i in order_ix:
         u, pkg = updates[i], new_pkgs[i]
-        _install_files(a, u.new, pkg, staying, new_pkgs, old_files)
+        _install_files(a, u.new, pkg, final_owner, old_files)
     for i, (u, pkg) in enumerate(zip(updates, new_pkgs, strict=True)):
         del i
         blobs.append(installed_blob(u.new.header, u.new.signature, install_time=install_time,
@@ -722,14 +725,12 @@ def _save(a: _Applier, real: str, node: TreeNode, suffix: str) -> None:
                 mtime if isinstance(mtime, int) else None, len(data), data=data))
 
 
-def _install_files(a: _Applier, archive: RpmArchive, pkg: _Pkg, staying: Sequence[_Pkg],
-                   new_pkgs: Sequence[_Pkg], old_files: Mapping[str, RpmFile]) -> None:
-    others: dict[str, tuple[_Pkg, RpmFile]] = {}
-    for p in (*staying, *new_pkgs):
-        if p is pkg:
-            continue
-        for f in p.files:
-            others.setdefault(a.where(f.path), (p, f))
+def _install_files(a: _Applier, archive: RpmArchive, pkg: _Pkg,
+                   owners: Mapping[str, Sequence[tuple[_Pkg, RpmFile]]],
+                   old_files: Mapping[str, RpmFile]) -> None:
+    def other_owner(real: str) -> tuple[_Pkg, RpmFile] | None:
+        return next(((p, f) for p, f in owners.get(real, ()) if p is not pkg), None)
+
     # contents, as the payload gives them (data of a hardlink set on its last link)
     data: dict[str, bytes | Callable[[], IO[bytes]]] = {}
     wanted = {f.path for f in pkg.files if stat.S_ISREG(f.mode) and not f.flags & _GHOST}
@@ -752,7 +753,7 @@ def _install_files(a: _Applier, archive: RpmArchive, pkg: _Pkg, staying: Sequenc
         if f.flags & _GHOST:
             continue
         real = a.where(f.path)
-        other = others.get(real)
+        other = other_owner(real)
         if other is not None and not _same_content(other[1], f) and not (
                 stat.S_ISDIR(f.mode) and stat.S_ISDIR(other[1].mode)):
             raise FileConflictError(f.path, pkg.label, other[0].label,
@@ -766,7 +767,7 @@ def _install_files(a: _Applier, archive: RpmArchive, pkg: _Pkg, staying: Sequenc
         xattrs = {"security.capability": capability_xattr(f.caps)} if f.caps else {}
         if kind == FILE and f.flags & _CONFIG:
             node = a.tree.get(real)
-            if node is not None and real not in {e for e in a.entries}:
+            if node is not None and real not in a.entries:
                 disk = a.disk_digest(f.path, f.digest_algo)
                 new = a.file_digest(f)
                 old = old_files.get(real)
