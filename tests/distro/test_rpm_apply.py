@@ -427,7 +427,7 @@ def test_upgrade_matches_rpm(built: Built) -> None:
     assert any(callable(e.data) for e in res.entries if e.path == "usr/share/hello/big")
 
 
-def _erase_spec(name: str, v: str, extra: str = "") -> str:
+def _erase_spec(name: str, v: str, extra: str = "", owner: str = "root") -> str:
     return f"""\
 Name: {name}
 Version: {v}
@@ -443,6 +443,7 @@ mkdir -p %{{buildroot}}/etc %{{buildroot}}/usr/share/{name}/sub
 echo {name} {v} > %{{buildroot}}/etc/{name}.conf
 echo {name} {v} > %{{buildroot}}/etc/{name}-kept.conf
 echo {v} > %{{buildroot}}/usr/share/{name}/sub/f
+echo {v} > %{{buildroot}}/usr/share/{name}/owned
 %pre
 {_log("pre").replace("{{", "{").replace("}}", "}")}
 %preun
@@ -452,7 +453,9 @@ echo {v} > %{{buildroot}}/usr/share/{name}/sub/f
 %files
 %config /etc/{name}.conf
 %config(noreplace) /etc/{name}-kept.conf
-/usr/share/{name}
+%attr(0600,{owner},{owner}) /usr/share/{name}/owned
+%dir /usr/share/{name}
+/usr/share/{name}/sub
 """
 
 
@@ -463,7 +466,7 @@ def test_obsoletes_and_independent_upgrades(built: Built) -> None:
     old = build_rpm(_erase_spec("oldname", "1.0"), tmp / "p0") + \
         build_rpm(_erase_spec("solo", "1.0"), tmp / "p0")
     new = build_rpm(_erase_spec("newname", "1.1", "Obsoletes: oldname < 1.1"), tmp / "p1") + \
-        build_rpm(_erase_spec("solo", "1.1"), tmp / "p1")
+        build_rpm(_erase_spec("solo", "1.1", owner="nosuchuser"), tmp / "p1")
     r1, r2 = tmp / "r1", tmp / "r2"
     for r in (r1, r2):
         r.mkdir(parents=True)
@@ -474,6 +477,7 @@ def test_obsoletes_and_independent_upgrades(built: Built) -> None:
             os.utime(r / "etc" / name, (1750000000, 1750000000))
     res = compare_upgrade(r1, r2, new, tmp / "work")
     assert any(n.endswith("oldname.conf.rpmsave") for n in res.notes)
+    assert "warning: user nosuchuser does not exist - using root" in res.notes
 
 
 def test_conflict_with_a_staying_package(built: Built) -> None:
