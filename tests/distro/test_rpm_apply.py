@@ -332,7 +332,6 @@ class Built:
     sh: list[Path]
     old: list[Path]
     new: list[Path]
-    other: list[Path]
 
 
 @pytest.fixture(scope="module")
@@ -343,8 +342,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         build_rpm(_spec(HELLO_SPEC, "1.0", "1.1"), tmp / "p0")
     new = build_rpm(_spec(LIB_SPEC, "1.1", "1.0"), tmp / "p1") + \
         build_rpm(_spec(HELLO_SPEC, "1.1", "1.1"), tmp / "p1")
-    other = build_rpm(OTHER_SPEC, tmp / "other")
-    return Built(tmp, sh, old, new, other)
+    return Built(tmp, sh, old, new)
 
 
 def _updates(root: Path, installed: list[InstalledPackage], new: list[Path]
@@ -444,6 +442,8 @@ echo {name} {v} > %{{buildroot}}/etc/{name}.conf
 echo {name} {v} > %{{buildroot}}/etc/{name}-kept.conf
 echo {v} > %{{buildroot}}/usr/share/{name}/sub/f
 echo {v} > %{{buildroot}}/usr/share/{name}/owned
+mkdir -p %{{buildroot}}/usr/lib/{name}-x/deep
+echo {v} > %{{buildroot}}/usr/lib/{name}-x/deep/f
 %pre
 {_log("pre").replace("{{", "{").replace("}}", "}")}
 %preun
@@ -456,6 +456,7 @@ echo {v} > %{{buildroot}}/usr/share/{name}/owned
 %attr(0600,{owner},{owner}) /usr/share/{name}/owned
 %dir /usr/share/{name}
 /usr/share/{name}/sub
+/usr/lib/{name}-x/deep/f
 """
 
 
@@ -480,13 +481,23 @@ def test_obsoletes_and_independent_upgrades(built: Built) -> None:
     assert "warning: user nosuchuser does not exist - using root" in res.notes
 
 
-def test_conflict_with_a_staying_package(built: Built) -> None:
-    root = built.tmp / "r3"
+@pytest.mark.parametrize("content", ["not-data", "1.1"])
+def test_file_of_a_staying_package(built: Built, content: str) -> None:
+    """Another package's file with other contents is refused, as rpm refuses it; with
+    the same contents it is shared."""
+    root = built.tmp / f"r3-{content}"
     _install_10(root, built.sh, built.old)
-    rpm_root(root, "-i", *map(str, built.other))
-    assert rpm_root(root, "-U", "--test", *map(str, built.new), check=False).returncode != 0
-    with pytest.raises(FileConflictError):
-        _apply(root, built.new, built.tmp / "work3")
+    other = build_rpm(OTHER_SPEC.replace("not-data", content), built.tmp / f"other-{content}")
+    rpm_root(root, "-i", *map(str, other))
+    refused = rpm_root(root, "-U", "--test", *map(str, built.new), check=False).returncode != 0
+    work = built.tmp / f"work3-{content}"
+    if refused:
+        with pytest.raises(FileConflictError):
+            _apply(root, built.new, work)
+    else:
+        _installed, res = _apply(root, built.new, work)
+        assert any(e.path == "usr/share/hello/only-1.1" for e in res.entries)
+    assert refused == (content != "1.1")
 
 
 @pytest.mark.parametrize("text", ["cap_net_raw=ep", "cap_net_admin,cap_sys_time+ip",
@@ -531,3 +542,34 @@ def test_wal_emptied_and_spool_cleaned(built: Built) -> None:
     assert res.cleanup is not None
     res.cleanup()
     assert [p for p in work.rglob("*") if p.is_file() and p != db_copy] == []
+
+
+LUA_SPEC = """\
+Name: luapkg
+Version: 1
+Release: 1
+Summary: a Lua scriptlet
+License: MIT
+BuildArch: noarch
+%description
+lua
+%post -p <lua>
+print("hi")
+%postun -p /bin/sutlog
+%files
+"""
+
+
+def test_lua_and_program_scriptlets(built: Built) -> None:
+    """``-p <lua>``: the body staged, interpreter ``<lua>``; ``-p prog`` without a body:
+    the program itself, no arguments, nothing staged."""
+    root = built.tmp / "r5"
+    _install_10(root, built.sh, built.old)
+    pkgs = build_rpm(LUA_SPEC, built.tmp / "lua")
+    _installed, res = _apply(root, pkgs, built.tmp / "work5")
+    post = next(j for j in res.jobs if j.script == "%post")
+    assert post.interpreter == ("<lua>",)
+    assert post.args == ("1",)
+    assert [s.data for s in post.staged] == [b'print("hi")']
+    assert post.staged[0].path == post.path
+    assert not [j for j in res.jobs if j.script == "%postun"]  # nothing is erased
