@@ -40,7 +40,9 @@ What rpm does and this module reproduces:
   dependency order ``%pre``, the installed packages' ``%filetriggerin`` (its
   matching files), ``%post``, the installed packages' ``%triggerin`` on it, its
   own ``%triggerin`` on installed packages (and its own ``%filetriggerin``, not
-  measured); then the erasures in reverse order: the others'
+  measured); then the erasures (a package before those it requires, unrelated
+  ones in the order of their installs; installs put unrelated packages in reverse
+  of the given order, as rpm 4.18 did): the others'
   ``%filetriggerun`` (the files removed), the old package's own ``%triggerun``,
   the installed packages' ``%triggerun`` on it, ``%preun``, the others'
   ``%filetriggerpostun``, ``%postun``, the others' ``%triggerpostun``; last every
@@ -50,7 +52,9 @@ What rpm does and this module reproduces:
   get the ``%pre`` count, as rpm 4.18 passes), a trigger's ``$2`` that of the
   triggering name; file triggers get ``0``. A ``-p <prog>`` scriptlet without a
   body runs the program with no arguments (as measured). The environment is
-  rpm's ``PATH``. A file trigger's paths are a staged file fed to its stdin by
+  rpm's ``PATH`` and, for a relocatable package, ``RPM_INSTALL_PREFIX<n>`` and
+  ``RPM_INSTALL_PREFIX`` (its PREFIXES; INSTPREFIXES for an installed one). A
+  file trigger's paths are a staged file fed to its stdin by
   ``/bin/sh -c 'exec "$@" < list'`` (ScriptJob has no stdin); a Lua file
   trigger gets no stdin.
 
@@ -802,6 +806,9 @@ def _install_files(a: _Applier, archive: RpmArchive, pkg: _Pkg,
             a.add(Entry(real, SYMLINK, 0o777, uid, gid, f.mtime, linkname=f.linkto,
                         xattrs=xattrs))
         elif kind == DIR:
+            node = a.tree.get(real)
+            if node is not None and node.kind == SYMLINK:
+                continue  # rpm keeps a symlink where the package has a directory
             a.add(Entry(real, DIR, mode, uid, gid, f.mtime, xattrs=xattrs))
         else:
             a.add(Entry(real, kind, mode, uid, gid, f.mtime, xattrs=xattrs,
