@@ -433,20 +433,15 @@ class _Jobs:
         base = f"{SCRIPT_DIR}/rpm-tmp.{pkg.name}.{self.counter}.{slug}"
         listing = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
         staged = [Staged(base + ".paths", data=listing, mode=0o644)]
-        if body:
-            staged.append(Staged(base, data=body.encode("utf-8", "surrogateescape"),
-                                 mode=0o755))
-            run, path = prog or ("/bin/sh",), base
-        elif prog and prog[0] != "<lua>":
-            run, path = prog[1:], prog[0].lstrip("/")
-        else:
-            return
-        if run[:1] == ("<lua>",):
-            interp: tuple[str, ...] = run  # the Lua runner reads no stdin
-        else:
-            interp = ("/bin/sh", "-c", f'exec "$@" < /{base}.paths', "rpm-file-trigger", *run)
-        self.jobs.append(ScriptJob(pkg.label, phase, path, ("0",), env, staged=tuple(staged),
-                                   interpreter=interp))
+        feed = f"< /{base}.paths"
+        run = prog or ("/bin/sh",)
+        # rpm writes a file trigger's script even when empty (``-p prog`` alone) and
+        # runs the program on it
+        staged.append(Staged(base, data=body.encode("utf-8", "surrogateescape"), mode=0o755))
+        interp: tuple[str, ...] = run if run[:1] == ("<lua>",) else \
+            ("/bin/sh", "-c", f'exec "$@" {feed}', "rpm-file-trigger", *run)
+        self.jobs.append(ScriptJob(pkg.label, phase, base, ("0",), env,
+                                   staged=tuple(staged), interpreter=interp))
 
     def phase(self, pkg: _Pkg, phase: str, args: tuple[str, ...],
               env: tuple[tuple[str, str], ...]) -> None:
