@@ -1,6 +1,7 @@
 """Updating every package of an rpm image: suture against ``dnf --installroot upgrade``.
 
     .venv/bin/python bench/rpm.py [--packages 40] [--updates 20] [--kb 150] [--runs 3]
+                                  [--sandbox auto]
 
 Needs root (rpm and dnf run the packages' scriptlets in a chroot), rpmbuild, rpmsign,
 gpg, createrepo_c, dnf and busybox-static. Everything is built here: a signing key;
@@ -33,7 +34,9 @@ Each side runs *cold* (suture: an empty ``--cache-dir``; dnf: an empty ``cachedi
 run with ``keepcache=1``, so neither metadata nor packages are fetched again). Each
 repetition runs the four in the same order; medians of ``--runs`` are printed, with the
 peak RSS of each process tree (``wait4``'s ``ru_maxrss``: the largest process in it).
-Work happens under /dev/shm when it has room (``--workdir`` to change).
+Work happens under /dev/shm when it has room (``--workdir`` to change). ``--sandbox
+none`` times suture without running the scriptlets (dnf still runs them): what the
+scriptlet stage costs.
 """
 
 from __future__ import annotations
@@ -168,10 +171,11 @@ def make_root(root: Path, key: GpgKey, v1: list[Path], baseurl: str) -> None:
     subprocess.run([*rpm, "-i", *map(str, v1)], check=True, env=env, capture_output=True)
 
 
-def run_suture(ref: str, dest: str, cache: Path, result: Path, tmp: Path) -> Run:
+def run_suture(ref: str, dest: str, cache: Path, result: Path, tmp: Path,
+               sandbox: str = "auto") -> Run:
     cmd = [sys.executable, "-m", "suture", "patch", "-i", ref, "--dest", dest,
            "--cache-dir", str(cache), "--allow-private-repos", "127.0.0.1",
-           "--sandbox", "auto", "--progress", "quiet", "--result", str(result)]
+           "--sandbox", sandbox, "--progress", "quiet", "--result", str(result)]
     tmp.mkdir(parents=True, exist_ok=True)
     run = timed(cmd, dict(os.environ, TMPDIR=str(tmp)))
     [platform] = json.loads(result.read_text())["platforms"]
@@ -210,6 +214,8 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--kb", type=int, default=150, help="KiB of files per package")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "chroot", "none"],
+                        help="suture's --sandbox for the timed runs (none: scriptlets not run)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -248,7 +254,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         print(measured_suture())
         print(f"set-up {time.perf_counter() - t0:.1f} s: {len(v1)} packages installed, "
               f"{len(v2)} updates ({size / 1e6:.1f} MB of rpms), root tar "
-              f"{layer / 1e6:.1f} MB, runs {args.runs}")
+              f"{layer / 1e6:.1f} MB, runs {args.runs}, suture --sandbox {args.sandbox}")
 
         # untimed: fill the warm caches, and check both sides do the same upgrade
         warm_suture, warm_dnf = work / "suture-warm", work / "dnf-warm"
@@ -270,13 +276,13 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
             out = work / f"out-{i}"
             runs["suture cold"].append(run_suture(
                 ref, f"oci:{out}-cold:patched", work / f"suture-cold-{i}",
-                work / f"r-cold-{i}.json", work / "tmp"))
+                work / f"r-cold-{i}.json", work / "tmp", args.sandbox))
             target = work / f"root-cold-{i}"
             shutil.copytree(pristine, target, symlinks=True)
             runs["dnf cold"].append(run_dnf(target, work / f"dnf-cold-{i}", home))
             runs["suture warm"].append(run_suture(
                 ref, f"oci:{out}-warm:patched", warm_suture, work / f"r-warm-{i}.json",
-                work / "tmp"))
+                work / "tmp", args.sandbox))
             target = work / f"root-warm-{i}"
             shutil.copytree(pristine, target, symlinks=True)
             runs["dnf warm"].append(run_dnf(target, warm_dnf, home))
