@@ -37,7 +37,8 @@ from tests.fixtures.rpmrepo import FAMILIES, KEY_PATH, LOG, RpmWorld
 FAMILY_LIST = sorted(FAMILIES)
 #: Trivy's OS family and name for each image (the report's Metadata.OS).
 TRIVY_OS = {"rhel": ("redhat", "9.4"), "fedora": ("fedora", "40"),
-            "amzn": ("amazon", "2023"), "azurelinux": ("azurelinux", "3.0")}
+            "amzn": ("amazon", "2023"), "azurelinux": ("azurelinux", "3.0"),
+            "rocky": ("rocky", "9.4"), "almalinux": ("alma", "9.4"), "ol": ("oracle", "9.4")}
 CVE = "CVE-2024-31337"
 ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C", "HOME": "/tmp"}
 
