@@ -209,6 +209,49 @@ def test_report_driven_with_vex(rpm_world: RpmWorld, tmp_path: Path, family: str
     assert "libsut-2.0-1.x86_64" in _qa(db)
 
 
+def _grype(distro: str, version: str) -> dict[str, Any]:
+    """A Grype JSON report naming the libsut CVE (an rpm match, an epoch-less fix)."""
+    return {"matches": [{
+        "vulnerability": {"id": CVE, "severity": "High",
+                          "fix": {"versions": ["2.0-1"], "state": "fixed"}},
+        "artifact": {"name": "libsut", "version": "1.0-1", "type": "rpm",
+                     "purl": "pkg:rpm/redhat/libsut@1.0-1?arch=x86_64"}}],
+        "source": {"type": "image", "target": {"userInput": "sut:1"}},
+        "distro": {"name": distro, "version": version}}
+
+
+def _copa(os_type: str, version: str) -> dict[str, Any]:
+    """A copa v1alpha1 document naming the libsut CVE."""
+    return {"apiVersion": "v1alpha1",
+            "metadata": {"os": {"type": os_type, "version": version},
+                         "config": {"arch": "amd64"}},
+            "updates": [{"name": "libsut", "installedVersion": "1.0-1",
+                         "fixedVersion": "2.0-1", "vulnerabilityID": CVE}]}
+
+
+@pytest.mark.parametrize(("family", "kind", "document"), [
+    ("rhel", "grype", _grype("redhat", "9.4")),
+    ("rocky", "grype", _grype("rockylinux", "9.4")),
+    ("amzn", "grype", _grype("amazonlinux", "2023")),
+    ("rhel", "copa", _copa("redhat", "9.4")),
+    ("ol", "copa", _copa("oracle", "9.4")),
+], ids=["grype-rhel", "grype-rocky", "grype-amzn", "copa-rhel", "copa-oracle"])
+def test_grype_and_copa_reports(rpm_world: RpmWorld, tmp_path: Path, family: str, kind: str,
+                                document: dict[str, Any]) -> None:
+    ref, _root = rpm_world.image(tmp_path, family)
+    report = tmp_path / f"{kind}.json"
+    report.write_text(json.dumps(document))
+    proc, result, _vex = _run(rpm_world, tmp_path, ref, "fixed", "-r", str(report))
+    assert proc.returncode == 0, proc.stderr
+    platform = _platform(result)
+    assert [(u["name"], u["to"], u["reason"], u["vulnerabilities"])
+            for u in platform["updates"]] == [("libsut", "2.0-1", "report", [CVE]),
+                                              ("sutprog", "2.0-1", "dependency", [])]
+    db = _rpmdb(open_image(ref.rsplit(":", 1)[0] + ":fixed"), family, tmp_path / "db")
+    _verifydb(db)
+    assert "libsut-2.0-1.x86_64" in _qa(db)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
