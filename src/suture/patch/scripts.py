@@ -96,6 +96,7 @@ from suture.oci.layer import (
     Entry,
     sort_key,
 )
+from suture.patch.lua import run_lua
 from suture.patch.sandbox import (
     SANDBOXES,
     SCRIPT_TIMEOUT,
@@ -422,6 +423,8 @@ def _why_not(root: Path, job: ScriptJob) -> str | None:
         if not shell.is_file():
             return "no /bin/sh in the image"
         return f"no /{job.path} in the image (nothing to run)"
+    if job.interpreter[:1] == ("<lua>",):
+        return None  # rpm's embedded Lua: run in this process (suture.patch.lua)
     interpreter = job.interpreter[0] if job.interpreter else _interpreter(script)
     found = resolve_in_root(root, interpreter, follow_last=True)
     if not found.is_file():
@@ -552,6 +555,13 @@ def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
             not_run.append((job.describe(), why))
             return
         env = _job_env(job)
+        if job.interpreter[:1] == ("<lua>",):
+            log.info("running %s (<lua>, programs in %s)", job.describe(), kind)
+            run_lua(job, root, env, lambda argv, env2, left: run_one(
+                job, command(kind, root, dict(env2), list(argv)),
+                dict(env2) if kind == "chroot" else {}, left), timeout)
+            ran.append(job.describe())
+            return
         argv = [*job.interpreter, "/" + normalize(job.path), *job.args]
         log.info("running %s (%s)", job.describe(), kind)
         run_one(job, command(kind, root, env, argv), env if kind == "chroot" else {}, timeout)
