@@ -229,7 +229,7 @@ def _parse_mode(spec: str, current: int) -> int:
         for i, c in enumerate(spec):
             shift = 6 - (i // 3) * 3
             pos = i % 3
-            if c == "r" and pos == 0 or c == "w" and pos == 1 or c in "xst" and pos == 2:
+            if (c == "r" and pos == 0) or (c == "w" and pos == 1) or (c in "xst" and pos == 2):
                 mode |= (4 >> pos) << shift
             if c in "sStT" and pos == 2:
                 mode |= (stat.S_ISUID, stat.S_ISGID, stat.S_ISVTX)[i // 3]
@@ -316,7 +316,7 @@ class _Runner:
             except ScriptError as exc:
                 self.fatal = exc
                 raise _Fatal(str(exc)) from None
-            except Exception as exc:  # noqa: BLE001 - anything else stops the job
+            except Exception as exc:
                 self.fatal = exc
                 raise _Fatal(f"{name}: {exc}") from None
         return call
@@ -647,7 +647,7 @@ class _Runner:
 
     def globals_setup(self, arg: Sequence[str | int]) -> Any:
         g = self.guard
-        posix = {
+        posix: dict[str, Callable[..., Any]] = {
             "stat": self.p_stat, "access": self.p_access, "mkdir": self.p_mkdir,
             "rmdir": self.p_rmdir, "unlink": self.p_unlink, "chmod": self.p_chmod,
             "chown": self.p_chown, "symlink": self.p_symlink, "readlink": self.p_readlink,
@@ -661,7 +661,7 @@ class _Runner:
             "redirect2null": lambda *_: 0,
             "kill": self.refuse("posix.kill"), "sleep": lambda *_: 0,
         }
-        rpm = {
+        rpm: dict[str, Callable[..., Any]] = {
             "expand": self.expand, "define": self.define, "undefine": self.undefine,
             "isdefined": self.isdefined, "vercmp": self.vercmp,
             "interactive": lambda *_: False, "execute": self.rpm_execute,
@@ -669,7 +669,7 @@ class _Runner:
             "b64decode": lambda data: base64.b64decode(bytes(data)),
             "next_file": self.next_file, "redirect2null": lambda *_: 0,
         }
-        oslib = {"getenv": self.getenv, "remove": self.os_remove, "rename": self.os_rename,
+        oslib: dict[str, Callable[..., Any]] = {"getenv": self.getenv, "remove": self.os_remove, "rename": self.os_rename,
                  "exit": self.os_exit, "execute": self.os_execute}
         table = self.runtime.table_from
         return table({
