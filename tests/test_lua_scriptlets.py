@@ -192,7 +192,7 @@ def test_lua_error_fails_the_job(root: Path) -> None:
         run(root, 'error("boom")')
     with pytest.raises(ScriptError, match="Lua error"):
         run(root, "this is not lua")
-    with pytest.raises(ScriptError, match="posix.fork"):
+    with pytest.raises(ScriptError, match=r"posix\.fork"):
         run(root, "local pid = posix.fork()")
     with pytest.raises(ScriptError, match="Lua memory"):
         run(root, 'local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end')

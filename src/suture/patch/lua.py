@@ -134,7 +134,9 @@ local io_ = {}
 local opened = {}  -- closed (so flushed) when the script ends, as rpm's exit would
 io_.open = function(path, mode)
   mode = mode or "r"
-  if type(path) ~= "string" and type(path) ~= "number" then error("bad argument #1 to 'open'", 2) end
+  if type(path) ~= "string" and type(path) ~= "number" then
+    error("bad argument #1 to 'open'", 2)
+  end
   local host, err, code = setup.resolve(tostring(path), mode)
   if not host then return nil, err, code end
   local f, e, c = real_open(host, mode)
@@ -158,7 +160,8 @@ local out = {write = function(self, ...) setup.output(...) return self end,
 io_.stdout, io_.stderr = out, out
 io_.write = function(...) setup.output(...) return out end
 io_.read = function() return nil end
-io_.stdin = {read = function() return nil end, lines = function() return function() return nil end end,
+io_.stdin = {read = function() return nil end,
+             lines = function() return function() return nil end end,
              close = function() return true end}
 io_.popen = function() error("io.popen is not available in suture's <lua> scriptlets", 2) end
 env.io = io_
@@ -669,7 +672,8 @@ class _Runner:
             "b64decode": lambda data: base64.b64decode(bytes(data)),
             "next_file": self.next_file, "redirect2null": lambda *_: 0,
         }
-        oslib: dict[str, Callable[..., Any]] = {"getenv": self.getenv, "remove": self.os_remove, "rename": self.os_rename,
+        oslib: dict[str, Callable[..., Any]] = {
+            "getenv": self.getenv, "remove": self.os_remove, "rename": self.os_rename,
                  "exit": self.os_exit, "execute": self.os_execute}
         table = self.runtime.table_from
         return table({
