@@ -167,6 +167,12 @@ def test_update_all(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
     assert expected_log[:len(before_log)] == before_log
     assert _log(image) == expected_log
     assert platform["scripts"]["notRun"] == []
+    # libsut's %posttrans is Lua: its files, and the line its rpm.execute wrote
+    assert "libsut 2.0 lua-posttrans" in expected_log
+    lua_file = (oracle / "var/lib/sut/lua-posttrans").read_bytes()
+    assert lua_file.startswith(b"libsut 2.0 posttrans ")
+    assert _contents(image, "var/lib/sut/lua-posttrans") == {
+        "var/lib/sut/lua-posttrans": lua_file}
     assert len(platform["scripts"]["ran"]) == len(expected_log) - len(before_log)
 
     _same_as_oracle(image, root, oracle, family, tmp_path)
