@@ -9,10 +9,14 @@ into its own, since only it can name the package.
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
+from collections.abc import Callable
 from typing import IO, Any, cast
 
-__all__ = ["KINDS", "decompressing_reader"]
+from suture.errors import SutureError
+
+__all__ = ["KINDS", "Decoded", "decompressing_reader"]
 
 KINDS = ("none", "gzip", "xz", "lzma", "bzip2", "zstd")
 
@@ -41,3 +45,32 @@ def decompressing_reader(raw: IO[bytes], kind: str) -> IO[bytes]:
     else:
         raise ValueError(f"unknown compression {kind!r}")
     return cast(IO[bytes], inner)
+
+
+class Decoded(io.RawIOBase):
+    """The bytes of a decompressing stream ``inner``, with its decoder's failures (zlib,
+    lzma, bz2, zstd, EOFError, OSError) turned into ``error(message)`` and, with
+    ``ceiling``, a check called with the running total after every read (it raises
+    when too much has come out). Wrap it in a :class:`io.BufferedReader`."""
+
+    def __init__(self, inner: Any, error: Callable[[str], Exception],
+                 ceiling: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._inner, self._error, self._ceiling, self.count = inner, error, ceiling, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._inner.read(len(view))
+        except SutureError:
+            raise
+        except Exception as exc:  # the decoders' own errors
+            raise self._error(str(exc)) from None
+        self.count += len(data)
+        if self._ceiling is not None:
+            self._ceiling(self.count)
+        view[: len(data)] = data
+        return len(data)

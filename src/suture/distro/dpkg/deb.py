@@ -33,8 +33,8 @@ from suture.distro.dpkg.control import (
     parse_md5sums,
     parse_paragraphs,
 )
-from suture.distro.streams import decompressing_reader
-from suture.errors import LayerError, PackageDBError, SizeMismatch, SutureError
+from suture.distro.streams import Decoded, decompressing_reader
+from suture.errors import LayerError, PackageDBError, SizeMismatch
 from suture.oci.layer import DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
 
 __all__ = [
@@ -272,36 +272,19 @@ class _ArReader:
 
 # --------------------------------------------------------------------------- decompression
 
-class _Ceiling(io.RawIOBase):
-    """Passes bytes through, failing once more than ``limit`` have gone by."""
-
-    def __init__(self, inner: IO[bytes], limit: int, what: str) -> None:
-        super().__init__()
-        self._inner, self._limit, self._what, self.count = inner, limit, what, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._inner.read(len(view))
-        except SutureError:
-            raise
-        except Exception as exc:  # zlib, lzma, bz2, zstd, EOFError, OSError
-            raise LayerError(f"{self._what}: cannot decompress: {exc}") from None
-        self.count += len(data)
-        if self.count > self._limit:
-            raise SizeMismatch(self._what, self._limit, self.count, ceiling=True)
-        view[: len(data)] = data
-        return len(data)
-
-
 def _decompressed(raw: _MemberReader, kind: str, limit: int, what: str) -> IO[bytes]:
     # The decompressor wraps ``raw`` without owning it and lives as long as the tar
     # reader does: there is nothing to close here.
     inner = decompressing_reader(cast(IO[bytes], raw), kind)
-    return io.BufferedReader(_Ceiling(inner, limit, what), _CHUNK)
+
+    def error(message: str) -> Exception:
+        return LayerError(f"{what}: cannot decompress: {message}")
+
+    def ceiling(count: int) -> None:
+        if count > limit:
+            raise SizeMismatch(what, limit, count, ceiling=True)
+
+    return io.BufferedReader(Decoded(inner, error, ceiling), _CHUNK)
 
 
 def _tar_kind(member: str, prefix: str, source: str) -> str:

@@ -37,7 +37,7 @@ from suture.distro.rpm.sign import (
     header_signature,
     signed_header_bytes,
 )
-from suture.distro.streams import decompressing_reader
+from suture.distro.streams import Decoded, decompressing_reader
 from suture.errors import SutureError
 
 __all__ = ["RpmArchive", "RpmPackageError", "read_rpm"]
@@ -212,34 +212,14 @@ class _Hashing(io.RawIOBase):
         super().close()
 
 
-class _Decoding(io.RawIOBase):
-    """Decompressed bytes of ``inner``; decoder failures become RpmPackageError."""
-
-    def __init__(self, inner: Any, what: str) -> None:
-        super().__init__()
-        self._inner, self._what = inner, what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = self._inner.read(len(view))
-        except SutureError:
-            raise
-        except Exception as exc:  # zlib, lzma, bz2, zstd, EOFError, OSError
-            raise RpmPackageError(f"{self._what}: cannot decompress the payload: {exc}") \
-                from None
-        view[: len(data)] = data
-        return len(data)
-
-
 def _decompressed(raw: IO[bytes], compressor: str, what: str) -> IO[bytes]:
     if compressor == "none":
         return raw
     inner = decompressing_reader(raw, compressor)
-    return cast(IO[bytes], io.BufferedReader(_Decoding(inner, what), CHUNK))
+    def error(message: str) -> Exception:
+        return RpmPackageError(f"{what}: cannot decompress the payload: {message}")
+
+    return cast(IO[bytes], io.BufferedReader(Decoded(inner, error), CHUNK))
 
 
 class _Member(io.RawIOBase):
