@@ -293,6 +293,19 @@ def test_unsupported_backend_named(rpm_world: RpmWorld, tmp_path: Path) -> None:
     assert "Berkeley DB" in error_line(proc)
 
 
+def test_an_rpmdb_that_is_not_one_refused(rpm_world: RpmWorld, tmp_path: Path) -> None:
+    ref, root = rpm_world.image(tmp_path, "rhel")
+    (root / "var/lib/rpm/rpmdb.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x17" * 4080)
+    ref = write_image(root, tmp_path, "junk", layout="layout-junk")
+    layout = Path(ref.split(":")[1])
+    before = layout_state(layout)
+    proc, _result, _vex = _run(rpm_world, tmp_path, ref, "bad")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert "rpmdb.sqlite" in line and "sqlite" in line, line
+    assert layout_state(layout) == before
+
+
 def test_signed_by_an_untrusted_key_refused(rpm_world: RpmWorld, tmp_path: Path) -> None:
     ref, _root = rpm_world.image(tmp_path, "azurelinux")
     layout = Path(ref.split(":")[1])
