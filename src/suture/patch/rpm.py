@@ -35,6 +35,12 @@ from suture.distro.detect import OSRelease
 from suture.distro.fetch import Fetcher
 from suture.distro.rpm.header import Tag
 from suture.distro.rpm.model import SENSE_EQUAL, Dep, RepoPackage
+from suture.distro.rpm.modules import (
+    MODULES_D,
+    ModularFilter,
+    parse_module_states,
+    parse_modules_yaml,
+)
 from suture.distro.rpm.package import RpmArchive, read_rpm
 from suture.distro.rpm.repo import (
     RpmFetcher,
@@ -127,6 +133,38 @@ def _wanted(name: str, repo: RpmRepository) -> bool:
         return False
     return not repo.includepkgs or any(fnmatch.fnmatchcase(name, pat)
                                        for pat in repo.includepkgs)
+
+
+def _platform(files: Mapping[str, FileEntry], links: Mapping[str, str]) -> str | None:
+    """The stream of os-release's ``PLATFORM_ID`` (``platform:el8`` gives ``el8``)."""
+    for path in ("etc/os-release", "usr/lib/os-release"):
+        data = _data(files, links, path)
+        if data is None:
+            continue
+        for line in data.decode("utf-8", "replace").splitlines():
+            key, _, value = line.strip().partition("=")
+            if key == "PLATFORM_ID":
+                return value.strip().strip("\"'").partition(":")[2] or None
+        return None
+    return None
+
+
+def _modular_filter(state: RpmState) -> ModularFilter | None:
+    """dnf's module-stream filter for the repositories' ``modules.yaml`` and the image's
+    ``etc/dnf/modules.d`` (None: no repository has module metadata)."""
+    assert state.fetcher is not None
+    if not state.fetcher.modules:
+        return None
+    metadata = [parse_modules_yaml(data, what=f"{rid}: modules.yaml")
+                for rid, data in state.fetcher.modules.items()]
+    states = parse_module_states(_under(state.files, state.links, MODULES_D))
+    modular = ModularFilter(metadata, states, _platform(state.files, state.links))
+    for name, stream in sorted(modular.active.items()):
+        log.info("module %s: stream %s", name, stream)
+    if modular.active:
+        state.notes.append("module streams kept: " + ", ".join(
+            f"{n}:{s}" for n, s in sorted(modular.active.items())))
+    return modular
 
 
 @dataclass
@@ -393,8 +431,14 @@ class RpmEngine:
         arches = {state.arch, "noarch"}
         arches.update(a for a in _MULTILIB.get(state.arch, ())
                       if any(p.info.arch == a for p in state.installed))
+        by_repo: list[tuple[RpmRepository, list[RepoPackage]]] = []
         for repo in state.repositories:
             pkgs = state.fetcher.fetch_repository(repo, keys=state.keys)
-            kept = [p for p in pkgs if p.arch in arches and _wanted(p.name, repo)]
+            by_repo.append((repo, [p for p in pkgs
+                                   if p.arch in arches and _wanted(p.name, repo)]))
+        modular = _modular_filter(state)
+        for repo, kept in by_repo:
+            if modular:
+                kept = [p for p in kept if modular.keep(p, hotfix=repo.module_hotfixes)]
             state.candidates.extend(kept)
-            log.info("%s: %d packages, %d for this image", repo.id, len(pkgs), len(kept))
+            log.info("%s: %d packages for this image", repo.id, len(kept))

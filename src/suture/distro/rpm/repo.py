@@ -220,7 +220,7 @@ def _expand(text: str, variables: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- .repo files
 
 
-def _ini(data: bytes, path: str) -> list[tuple[str, int, dict[str, tuple[str, int]]]]:
+def parse_ini(data: bytes, path: str) -> list[tuple[str, int, dict[str, tuple[str, int]]]]:
     """Sections of a yum/dnf INI file, in order: (name, line, {key: (value, line)}).
     Indented lines continue the previous value (a newline joins them)."""
     if len(data) > MAX_REPO_FILE:
@@ -303,7 +303,7 @@ def parse_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *
     """
     defaults: dict[str, tuple[str, int]] = {}
     if dnf_conf is not None:
-        for name, _, entries in _ini(dnf_conf, "etc/dnf/dnf.conf"):
+        for name, _, entries in parse_ini(dnf_conf, "etc/dnf/dnf.conf"):
             if name == "main":
                 defaults = entries
     d_gpg = _bool(defaults.get("gpgcheck"), False, "etc/dnf/dnf.conf")
@@ -315,7 +315,7 @@ def parse_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *
     sources = [("etc/dnf/dnf.conf", dnf_conf)] if dnf_conf is not None else []
     sources += [(path, files[path]) for path in sorted(files)]
     for path, data in sources:
-        for name, _line, e in _ini(data, path):
+        for name, _line, e in parse_ini(data, path):
             if name == "main":
                 continue
             repo_id = _expand(name, variables)
@@ -667,11 +667,14 @@ class RpmFetcher:
     """rpm-md metadata and packages through a :class:`~suture.distro.fetch.Fetcher` (its
     cache, retries, offline mode and host checks). ``mirrors`` are the user's
     ``--mirror`` prefixes, applied to every repository URL (baseurl, metalink, mirror
-    list, and the mirrors a metalink or mirror list names)."""
+    list, and the mirrors a metalink or mirror list names). ``modules`` holds, by
+    repository id, the decompressed ``modules.yaml`` of each fetched repository that
+    has one (checked against repomd as primary is)."""
 
     def __init__(self, fetcher: Fetcher, *, mirrors: Mapping[str, str] | None = None) -> None:
         self.fetcher = fetcher
         self.mirrors = dict(mirrors or {})
+        self.modules: dict[str, bytes] = {}
 
     def _m(self, url: str) -> str:
         return mirror_url(url, self.mirrors) if self.mirrors else url
@@ -734,22 +737,30 @@ class RpmFetcher:
         primary = records.get("primary")
         if primary is None:
             raise RepositoryError(f"{what}: no primary record", url=redact(url))
-        purl = _join(base, primary.href, what)
-        pwhat = f"{repo.id}: primary {redact(purl)}"
-        blob = self._fetch_checked(purl, primary.checksum_type, primary.checksum,
-                                   primary.size, pwhat, MAX_INDEX)
-        data = _decompress(blob.read_bytes(), _compression(primary.href),
-                           limit=self.fetcher.max_index, what=pwhat)
-        if primary.open_checksum:
-            got = _digest(primary.open_checksum_type, data)
-            if got != primary.open_checksum:
-                raise DigestMismatch(pwhat + " (decompressed)",
-                                     f"{primary.open_checksum_type}:{primary.open_checksum}",
-                                     f"{primary.open_checksum_type}:{got}")
+        pwhat = f"{repo.id}: primary {redact(_join(base, primary.href, what))}"
+        data = self._record(base, primary, pwhat, what)
         packages = parse_primary(data, repo=repo, base_url=base, what=pwhat)
+        modules = records.get("modules")
+        if modules is not None:
+            mwhat = f"{repo.id}: modules {redact(_join(base, modules.href, what))}"
+            self.modules[repo.id] = self._record(base, modules, mwhat, what)
         # a location's xml:base is a URL of the repository's own: the mirrors apply to it
         return [p if p.base_url == base else replace(p, base_url=self._m(p.base_url))
                 for p in packages]
+
+    def _record(self, base: str, record: RepoMDRecord, rwhat: str, what: str) -> bytes:
+        """A repomd record's file, decompressed, checked against repomd's checksums."""
+        blob = self._fetch_checked(_join(base, record.href, what), record.checksum_type,
+                                   record.checksum, record.size, rwhat, MAX_INDEX)
+        data = _decompress(blob.read_bytes(), _compression(record.href),
+                           limit=self.fetcher.max_index, what=rwhat)
+        if record.open_checksum:
+            got = _digest(record.open_checksum_type, data)
+            if got != record.open_checksum:
+                raise DigestMismatch(rwhat + " (decompressed)",
+                                     f"{record.open_checksum_type}:{record.open_checksum}",
+                                     f"{record.open_checksum_type}:{got}")
+        return data
 
     @staticmethod
     def _check_metalink(repomd: bytes, metalink: Metalink, what: str) -> None:
