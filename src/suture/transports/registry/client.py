@@ -639,6 +639,41 @@ class RegistryClient:
                             scopes=frozenset({(f"repository:{repository}", "pull")}),
                             headers=headers, ok=(200, 206), follow=True)
 
+    def list_tags(self, repository: str, *, page: int = 1000, limit: int = 100_000
+                  ) -> list[str]:
+        """Every tag of ``repository`` (``GET /v2/<name>/tags/list``), following the
+        ``Link: <...>; rel="next"`` pages; at most ``limit`` tags, each page bounded."""
+        url: str | None = self.url(f"/v2/{repository}/tags/list?n={page}")
+        what = f"tags of {self.name(repository)}"
+        scopes = frozenset({(f"repository:{repository}", "pull")})
+        tags: list[str] = []
+        while url is not None:
+            resp = self.request("GET", url, what=what, scopes=scopes, follow=True,
+                                headers={"Accept": "application/json"})
+            link = resp.headers.get("Link", "")
+            try:
+                body = read_limited(resp, 8 << 20, what)
+            except BODY_ERRORS as exc:
+                raise self._network_error(exc, what, 1) from None
+            try:
+                doc = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = None
+            found = doc.get("tags") if isinstance(doc, dict) else None
+            if found is None and isinstance(doc, dict) and "tags" in doc:
+                found = []  # a repository without tags answers "tags": null
+            if not isinstance(found, list) or not all(isinstance(t, str) for t in found):
+                raise RegistryError(f"{what}: the registry answered no tag list")
+            tags += found
+            if len(tags) > limit:
+                raise RegistryError(f"{what}: more than {limit} tags")
+            url = None
+            for part in link.split(","):
+                target, _, params = part.partition(";")
+                if 'rel="next"' in params.replace(" ", "") and target.strip().startswith("<"):
+                    url = urljoin(self.base_url() + "/", target.strip()[1:-1])
+        return tags
+
     def has_blob(self, repository: str, digest: str, scopes: Scopes) -> bool:
         resp = self.request("HEAD", self.url(f"/v2/{repository}/blobs/{digest}"),
                             what=f"blob {digest} of {self.name(repository)}", scopes=scopes,
