@@ -83,7 +83,7 @@ def test_copy_between_transports_keeps_digests(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["platforms"][0]["os"]["id"] == "debian"
 
 
-@pytest.mark.parametrize("ref", ["UPPER/case:x", "oci:", "nginx:bad tag!", "docker-daemon:x"])
+@pytest.mark.parametrize("ref", ["UPPER/case:x", "oci:", "nginx:bad tag!", "containers-storage:x"])
 def test_bad_reference_is_usage_error(ref: str) -> None:
     proc = run("inspect", ref)
     assert proc.returncode == 2

@@ -6,6 +6,8 @@
 ``oci:DIR[:TAG|@DIGEST]``           an OCI image layout directory
 ``oci-archive:FILE[:TAG|@DIGEST]``  a tar of an OCI image layout
 ``docker-archive:FILE[:REF]``       the ``docker save`` format
+``docker-daemon:NAME[:TAG]``        an image of a local Docker engine
+``podman:NAME[:TAG]``               an image of a local Podman service
 =================================  ==========================================
 
 A digest (``@sha256:...``) may stand wherever a tag may. :func:`parse_reference`
@@ -34,7 +36,9 @@ _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 DOCKER, OCI, OCI_ARCHIVE, DOCKER_ARCHIVE = "docker", "oci", "oci-archive", "docker-archive"
 FILE_TRANSPORTS = (OCI, OCI_ARCHIVE, DOCKER_ARCHIVE)
-_UNSUPPORTED = ("docker-daemon", "containers-storage", "dir", "podman", "ostree", "sif")
+DOCKER_DAEMON, PODMAN = "docker-daemon", "podman"
+ENGINE_TRANSPORTS = (DOCKER_DAEMON, PODMAN)  # images of a local engine, by name
+_UNSUPPORTED = ("containers-storage", "dir", "ostree", "sif")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class Reference:
         return self.transport == DOCKER
 
     @property
+    def is_engine(self) -> bool:
+        """An image of a local Docker or Podman engine (``docker-daemon:``, ``podman:``)."""
+        return self.transport in ENGINE_TRANSPORTS
+
+    @property
     def name(self) -> str:
         """``registry/repository`` (without tag or digest), or ``""`` when there is none."""
         if self.registry and self.repository:
@@ -81,9 +90,22 @@ class Reference:
             out += f"@{self.digest}"
         return out
 
+    def familiar_name(self) -> str:
+        """The name as ``docker images`` shows it: ``app:1``, ``foo/bar:t``, ``host/x:t``."""
+        assert self.registry is not None and self.repository is not None
+        name = (self.repository.removeprefix("library/") if self.registry == DEFAULT_REGISTRY
+                else f"{self.registry}/{self.repository}")
+        if self.tag:
+            name += f":{self.tag}"
+        if self.digest:
+            name += f"@{self.digest}"
+        return name
+
     def __str__(self) -> str:
         if self.transport == DOCKER:
             return self.image_name()
+        if self.transport in ENGINE_TRANSPORTS:
+            return f"{self.transport}:{self.familiar_name()}"
         assert self.path is not None
         out = f"{self.transport}:{self.path}"
         if self.transport == DOCKER_ARCHIVE:
@@ -126,6 +148,11 @@ def parse_reference(text: str) -> Reference:
     scheme, sep, rest = text.partition(":")
     if sep and scheme in FILE_TRANSPORTS:
         return _parse_file(scheme, rest, text)
+    if sep and scheme in ENGINE_TRANSPORTS:
+        if not rest:
+            raise ReferenceError(text, f"{scheme}: needs an image name")
+        named = parse_docker(rest, original=text)
+        return replace(named, transport=scheme)
     if sep and scheme in _UNSUPPORTED:
         raise ReferenceError(text, f"the {scheme}: transport is not supported")
     return parse_docker(text, original=text)
