@@ -51,7 +51,8 @@ def test_with_tag_keeps_place() -> None:
 
 @pytest.mark.parametrize("text", [
     "", "UPPER/case", "nginx:", "nginx:bad tag", "a/b:-x", "nginx@sha256:short",
-    "docker://", "oci:", "containers-storage:nginx", "docker-daemon:", "a//b", "a/b:t@md5:" + "a" * 10,
+    "docker://", "oci:", "containers-storage:nginx", "docker-daemon:", "a//b",
+    "a/b:t@md5:" + "a" * 10,
     "oci:/x:bad!tag", " nginx",
 ])
 def test_bad_references_raise_one_line(text: str) -> None:
