@@ -222,7 +222,9 @@ def _print_inspection(ref: str, results: Sequence[Any], top_digest: str) -> None
             out.append(f"  packages  {db.family} {db.kind} /{db.path}: {count}")
         else:
             out.append("  packages  none found")
-        patched = f"yes, over {r.patched.base_digest}" if r.patched else "no"
+        patched = "no" if not r.patched else "yes, over " + (
+            f"{r.patched.base_name}@{r.patched.base_digest}" if r.patched.base_name
+            else r.patched.base_digest)
         out.append(f"  patched   {patched}")
         out.append(f"  layers    {len(r.layers)}")
         for d in r.layers:

@@ -21,15 +21,22 @@ from suture.oci.model import Descriptor, Platform
 BASE_DIGEST_KEY = "dev.suture.base.digest"  # the original image's manifest digest
 BASE_LAYERS_KEY = "dev.suture.base.layers"  # how many layers the original image had
 PATCHED_KEY = "dev.suture.patched"  # "true"
+# The OCI image spec's lineage annotations (pre-defined annotation keys), in patched manifests.
+OCI_BASE_DIGEST = "org.opencontainers.image.base.digest"
+OCI_BASE_NAME = "org.opencontainers.image.base.name"
 
 
 @dataclass(frozen=True)
 class PatchMark:
     base_digest: str
     base_layers: int
+    base_name: str = ""  # the source's registry name, when it came from a registry
 
     def to_json(self) -> dict[str, object]:
-        return {"baseDigest": self.base_digest, "baseLayers": self.base_layers}
+        out: dict[str, object] = {"baseDigest": self.base_digest, "baseLayers": self.base_layers}
+        if self.base_name:
+            out["baseName"] = self.base_name
+        return out
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,8 @@ def read_patch_mark(image: Image) -> PatchMark | None:
         base = source.get(BASE_DIGEST_KEY)
         layers = source.get(BASE_LAYERS_KEY, "")
         if base and layers.isdigit():
-            return PatchMark(base, int(layers))
+            return PatchMark(base, int(layers),
+                             image.manifest.annotations.get(OCI_BASE_NAME, ""))
     return None
 
 

@@ -23,6 +23,8 @@ from suture.errors import SutureError, UsageError
 from suture.inspect import (
     BASE_DIGEST_KEY,
     BASE_LAYERS_KEY,
+    OCI_BASE_DIGEST,
+    OCI_BASE_NAME,
     PATCHED_KEY,
     inspect_image,
     select_images,
@@ -251,7 +253,10 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     patched = append_layers(base, [added], created=options.created)
     marks = {BASE_DIGEST_KEY: base_digest, BASE_LAYERS_KEY: str(len(base.layers)),
              PATCHED_KEY: "true"}
-    patched = with_annotations(with_labels(patched, marks), marks)
+    lineage = {OCI_BASE_DIGEST: base_digest}
+    if options.base_name:
+        lineage[OCI_BASE_NAME] = options.base_name
+    patched = with_annotations(with_labels(patched, marks), {**marks, **lineage})
     outcome.status = PATCHED
     outcome.layer = info
     outcome.image = patched
@@ -339,9 +344,19 @@ def destination_for(source: Reference, *, tag: str | None, suffix: str = "patche
     return Reference(source.transport, tag=new_tag, path=str(sibling))
 
 
+def lineage_name(source: Reference) -> str:
+    """``org.opencontainers.image.base.name`` for a registry source: ``registry/repo:tag``
+    (or ``registry/repo`` when it was named by digest only; the digest is the
+    ``base.digest`` annotation)."""
+    name = f"{source.registry}/{source.repository}"
+    return f"{name}:{source.tag}" if source.tag else name
+
+
 def patch(source: Reference, destination: Reference, options: PatchOptions) -> PatchResult:
     """Patch ``source`` and write it to ``destination`` (unless up to date or dry run)."""
     artifact = open_artifact(source, options.transport)
+    if source.is_registry and not options.base_name:
+        options = replace(options, base_name=lineage_name(source))
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="suture-", dir=options.workdir) as tmp:
         new, outcomes = patch_artifact(artifact, options, Path(tmp))

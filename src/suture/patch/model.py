@@ -47,6 +47,9 @@ class PatchOptions:
     workdir: Path | None = None
     compression: str = "gzip"
     created: str | None = None
+    # The source's registry name (``registry/repo[:tag]``), written into each patched
+    # manifest as ``org.opencontainers.image.base.name``; empty for local sources.
+    base_name: str = ""
     deadline: float | None = None  # time.monotonic() value after which work stops
     progress: Progress | None = None  # stage, download and upload events
     # Set (by a front end's Ctrl-C or timer) to stop every platform at its next step.
