@@ -21,7 +21,7 @@ from suture import __version__
 from suture.errors import SutureError, UsageError
 from suture.oci.model import Platform
 from suture.progress import DOWNLOAD, STAGE, UPLOAD, Event, Progress
-from suture.transports import Credentials, Options, RegistryOptions
+from suture.transports import Credentials, EngineOptions, Options, RegistryOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--dest", metavar="REF", help="write the patched image here")
     patch.add_argument("--push", action="store_true",
                        help="push a registry source's result to its repository")
+    patch.add_argument("-l", "--loader", choices=["docker", "podman"],
+                       help="load the result into this local engine (default: the engine a "
+                            "docker-daemon:/podman: source came from)")
     patch.add_argument("--platform", metavar="OS/ARCH[/VARIANT][,...]",
                        help="patch only these platforms of an index (others carried over)")
     patch.add_argument("--result", metavar="FILE", help="write the JSON result here")
@@ -194,7 +197,16 @@ def _options(args: argparse.Namespace) -> Options:
         credentials=Credentials.parse(creds_text) if creds_text else None,
         auth_file=auth_file,
         docker_config_dir=docker_config,
-    ))
+    ), engines=_engine_options(env))
+
+
+def _engine_options(env: Any) -> EngineOptions:
+    """Docker at ``$DOCKER_HOST``; Podman at ``$CONTAINER_HOST``, else its rootless socket
+    under ``$XDG_RUNTIME_DIR`` when not root, else ``/run/podman/podman.sock``."""
+    podman = env.get("CONTAINER_HOST") or None
+    if podman is None and os.geteuid() != 0 and env.get("XDG_RUNTIME_DIR"):
+        podman = f"unix://{env['XDG_RUNTIME_DIR']}/podman/podman.sock"
+    return EngineOptions(docker_host=env.get("DOCKER_HOST") or None, podman_host=podman)
 
 
 def _human_size(n: int) -> str:
@@ -512,14 +524,18 @@ def cmd_patch(args: argparse.Namespace) -> int:
     source = as_reference(args.image)
     dest = as_reference(args.dest) if args.dest else None
     tag = args.tag
+    loader = {"docker": "docker-daemon", "podman": "podman", None: None}[args.loader]
     if tag and ("/" in tag or ":" in tag or "@" in tag):
         if dest is not None:
             raise UsageError("give either --dest or a full reference in -t, not both")
         dest, tag = as_reference(tag), None
+        engine = loader or (source.transport if source.is_engine else None)
+        if engine and dest.is_registry and not args.push:  # copa loads it under that name
+            dest = replace(dest, transport=engine)
     if args.push and dest is not None and not dest.is_registry:
         raise UsageError("--push needs a registry destination")
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
-                                  push=args.push)
+                                  push=args.push, loader=loader)
     try:
         with _run_timer(options.cancel, parse_duration(args.timeout), options.deadline):
             result = patch(source, destination, options)

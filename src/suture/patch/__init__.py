@@ -320,12 +320,24 @@ def _patch_parallel(images: list[Image], options: PatchOptions, workdir: Path
 
 
 def destination_for(source: Reference, *, tag: str | None, suffix: str = "patched",
-                    dest: Reference | None = None, push: bool = False) -> Reference:
+                    dest: Reference | None = None, push: bool = False,
+                    loader: str | None = None) -> Reference:
     """Where the patched image goes (see the README): ``dest`` when given; else the
-    source's place under the new tag (``-t``, or ``<tag>-<suffix>``)."""
+    source's place under the new tag (``-t``, or ``<tag>-<suffix>``). As copa does, an
+    engine's image (``docker-daemon:``, ``podman:``) goes back into its engine, or with
+    ``push`` to its registry; ``loader`` (an engine transport) loads a named source's
+    result into that engine instead."""
     if dest is not None:
         return dest
     new_tag = tag or (f"{source.tag}-{suffix}" if source.tag else suffix)
+    if source.is_engine or (loader and not push):
+        if not source.name:
+            raise UsageError(f"{source} has no image name to load the result under",
+                             hint="give a full reference in -t")
+        engine = loader or source.transport
+        if push:
+            return Reference("docker", source.registry, source.repository, new_tag)
+        return Reference(engine, source.registry, source.repository, new_tag)
     if source.is_registry:
         if push:
             return source.with_tag(new_tag)

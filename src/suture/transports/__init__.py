@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from suture.transports.reference import (
     DOCKER,
     DOCKER_ARCHIVE,
+    ENGINE_TRANSPORTS,
     OCI,
     OCI_ARCHIVE,
     Reference,
@@ -69,8 +70,25 @@ class RegistryOptions:
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """Where local engines listen (``docker-daemon:``, ``podman:``) and how much of an
+    exported image may be held in memory (see :mod:`suture.transports.daemon`).
+
+    ``docker_host``/``podman_host``: ``unix:///PATH`` or ``tcp://HOST:PORT`` (plain
+    HTTP), ``None`` for the default socket. ``memory``: bytes of layers kept from the
+    first export; layers past it are streamed again from the engine when read.
+    """
+
+    docker_host: str | None = None
+    podman_host: str | None = None
+    timeout: float = 600.0
+    memory: int = 512 << 20
+
+
+@dataclass(frozen=True)
 class Options:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
+    engines: EngineOptions = field(default_factory=EngineOptions)
 
 
 def as_reference(ref: Reference | str) -> Reference:
@@ -97,6 +115,10 @@ def open_artifact(ref: Reference | str, options: Options | None = None) -> Artif
         from suture.transports.archive import open_docker_archive
 
         return open_docker_archive(ref)
+    if ref.transport in ENGINE_TRANSPORTS:
+        from suture.transports.daemon import open_engine_image
+
+        return open_engine_image(ref, options.engines)
     raise AssertionError(ref.transport)
 
 
@@ -124,4 +146,8 @@ def write_artifact(artifact: Artifact, ref: Reference | str,
         from suture.transports.archive import write_docker_archive
 
         return write_docker_archive(artifact, ref)
+    if ref.transport in ENGINE_TRANSPORTS:
+        from suture.transports.daemon import write_engine_image
+
+        return write_engine_image(artifact, ref, options.engines)
     raise AssertionError(ref.transport)
