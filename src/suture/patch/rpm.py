@@ -43,9 +43,11 @@ from suture.distro.rpm.modules import (
 )
 from suture.distro.rpm.package import RpmArchive, read_rpm
 from suture.distro.rpm.repo import (
+    ZYPP_REPOS_D,
     RpmFetcher,
     RpmRepository,
     parse_repo_files,
+    parse_zypp_repo_files,
     releasever_of,
     repo_variables,
 )
@@ -133,6 +135,13 @@ def _wanted(name: str, repo: RpmRepository) -> bool:
         return False
     return not repo.includepkgs or any(fnmatch.fnmatchcase(name, pat)
                                        for pat in repo.includepkgs)
+
+
+def _zypper(release: OSRelease | None) -> bool:
+    """SUSE's images: zypper runs one rpm transaction per package."""
+    if release is None:
+        return False
+    return any("suse" in n for n in (release.id, *release.id_like)) or release.id == "sles"
 
 
 def _platform(files: Mapping[str, FileEntry], links: Mapping[str, str]) -> str | None:
@@ -258,7 +267,7 @@ class RpmState:
             result = apply_updates(self.installed, rpm_updates, tree=self.files,
                                    read=self._current, db_path=f"{self.db_dir}/{SQLITE}",
                                    db_file=db_file, install_time=now, tid=now,
-                                   workdir=workdir)
+                                   workdir=workdir, per_package=_zypper(self.inspection.os))
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -324,11 +333,14 @@ class RpmEngine:
             variables["releasever"] = "latest"  # Amazon Linux 2023: over a vars file too
         repo_files = {p: b for p, b in _under(files, links, REPOS_D).items()
                       if p.endswith(".repo")}
-        repos = [r for r in parse_repo_files(repo_files, variables,
-                                             dnf_conf=_data(files, links, DNF_CONF))
-                 if r.enabled]
+        every = parse_repo_files(repo_files, variables, dnf_conf=_data(files, links, DNF_CONF))
+        zypp_files = {p: b for p, b in _under(files, links, ZYPP_REPOS_D).items()
+                      if p.endswith(".repo")}
+        every += parse_zypp_repo_files(zypp_files, variables, first=len(every))
+        repos = [r for r in every if r.enabled]
         if not repos:
-            raise SutureError("the image has no enabled rpm repositories (/etc/yum.repos.d)",
+            raise SutureError("the image has no enabled rpm repositories (/etc/yum.repos.d, "
+                              "/etc/zypp/repos.d)",
                               hint="an image built without them cannot be patched from its "
                                    "own configuration")
         keys = self._keys(files, links, repos, installed, options)

@@ -605,7 +605,7 @@ def _schedule(order: Sequence[_Pkg], olds: Sequence[Sequence[_Pkg]],
 def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUpdate], *,
                   tree: Mapping[str, TreeNode], read: Callable[[str], bytes | None],
                   db_path: str, db_file: Path, install_time: int, tid: int,
-                  workdir: Path) -> ApplyResult:
+                  workdir: Path, per_package: bool = False) -> ApplyResult:
     """Lay out ``updates`` as one rpm transaction (see the module docstring).
 
     ``tree``: the image's merged view (no leading slash); ``read``: the contents of
@@ -613,10 +613,14 @@ def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUp
     ``db_path``: the real path of the image's ``rpmdb.sqlite``, ``db_file`` a copy
     of it; ``workdir``: scratch space for the rewritten database and spooled file
     contents. FileConflictError when a new file clashes with a package that stays;
-    RpmApplyError or PackageFormatError for what rpm would refuse or cannot be read."""
+    RpmApplyError or PackageFormatError for what rpm would refuse or cannot be read.
+    ``per_package``: the scriptlets as zypper runs them, one rpm transaction per package
+    in the same order (each its own ``%pretrans`` to ``%posttrans``), instead of one
+    transaction for all (dnf, tdnf, rpm -U); the files and the database are the same."""
     a = _Applier(tree, read, workdir, install_time)
     try:
-        return _apply(a, installed, updates, db_path, db_file, install_time, tid)
+        return _apply(a, installed, updates, db_path, db_file, install_time, tid,
+                      per_package)
     except BaseException:
         if a.spool is not None:
             shutil.rmtree(a.spool, ignore_errors=True)
@@ -624,7 +628,8 @@ def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUp
 
 
 def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence[RpmUpdate],
-           db_path: str, db_file: Path, install_time: int, tid: int) -> ApplyResult:
+           db_path: str, db_file: Path, install_time: int, tid: int,
+           per_package: bool = False) -> ApplyResult:
     new_pkgs = [_Pkg.of(u.new.header) for u in updates]
     order_ix = _order(new_pkgs)
     replaced = {u.old.hnum for u in updates if u.old is not None}
@@ -694,9 +699,15 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
                     data=b""))
 
     olds = [[by_hnum[ip.hnum] for ip in _erased(updates[i])] for i in order_ix]
-    jobs = _schedule([new_pkgs[i] for i in order_ix], olds,
-                     [by_hnum[p.hnum] for p in installed],
-                     {f.path for p in (*staying, *new_pkgs) for f in p.files})
+    kept = {f.path for p in (*staying, *new_pkgs) for f in p.files}
+    before = [by_hnum[p.hnum] for p in installed]
+    if per_package:  # zypper: one transaction per package, the database between them
+        jobs = []
+        for i, old in zip(order_ix, olds, strict=True):
+            jobs += _schedule([new_pkgs[i]], [old], before, kept)
+            before = [q for q in before if q not in old] + [new_pkgs[i]]
+    else:
+        jobs = _schedule([new_pkgs[i] for i in order_ix], olds, before, kept)
     not_run: list[tuple[str, str]] = []
     spool, workdir = a.spool, a.workdir
 

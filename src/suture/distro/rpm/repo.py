@@ -58,6 +58,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_REPO_FILE = 1 << 20
+ZYPP_REPOS_D = "etc/zypp/repos.d/"
+ZYPP_VARS_D = "etc/zypp/vars.d/"
 MAX_PACKAGE = 4 << 30
 HASHES = ("sha512", "sha384", "sha256", "sha224", "sha1")  # strongest first
 _HASH_ALIASES = {"sha": "sha1"}
@@ -159,10 +161,11 @@ def repo_variables(files: Mapping[str, bytes], *, basearch: str, releasever: str
     """dnf's substitution variables: ``arch``, ``basearch``, ``releasever`` (with
     ``releasever_major``/``releasever_minor``), then one per file of
     ``etc/yum/vars/`` and ``etc/dnf/vars/`` (dnf's wins; the first line of the file,
-    stripped). A vars file naming ``releasever`` overrides the given one, as dnf."""
+    stripped). A vars file naming ``releasever`` overrides the given one, as dnf.
+    zypper's ``etc/zypp/vars.d/`` files are read the same way, last."""
     out = {"arch": basearch, "basearch": _ARCH_BASE.get(basearch, basearch)}
     found: dict[str, str] = {}
-    for prefix in ("etc/yum/vars/", "etc/dnf/vars/"):
+    for prefix in ("etc/yum/vars/", "etc/dnf/vars/", ZYPP_VARS_D):
         for path in sorted(files):
             rel = path.lstrip("/")
             if not rel.startswith(prefix):
@@ -344,6 +347,51 @@ def parse_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *
                 includepkgs=_list(e.get("includepkgs"), variables),
                 source=path,
                 order=len(out),
+            ))
+    return out
+
+
+def parse_zypp_repo_files(files: Mapping[str, bytes], variables: Mapping[str, str], *,
+                          first: int = 0) -> list[RpmRepository]:
+    """zypper's repositories (``etc/zypp/repos.d/*.repo``), in order of path then section,
+    disabled ones included; ``first`` is the ``order`` of the first one.
+
+    As libzypp reads them: ``enabled`` defaults to on; ``gpgcheck`` (default on) checks
+    both the signature of ``repomd.xml`` and the packages', and ``repo_gpgcheck`` /
+    ``pkg_gpgcheck`` set each on its own; ``path`` is appended to ``baseurl``;
+    ``priority`` is 99 unless given (lower wins, as dnf). A repository whose ``type`` is
+    not ``rpm-md`` (``yast2``, ``plaindir``) is an error naming the file and line.
+    """
+    out: list[RpmRepository] = []
+    seen: set[str] = set()
+    for path in sorted(files):
+        for name, line, e in parse_ini(files[path], path):
+            repo_id = _expand(name, variables)
+            if not _REPO_ID.fullmatch(repo_id) or repo_id in seen:
+                log.warning("%s: repository id %r bad or seen before, ignored", path, repo_id)
+                continue
+            seen.add(repo_id)
+            kind = e.get("type", ("rpm-md", line))
+            if kind[0].lower() not in ("rpm-md", "rpmmd", "yum", ""):
+                raise RepoConfigError(f"repository {repo_id}: type {kind[0]} is not supported "
+                                      "(only rpm-md)", path=path, line=kind[1])
+            check = _bool(e.get("gpgcheck"), True, path)
+            sub = e.get("path", ("", 0))[0].strip().strip("/")
+            bases = tuple(f"{b.rstrip('/')}/{sub}" if sub else b
+                          for b in _list(e.get("baseurl"), variables))
+            raw_name = e.get("name")
+            out.append(RpmRepository(
+                id=repo_id,
+                name=_expand(raw_name[0], variables) if raw_name else repo_id,
+                baseurls=bases,
+                mirrorlist=_expand(e["mirrorlist"][0], variables) if "mirrorlist" in e else "",
+                enabled=_bool(e.get("enabled"), True, path),
+                gpgcheck=_bool(e.get("pkg_gpgcheck"), check, path),
+                repo_gpgcheck=_bool(e.get("repo_gpgcheck"), check, path),
+                gpgkeys=_list(e.get("gpgkey"), variables),
+                priority=_int(e.get("priority"), 99, path),
+                source=path,
+                order=first + len(out),
             ))
     return out
 
