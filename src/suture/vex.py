@@ -62,14 +62,14 @@ def oci_purl(name: str, digest: str, *, repository_url: str | None = None,
 
 def deb_purl(update: Update, namespace: str, distro: str) -> str:
     """``pkg:deb/<namespace>/<name>@<version>?arch=<arch>&distro=<distro>``."""
-    return (f"pkg:deb/{_enc(namespace)}/{_enc(update.name)}@{_enc(update.to_version)}"
-            f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
+    return package_url("deb", update.name, update.to_version, update.architecture,
+                       namespace, distro)
 
 
 def apk_purl(update: Update, namespace: str, distro: str) -> str:
     """``pkg:apk/<namespace>/<name>@<version>?arch=<arch>&distro=<distro>``."""
-    return (f"pkg:apk/{_enc(namespace.lower())}/{_enc(update.name)}@{_enc(update.to_version)}"
-            f"?arch={_enc(update.architecture)}&distro={_enc(distro)}")
+    return package_url("apk", update.name, update.to_version, update.architecture,
+                       namespace, distro)
 
 
 # os-release ID -> the OS family Trivy names in an rpm purl's namespace and distro.
@@ -85,27 +85,37 @@ def rpm_purl(update: Update, namespace: str, distro: str) -> str:
     [&epoch=<n>]`` as Trivy writes it: the namespace is Trivy's OS family for the
     os-release ID ``namespace`` (``rhel`` -> ``redhat``, ``amzn`` -> ``amazon``), the
     epoch a qualifier (only when nonzero), never in the version; qualifiers sorted."""
-    family = RPM_NAMESPACES.get(namespace.lower(), namespace.lower())
-    head, sep, tail = distro.partition("-")
-    if sep and head.lower() == namespace.lower():
-        distro = f"{family}-{tail}"
-    epoch, sep, version = update.to_version.partition(":")
-    if not sep or not epoch.isdigit():
-        epoch, version = "", update.to_version
-    qualifiers = [f"arch={_enc(update.architecture)}", f"distro={_enc(distro)}"]
-    if epoch and int(epoch):
-        qualifiers.append(f"epoch={int(epoch)}")
-    return (f"pkg:rpm/{_enc(family)}/{_enc(update.name)}@{_enc(version)}?"
-            + "&".join(qualifiers))
+    return package_url("rpm", update.name, update.to_version, update.architecture,
+                       namespace, distro)
+
+
+def package_url(purl_type: str, name: str, version: str, architecture: str, namespace: str,
+                distro: str) -> str:
+    """The purl of a package of a distribution as Trivy writes it (see :func:`deb_purl`,
+    :func:`apk_purl`, :func:`rpm_purl`): ``purl_type`` ``deb``, ``apk`` or ``rpm``;
+    ``namespace`` the os-release ID; ``distro`` ``<ID>-<VERSION_ID>``. The VEX and the
+    SBOMs name packages with it, so a scanner matches them."""
+    if purl_type == "rpm":
+        family = RPM_NAMESPACES.get(namespace.lower(), namespace.lower())
+        head, sep, tail = distro.partition("-")
+        if sep and head.lower() == namespace.lower():
+            distro = f"{family}-{tail}"
+        epoch, sep, bare = version.partition(":")
+        if not sep or not epoch.isdigit():
+            epoch, bare = "", version
+        qualifiers = [f"arch={_enc(architecture)}", f"distro={_enc(distro)}"]
+        if epoch and int(epoch):
+            qualifiers.append(f"epoch={int(epoch)}")
+        return f"pkg:rpm/{_enc(family)}/{_enc(name)}@{_enc(bare)}?" + "&".join(qualifiers)
+    ns = namespace.lower() if purl_type == "apk" else namespace
+    return (f"pkg:{purl_type}/{_enc(ns)}/{_enc(name)}@{_enc(version)}"
+            f"?arch={_enc(architecture)}&distro={_enc(distro)}")
 
 
 def package_purl(update: Update, product: VexProduct) -> str:
     """The purl of ``update`` as a package of ``product``'s distribution."""
-    if product.purl_type == "rpm":
-        return rpm_purl(update, product.namespace, product.distro)
-    if product.purl_type == "apk":
-        return apk_purl(update, product.namespace, product.distro)
-    return deb_purl(update, product.namespace, product.distro)
+    return package_url(product.purl_type, update.name, update.to_version, update.architecture,
+                       product.namespace, product.distro)
 
 
 def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str,
