@@ -17,7 +17,16 @@ ALLOWED: dict[str, set[str]] = {
     "vex": {"plan", "distro"},
     "result": {"plan", "distro", "oci"},
     "inspect": {"oci", "distro"},
+    # Supply-chain documents: built from the plan and values read from the package DB.
+    "sbom": {"plan", "distro", "vex"},
+    "provenance": {"plan"},
+    # cosign-compatible signatures: bytes in, bytes and manifests out.
+    "sign": {"oci"},
+    # Attaching documents and signatures as OCI referrers: orchestration over the sinks.
+    "attach": {"oci", "transports", "plan", "vex", "sbom", "provenance", "sign", "inspect"},
     "patch": {"*"},
+    # Fleet patching (plan, shards, merge, render) drives patch for many images.
+    "fleet": {"*"},
     "cli": {"*"},
     # debs_image resolves and downloads .debs with the verified apt client of distro.dpkg.
     "devtools": {"oci", "transports", "distro"},

@@ -108,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry_options(inspect)
 
     patch = sub.add_parser("patch", help="patch the OS packages of an image")
-    patch.add_argument("-i", "--image", required=True, metavar="IMAGE",
+    patch.add_argument("-i", "--image", metavar="IMAGE",
                        help="the image to patch (any reference form)")
+    patch.add_argument("--config", metavar="FILE",
+                       help="patch every image of copa's bulk PatchConfig YAML instead "
+                            "(see 'suture fleet'; -r DIR: reports matched by ArtifactName)")
     patch.add_argument("-r", "--report", metavar="FILE|DIR",
                        help="scanner report: patch only what it names (default: update "
                             "all); a directory holds one report per platform")
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="copy only this platform's image out of an index")
     _add_registry_options(copy)
+    from suture.fleet.command import add_parser as add_fleet_parser
+
+    add_fleet_parser(sub, patch, _add_registry_options)
     return parser
 
 
@@ -519,6 +525,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from suture.patch import destination_for, patch, summary_lines
     from suture.transports import as_reference
 
+    if args.config:
+        from suture.fleet.command import cmd_patch_config
+
+        return cmd_patch_config(args, sys.modules[__name__])
+    if not args.image:
+        raise UsageError("patch needs -i IMAGE (or --config FILE)")
     renderer = _renderer(args.progress)
     options = _patch_options(args, renderer)
     source = as_reference(args.image)
@@ -651,7 +663,13 @@ def _write_json_atomic(path: Path, doc: Any) -> None:
         raise
 
 
-COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy, "patch": cmd_patch}
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from suture.fleet.command import cmd_fleet as run_fleet
+
+    return run_fleet(args, sys.modules[__name__], os.environ)
+
+
+COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy, "patch": cmd_patch, "fleet": cmd_fleet}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
