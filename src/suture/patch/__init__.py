@@ -242,6 +242,14 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                           f"(first: {job}: {why}); nothing written (--scripts-required)",
                           hint="without --scripts-required the image is patched and "
                                "they are reported as not run")
+    if options.inventory:
+        from suture.patch.inventory import patched_inventory
+
+        distro = f"{outcome.os_family}-{outcome.os_version}" if outcome.os_version \
+            else outcome.os_family
+        outcome.packages = patched_inventory(
+            inspection.package_db, tree, entries, namespace=outcome.os_family, distro=distro,
+            purl_type=engine.purl_type, updates=plan.updates)
     _say(options, image, "writing the patch layer")
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:

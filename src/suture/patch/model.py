@@ -13,6 +13,7 @@ from suture.oci.model import Platform
 from suture.plan import Plan
 from suture.progress import Progress
 from suture.reports.model import Report, ReportError
+from suture.sbom import Package
 from suture.transports import Options
 
 PATCHED, UP_TO_DATE, ERROR, SKIPPED = "patched", "up-to-date", "error", "skipped"
@@ -50,6 +51,9 @@ class PatchOptions:
     # The source's registry name (``registry/repo[:tag]``), written into each patched
     # manifest as ``org.opencontainers.image.base.name``; empty for local sources.
     base_name: str = ""
+    # List every installed package of each patched image (PlatformOutcome.packages),
+    # for an SBOM.
+    inventory: bool = False
     deadline: float | None = None  # time.monotonic() value after which work stops
     progress: Progress | None = None  # stage, download and upload events
     # Set (by a front end's Ctrl-C or timer) to stop every platform at its next step.
@@ -93,6 +97,8 @@ class PlatformOutcome:
     scripts_not_run: list[tuple[str, str]] = field(default_factory=list)
     scripts_ran: list[str] = field(default_factory=list)
     package_type: str = ""  # the purl type of the family's packages (deb, apk...)
+    # Every package of the patched image (with PatchOptions.inventory), for its SBOM.
+    packages: list[Package] | None = None
 
     def to_json(self) -> dict[str, Any]:
         updates = []
