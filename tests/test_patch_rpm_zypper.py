@@ -11,6 +11,7 @@ transaction per package from one for all), ``rpm -qa`` and the files must equal 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,3 +117,25 @@ def test_zypp_repo_files() -> None:
     with pytest.raises(RepoConfigError, match=r"y.repo:3: repository y: type yast2 is not"):
         parse_zypp_repo_files({"etc/zypp/repos.d/y.repo": b"[y]\nbaseurl=http://y/\n"
                                                          b"type=yast2\n"}, variables)
+
+
+@pytest.mark.parametrize("trivy_family", ["opensuse-leap", "opensuse.leap"])
+def test_leap_report_driven_vex_as_trivy(rpm_world: RpmWorld, tmp_path: Path,
+                                         trivy_family: str) -> None:
+    """A Trivy report of the Leap image (today's family name and the one before 0.50)
+    drives the patch; the VEX names the package as Trivy 0.50+ does for openSUSE:
+    namespace ``opensuse``, distro ``opensuse-leap-15.6``."""
+    from tests.fixtures.patchimages import trivy_report, write_image
+    root = _leap_root(rpm_world, tmp_path / "root")
+    ref = write_image(root, tmp_path, "v1")
+    report = tmp_path / "trivy.json"
+    report.write_text(json.dumps(trivy_report(trivy_family, "15.6", [
+        ("CVE-2024-31337", "libsut", "1.0-1", "2.0-1")])))
+    proc, result, vex = _run(rpm_world, tmp_path, ref, "fixed", "-r", str(report))
+    assert proc.returncode == 0, proc.stderr
+    (platform,) = json.loads(result.read_text())["platforms"]
+    assert [(u["name"], u["to"], u["reason"]) for u in platform["updates"]] == [
+        ("libsut", "2.0-1", "report"), ("sutprog", "2.0-1", "dependency")]
+    (statement,) = json.loads(vex.read_text())["statements"]
+    subs = [s["@id"] for p in statement["products"] for s in p["subcomponents"]]
+    assert subs == ["pkg:rpm/opensuse/libsut@2.0-1?arch=x86_64&distro=opensuse-leap-15.6"]

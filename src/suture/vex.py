@@ -72,19 +72,24 @@ def apk_purl(update: Update, namespace: str, distro: str) -> str:
                        namespace, distro)
 
 
-# os-release ID -> the OS family Trivy names in an rpm purl's namespace and distro.
+# os-release ID -> the OS family Trivy (0.50 and later) names in an rpm purl's distro.
 RPM_NAMESPACES = {"rhel": "redhat", "centos": "centos", "rocky": "rocky", "almalinux": "alma",
                   "ol": "oracle", "amzn": "amazon", "fedora": "fedora",
                   "azurelinux": "azurelinux", "mariner": "cbl-mariner",
-                  "opensuse-leap": "opensuse.leap", "opensuse-tumbleweed": "opensuse.tumbleweed",
+                  "opensuse-leap": "opensuse-leap", "opensuse-tumbleweed": "opensuse-tumbleweed",
                   "sles": "sles", "sle-micro": "slem", "photon": "photon"}
+# Trivy's OS family -> its rpm purl namespace where the two differ (SUSE's families).
+_RPM_PURL_NAMESPACE = {"sles": "suse", "slem": "suse", "opensuse-leap": "opensuse",
+                       "opensuse-tumbleweed": "opensuse"}
 
 
 def rpm_purl(update: Update, namespace: str, distro: str) -> str:
     """``pkg:rpm/<family>/<name>@<version>-<release>?arch=<arch>&distro=<family>-<version>
     [&epoch=<n>]`` as Trivy writes it: the namespace is Trivy's OS family for the
-    os-release ID ``namespace`` (``rhel`` -> ``redhat``, ``amzn`` -> ``amazon``), the
-    epoch a qualifier (only when nonzero), never in the version; qualifiers sorted."""
+    os-release ID ``namespace`` (``rhel`` -> ``redhat``, ``amzn`` -> ``amazon``; SUSE's
+    namespaces are ``suse`` and ``opensuse``, their distros ``sles-15.6`` and
+    ``opensuse-leap-15.6``), the epoch a qualifier (only when nonzero), never in the
+    version; qualifiers sorted."""
     return package_url("rpm", update.name, update.to_version, update.architecture,
                        namespace, distro)
 
@@ -106,7 +111,8 @@ def package_url(purl_type: str, name: str, version: str, architecture: str, name
         qualifiers = [f"arch={_enc(architecture)}", f"distro={_enc(distro)}"]
         if epoch and int(epoch):
             qualifiers.append(f"epoch={int(epoch)}")
-        return f"pkg:rpm/{_enc(family)}/{_enc(name)}@{_enc(bare)}?" + "&".join(qualifiers)
+        return (f"pkg:rpm/{_enc(_RPM_PURL_NAMESPACE.get(family, family))}/{_enc(name)}"
+                f"@{_enc(bare)}?" + "&".join(qualifiers))
     ns = namespace.lower() if purl_type == "apk" else namespace
     return (f"pkg:{purl_type}/{_enc(ns)}/{_enc(name)}@{_enc(version)}"
             f"?arch={_enc(architecture)}&distro={_enc(distro)}")
