@@ -35,6 +35,7 @@ from tests.fixtures.patchimages import (
     versions,
     write_image,
 )
+from tests.fixtures.podman import Podman
 
 pytestmark = pytest.mark.tools
 
@@ -194,6 +195,37 @@ def test_copy_between_layout_and_engine_keeps_the_image(app: AppScene, tmp_path:
         assert docker.run("suture-copy:from-oci", "greet").stdout == "greet 2.0-1\n"
     finally:
         docker.remove_images("suture-copy:v1", "suture-copy:from-oci")
+
+
+def test_patch_podman_image_runs_from_podman_images(app: AppScene,
+                                                   podman_engine: Podman) -> None:
+    """The same line against Podman's service (its Docker-compatible API):
+    ``patch -i podman:app:1 -t 1-patched`` loads the result back into Podman."""
+    podman = podman_engine
+    imported = podman.cli("import", str(app.root_tar), "suture-app:1").stdout.strip()
+    try:
+        assert podman.image_id("suture-app:1") == imported.removeprefix("sha256:")
+        proc, doc = app.patch("-i", "podman:suture-app:1", "-t", "1-patched", env=podman.env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert doc is not None and doc["target"]["reference"] == "podman:suture-app:1-patched"
+        listed = podman.cli("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        assert "localhost/suture-app:1-patched" in listed, listed
+        run = podman.run("suture-app:1-patched", "greet")
+        assert (run.returncode, run.stdout) == (0, "greet 2.0-1\n"), run.stderr
+        assert podman.run("suture-app:1", "greet").stdout == "greet 1.0-1\n"
+        image = open_artifact("podman:suture-app:1-patched",
+                              Options(engines=EngineOptions(podman_host=podman.host)))
+        assert isinstance(image, Image)
+        assert versions(image)["greet"] == "2.0-1"
+        assert podman.image_id("suture-app:1-patched") == \
+            image.manifest.config.digest.removeprefix("sha256:")
+        # --loader docker is not running here: podman: source, --loader podman explicit.
+        proc, _ = app.patch("-i", "podman:suture-app:1", "--loader", "podman",
+                            env=podman.env)
+        assert proc.returncode == 0, proc.stderr
+        assert podman.run("suture-app:1-patched", "greet").stdout == "greet 2.0-1\n"
+    finally:
+        podman.remove_images("suture-app:1", "suture-app:1-patched")
 
 
 def test_engine_errors_are_one_line(app: AppScene, tmp_path: Path,

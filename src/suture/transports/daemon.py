@@ -20,6 +20,9 @@ with no file on disk; a compressed layer whose uncompressed size is not known is
 decompressed once to count it (and check its diff_id) before anything is sent.
 The loaded image must then be in the engine under its config digest; only then is
 it tagged (``POST /images/{id}/tag``), so a failed load leaves the old tag alone.
+Podman tags through its own API, so a short name lands where ``podman tag`` puts
+it (``app:1-patched`` is ``localhost/app:1-patched``, next to an imported
+``localhost/app:1``).
 """
 
 from __future__ import annotations
@@ -435,7 +438,10 @@ def write_engine_image(artifact: Artifact, ref: Reference,
     assert ref.registry is not None and ref.repository is not None
     repo = Reference(ref.transport, ref.registry, ref.repository).familiar_name()
     query = urllib.parse.urlencode({"repo": repo, "tag": ref.tag})
-    conn, response = client.request("POST", f"/images/{config}/tag?{query}",
+    # Podman's own endpoint names a short name as `podman tag` does (localhost/NAME);
+    # its Docker-compatible one would make it docker.io/library/NAME.
+    api = "/v4.0.0/libpod" if ref.transport == PODMAN else ""
+    conn, response = client.request("POST", f"{api}/images/{config}/tag?{query}",
                                     what=f"tag {ref.familiar_name()}")
     response.read()
     conn.close()
