@@ -75,6 +75,7 @@ from suture.oci.digest import (
 from suture.oci.image import (
     Artifact,
     BlobRef,
+    Image,
     ManifestRef,
     Origin,
     load_artifact,
@@ -365,8 +366,10 @@ def verify_digest_string(actual: str, expected: str, what: str) -> None:
 
 def index_entry(artifact: Artifact, tag: str | None) -> JSON:
     """The ``index.json`` entry naming ``artifact`` (an image or an index) as ``tag``."""
+    kind = artifact.manifest.json.get("artifactType") if isinstance(artifact, Image) else None
     desc = Descriptor(artifact.media_type, artifact.digest, len(artifact.raw_manifest),
-                      annotations={REF_NAME: tag} if tag else {})
+                      annotations={REF_NAME: tag} if tag else {},
+                      artifact_type=kind if isinstance(kind, str) and kind else None)
     return desc.to_json()
 
 
