@@ -50,15 +50,20 @@ from suture.distro.rpm.model import (
 from suture.errors import PackageDBError
 
 __all__ = [
+    "BACKENDS",
     "INDEX_TABLES",
     "InstalledPackage",
     "RpmFile",
+    "backend_files",
     "header_files",
     "index_rows",
     "installed_blob",
     "package_info",
+    "read_db",
     "read_sqlite",
     "sqlite_index_rows",
+    "stale_files",
+    "write_db",
     "write_sqlite",
 ]
 
@@ -664,3 +669,63 @@ def write_sqlite(source: Path, dest: Path, *, remove: Sequence[int],
                                  path=str(dest)) from exc
     log.debug("rpmdb %s: removed %s, added %s", dest, list(remove), new)
     return new
+
+
+# ---------------------------------------------------------------- backends
+
+#: rpmdb backends: name -> (the file that marks it, the name said to users).
+BACKENDS: dict[str, tuple[str, str]] = {
+    "sqlite": ("rpmdb.sqlite", "sqlite"),
+    "ndb": ("Packages.db", "ndb"),
+    "bdb": ("Packages", "Berkeley DB"),
+}
+
+
+def backend_files(backend: str, names: Iterable[str]) -> list[str]:
+    """Of the files ``names`` of an rpmdb directory, those the backend reads and
+    rewrites (sqlite: rpmdb.sqlite; ndb: Packages.db; bdb: Packages and the index
+    files)."""
+    main = BACKENDS[backend][0]
+    keep = {main} | (set(INDEX_TABLES) if backend == "bdb" else set())
+    return sorted(n for n in names if n in keep)
+
+
+def stale_files(backend: str, names: Iterable[str]) -> list[str]:
+    """Of the files ``names`` of an rpmdb directory, those a rewrite leaves stale and
+    that rpm recreates: Berkeley DB's environment (``__db.00N``), ndb's ``Index.db``."""
+    if backend == "bdb":
+        return sorted(n for n in names if n.startswith("__db."))
+    if backend == "ndb":
+        return sorted(n for n in names if n == "Index.db")
+    return []
+
+
+def read_db(backend: str, directory: Path) -> list[InstalledPackage]:
+    """The packages of the rpmdb of ``backend`` in ``directory``."""
+    if backend == "bdb":
+        from suture.distro.rpm.bdb import read_bdb
+
+        return read_bdb(directory)
+    if backend == "ndb":
+        from suture.distro.rpm.ndb import read_ndb
+
+        return read_ndb(directory)
+    return read_sqlite(directory / BACKENDS["sqlite"][0])
+
+
+def write_db(backend: str, source: Path, dest: Path, *, remove: Sequence[int],
+             add: Sequence[bytes]) -> tuple[list[int], list[str]]:
+    """Write to directory ``dest`` the rpmdb of ``backend`` in directory ``source`` with
+    the packages ``remove`` deleted and the header blobs ``add`` added; the new
+    packages' numbers and the names of the files written."""
+    if backend == "bdb":
+        from suture.distro.rpm.bdb import write_bdb
+
+        return write_bdb(source, dest, remove=remove, add=add)
+    if backend == "ndb":
+        from suture.distro.rpm.ndb import write_ndb
+
+        return write_ndb(source, dest, remove=remove, add=add)
+    name = BACKENDS["sqlite"][0]
+    dest.mkdir(parents=True, exist_ok=True)
+    return write_sqlite(source / name, dest / name, remove=remove, add=add), [name]
