@@ -84,6 +84,54 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
                        help="PEM CA bundle to verify registries' TLS certificates")
 
 
+def _add_copa_options(patch: argparse.ArgumentParser) -> None:
+    """copa patch's flags that have no suture flag of their own (docs/copa-flags.md)."""
+    group = patch.add_argument_group("copa compatibility (see docs/copa-flags.md)")
+    group.add_argument("--oci-dir", metavar="DIR",
+                       help="without --push: write the patched image (or index) to this "
+                            "OCI layout, tagged as -t/--tag-suffix say")
+    group.add_argument("-w", "--working-folder", type=Path, metavar="DIR",
+                       help="scratch directory (default: the system's temporary directory)")
+    group.add_argument("--debug", action="store_true", help="log debug detail (as -vv)")
+    group.add_argument("-a", "--addr", metavar="ADDR",
+                       help="ignored: suture needs no BuildKit")
+    for flag in ("--cacert", "--cert", "--key"):
+        group.add_argument(flag, metavar="FILE", help="ignored: BuildKit TLS, no BuildKit")
+    group.add_argument("--force-compression", action="store_true",
+                       help="ignored: suture never re-encodes base layers; engines get "
+                            "them uncompressed")
+    group.add_argument("--pkg-types", default="os", metavar="TYPES",
+                       help="package types to patch: os (library is not supported)")
+    group.add_argument("--library-patch-level", default="patch",
+                       choices=["patch", "minor", "major"],
+                       help="copa's language-package bound; only with --pkg-types library")
+    group.add_argument("--exit-on-eol", action="store_true",
+                       help="fail, writing nothing, when the image's OS release is past its "
+                            "end of life")
+    group.add_argument("--eol-api-url", metavar="URL",
+                       help="ask this endoflife.date-compatible API (…/api/v1/products) "
+                            "about end of life instead of suture's built-in table")
+
+
+def _copa_checks(args: argparse.Namespace) -> None:
+    """Refuse or warn about copa flags as docs/copa-flags.md says."""
+    log = logging.getLogger("suture.cli")
+    types = {t.strip() for t in args.pkg_types.split(",") if t.strip()}
+    if not types or types - {"os", "library"}:
+        raise UsageError(f"--pkg-types {args.pkg_types!r}: expected os and/or library")
+    if "library" in types:
+        raise UsageError("--pkg-types library: suture patches OS packages only",
+                         hint="use --pkg-types os")
+    if args.library_patch_level != "patch":
+        raise UsageError("--library-patch-level needs --pkg-types library")
+    if args.compression == "estargz":
+        raise UsageError("--compression estargz is not supported", hint="use gzip or zstd")
+    if args.addr or args.cacert or args.cert or args.key:
+        log.warning("--addr/--cacert/--cert/--key ignored: suture needs no BuildKit")
+    if args.force_compression:
+        log.warning("--force-compression ignored: base layers are never re-encoded")
+
+
 def _platforms(text: str | None) -> list[Platform] | None:
     if not text:
         return None
@@ -116,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("-r", "--report", metavar="FILE|DIR",
                        help="scanner report: patch only what it names (default: update "
                             "all); a directory holds one report per platform")
-    patch.add_argument("--scanner", metavar="NAME",
+    patch.add_argument("-s", "--scanner", metavar="NAME",
                        help="the report's format: trivy, grype, native (copa v1alpha1/2), "
                             "or a plugin run as copa-NAME REPORT (default: detected)")
     patch.add_argument("-t", "--tag", metavar="TAG|REF",
@@ -124,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--tag-suffix", default="patched", metavar="SUFFIX",
                        help="without -t: tag the result <source tag>-SUFFIX (default: patched)")
     patch.add_argument("--dest", metavar="REF", help="write the patched image here")
-    patch.add_argument("--push", action="store_true",
+    patch.add_argument("-p", "--push", action="store_true",
                        help="push a registry source's result to its repository")
     patch.add_argument("-l", "--loader", choices=["docker", "podman"],
                        help="load the result into this local engine (default: the engine a "
@@ -134,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--result", metavar="FILE", help="write the JSON result here")
     patch.add_argument("-o", "--output", metavar="FILE",
                        help="write an OpenVEX document of the fixed vulnerabilities here")
-    patch.add_argument("--format", default="openvex", choices=["openvex"],
+    patch.add_argument("-f", "--format", default="openvex", choices=["openvex"],
                        help="format of --output (default: openvex)")
     patch.add_argument("--vex-author", metavar="NAME",
                        help="author of the VEX document (default: $COPA_VEX_AUTHOR or suture)")
@@ -143,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--ignore-errors", action="store_true",
                        help="patch what can be patched when some packages or platforms fail")
     patch.add_argument("--timeout", default="30m", metavar="DURATION",
-                       help="bound the whole run, e.g. 90s, 10m, 1h (default: 30m)")
+                       help="bound the whole run, e.g. 90s, 10m, 1h30m (default: 30m)")
     patch.add_argument("--cache-dir", type=Path, metavar="DIR",
                        help="verified index and package cache (default: "
                             "$XDG_CACHE_HOME/suture or ~/.cache/suture)")
@@ -168,11 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail, writing nothing, when a maintainer script cannot run "
                             "(default: patch and report it as not run)")
     patch.add_argument("--progress", default="auto",
-                       choices=["auto", "plain", "quiet", "json"],
+                       choices=["auto", "plain", "quiet", "json", "tty", "rawjson"],
                        help="progress on stderr: auto (bars on a terminal, else plain "
-                            "lines), plain, json (one event per line), quiet")
-    patch.add_argument("--compression", default="gzip", choices=["gzip", "zstd"],
+                            "lines), plain, json (one event per line), quiet; copa's tty "
+                            "and rawjson are bars and json")
+    patch.add_argument("--compression", default="gzip",
+                       choices=["gzip", "zstd", "uncompressed", "estargz"],
                        help="patch layer compression (default: gzip)")
+    _add_copa_options(patch)
     _add_registry_options(patch)
 
     copy = sub.add_parser("copy", help="copy an image between registries, layouts and archives")
@@ -285,15 +336,21 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``1h`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
+    """``90``, ``90s``, ``10m``, ``1h`` and Go's forms (copa's ``--timeout``: ``1h30m``,
+    ``2m30s``, ``500ms``) -> seconds."""
+    import re
+
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
     value = text.strip().lower()
-    scale = units.get(value[-1:])
-    number = value[:-1] if scale else value
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value)
     try:
-        seconds = float(number) * (scale or 1)
+        if parts and "".join(n + u for n, u in parts) == value:
+            seconds = sum(float(n) * units[u] for n, u in parts)
+        else:
+            seconds = float(value)
     except ValueError:
-        raise UsageError(f"--timeout {text!r}: expected a duration like 90s, 10m or 1h") from None
+        raise UsageError(f"--timeout {text!r}: expected a duration like 90s, 10m or "
+                         "1h30m") from None
     if seconds <= 0:
         raise UsageError(f"--timeout {text!r} must be positive")
     return seconds
@@ -406,7 +463,8 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         dry_run=args.dry_run,
         transport=replace(transport, registry=replace(transport.registry,
                                                       progress=renderer)),
-        compression=args.compression,
+        compression="none" if args.compression == "uncompressed" else args.compression,
+        workdir=args.working_folder,
         created=created,
         deadline=deadline,
         cancel=cancel,
@@ -501,6 +559,7 @@ def _renderer(mode: str) -> _Renderer | None:
         return None
     if mode == "auto":
         mode = "bars" if sys.stderr.isatty() else "plain"
+    mode = {"tty": "bars", "rawjson": "json"}.get(mode, mode)  # copa's names
     return _Renderer(mode, sys.stderr)
 
 
@@ -525,12 +584,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from suture.patch import destination_for, patch, summary_lines
     from suture.transports import as_reference
 
+    _copa_checks(args)
     if args.config:
         from suture.fleet.command import cmd_patch_config
 
         return cmd_patch_config(args, sys.modules[__name__])
     if not args.image:
         raise UsageError("patch needs -i IMAGE (or --config FILE)")
+    if args.working_folder is not None:
+        args.working_folder.mkdir(parents=True, exist_ok=True)
     renderer = _renderer(args.progress)
     options = _patch_options(args, renderer)
     source = as_reference(args.image)
@@ -546,6 +608,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
             dest = replace(dest, transport=engine)
     if args.push and dest is not None and not dest.is_registry:
         raise UsageError("--push needs a registry destination")
+    if args.oci_dir and not args.push and dest is None:  # copa: the OCI layout instead
+        new_tag = tag or (f"{source.tag}-{args.tag_suffix}" if source.tag else args.tag_suffix)
+        dest = as_reference(f"oci:{args.oci_dir}:{new_tag}")
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
                                   push=args.push, loader=loader)
     try:
@@ -678,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    level = logging.WARNING - 10 * min(args.verbose + 2 * getattr(args, "debug", False), 2)
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
