@@ -58,3 +58,12 @@ def test_bad_manifest_lines(line: str, message: str) -> None:
         parse_manifest2(b"glibc\t2.35-2.cm2\t1653816591\t1653628955\tMicrosoft Corporation\t"
                         b"(none)\t10855265\tx86_64\t0\tglibc-2.35-2.cm2.src.rpm\n"
                         + line.encode() + b"\n")
+
+
+def test_entry_header_round_trip() -> None:
+    """An entry's header says what the line says: read back, it gives the same line."""
+    (entry,) = parse_manifest2(b"vim\t9.0-1.cm2\t1653816591\t1653628955\tMicrosoft Corporation"
+                               b"\t2\t45000\tx86_64\t2\tvim-9.0-1.cm2.src.rpm\n")
+    header = entry.header()
+    assert entry_of(header, install_time=1653816591) == entry
+    assert entry.info.evr == "2:9.0-1.cm2"

@@ -15,10 +15,11 @@ error naming the file and the line.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from suture.distro.rpm.header import Header, Tag
+from suture.distro.rpm.header import INT32, STRING, Header, Tag, parse_header
 from suture.distro.rpm.model import PackageInfo
 from suture.errors import PackageDBError
 
@@ -60,6 +61,30 @@ class ManifestEntry:
 
     def line1(self) -> str:
         return f"{self.name}-{self.version}-{self.release}.{self.arch}\n"
+
+    def header(self) -> Header:
+        """A header holding what the line says (no files, dependencies or scripts):
+        how a package the image lists but whose real header is unknown is installed."""
+        strings = [(Tag.NAME, self.name), (Tag.VERSION, self.version),
+                   (Tag.RELEASE, self.release), (Tag.ARCH, self.arch)]
+        if self.vendor != "(none)":
+            strings.append((Tag.VENDOR, self.vendor))
+        if self.sourcerpm != "(none)":
+            strings.append((Tag.SOURCERPM, self.sourcerpm))
+        numbers = [(tag, int(text)) for tag, text in ((Tag.BUILDTIME, self.build_time),
+                                                      (Tag.INSTALLTIME, self.install_time),
+                                                      (Tag.SIZE, self.size)) if text.isdigit()]
+        if self.epoch is not None:
+            numbers.append((Tag.EPOCH, self.epoch))
+        index, data = [], b""
+        for tag, number in sorted(numbers):
+            index.append(struct.pack(">IIiI", tag, INT32, len(data), 1))
+            data += struct.pack(">I", number)
+        for tag, text in sorted(strings):
+            index.append(struct.pack(">IIiI", tag, STRING, len(data), 1))
+            data += text.encode() + b"\0"
+        blob = struct.pack(">II", len(index), len(data)) + b"".join(index) + data
+        return parse_header(blob, magic=False, what=f"manifest entry {self.name}")[0]
 
 
 def parse_manifest2(data: bytes, *, path: str = "/" + MANIFEST2) -> list[ManifestEntry]:
