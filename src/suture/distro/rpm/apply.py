@@ -88,6 +88,8 @@ from suture.distro.rpm.rpmdb import (
     header_files,
     installed_blob,
     package_info,
+    stale_files,
+    write_db,
     write_sqlite,
 )
 from suture.distro.rpm.version import dep_matches
@@ -605,7 +607,8 @@ def _schedule(order: Sequence[_Pkg], olds: Sequence[Sequence[_Pkg]],
 def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUpdate], *,
                   tree: Mapping[str, TreeNode], read: Callable[[str], bytes | None],
                   db_path: str, db_file: Path, install_time: int, tid: int,
-                  workdir: Path, per_package: bool = False) -> ApplyResult:
+                  workdir: Path, per_package: bool = False, backend: str = "sqlite"
+                  ) -> ApplyResult:
     """Lay out ``updates`` as one rpm transaction (see the module docstring).
 
     ``tree``: the image's merged view (no leading slash); ``read``: the contents of
@@ -616,11 +619,15 @@ def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUp
     RpmApplyError or PackageFormatError for what rpm would refuse or cannot be read.
     ``per_package``: the scriptlets as zypper runs them, one rpm transaction per package
     in the same order (each its own ``%pretrans`` to ``%posttrans``), instead of one
-    transaction for all (dnf, tdnf, rpm -U); the files and the database are the same."""
+    transaction for all (dnf, tdnf, rpm -U); the files and the database are the same.
+    ``backend`` ``ndb`` or ``bdb``: ``db_path`` is the image's main database file
+    (``Packages.db``, ``Packages``) and ``db_file`` a directory holding copies of the
+    files :func:`~suture.distro.rpm.rpmdb.backend_files` names; every file the rewrite
+    produces enters the layer and the ones it leaves stale are whited out."""
     a = _Applier(tree, read, workdir, install_time)
     try:
         return _apply(a, installed, updates, db_path, db_file, install_time, tid,
-                      per_package)
+                      per_package, backend)
     except BaseException:
         if a.spool is not None:
             shutil.rmtree(a.spool, ignore_errors=True)
@@ -629,7 +636,7 @@ def apply_updates(installed: Sequence[InstalledPackage], updates: Sequence[RpmUp
 
 def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence[RpmUpdate],
            db_path: str, db_file: Path, install_time: int, tid: int,
-           per_package: bool = False) -> ApplyResult:
+           per_package: bool = False, backend: str = "sqlite") -> ApplyResult:
     new_pkgs = [_Pkg.of(u.new.header) for u in updates]
     order_ix = _order(new_pkgs)
     replaced = {u.old.hnum for u in updates if u.old is not None}
@@ -687,16 +694,20 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
     # the database
     a.workdir.mkdir(parents=True, exist_ok=True)
     db_out = a.workdir / "rpmdb.sqlite"
-    write_sqlite(db_file, db_out, remove=sorted(replaced), add=blobs)
-    db_node = a.tree.get(db_path)
-    a.add(Entry(db_path, FILE, db_node.mode if db_node else 0o644,
-                db_node.uid if db_node else 0, db_node.gid if db_node else 0, install_time,
-                db_out.stat().st_size,
-                data=lambda: db_out.open("rb")))
-    wal = a.tree.get(db_path + "-wal")
-    if wal is not None and wal.kind == FILE and getattr(wal, "size", 1) != 0:
-        a.add(Entry(db_path + "-wal", FILE, wal.mode, wal.uid, wal.gid, install_time, 0,
-                    data=b""))
+    if backend != "sqlite":
+        db_out = a.workdir / "rpmdb-written"
+        _db_files(a, backend, db_path, db_file, db_out, sorted(replaced), blobs, install_time)
+    else:
+        write_sqlite(db_file, db_out, remove=sorted(replaced), add=blobs)
+        db_node = a.tree.get(db_path)
+        a.add(Entry(db_path, FILE, db_node.mode if db_node else 0o644,
+                    db_node.uid if db_node else 0, db_node.gid if db_node else 0,
+                    install_time, db_out.stat().st_size,
+                    data=lambda: db_out.open("rb")))
+        wal = a.tree.get(db_path + "-wal")
+        if wal is not None and wal.kind == FILE and getattr(wal, "size", 1) != 0:
+            a.add(Entry(db_path + "-wal", FILE, wal.mode, wal.uid, wal.gid, install_time, 0,
+                        data=b""))
 
     olds = [[by_hnum[ip.hnum] for ip in _erased(updates[i])] for i in order_ix]
     kept = {f.path for p in (*staying, *new_pkgs) for f in p.files}
@@ -714,11 +725,36 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
     def cleanup() -> None:
         if spool is not None:
             shutil.rmtree(spool, ignore_errors=True)
+        if db_out.is_dir():
+            shutil.rmtree(db_out, ignore_errors=True)
         db_out.unlink(missing_ok=True)
 
     del workdir
     return ApplyResult(entries=list(a.entries.values()), jobs=jobs, scratch=[],
                        not_run=not_run, notes=a.notes, cleanup=cleanup)
+
+
+def _opener(path: Path) -> Callable[[], IO[bytes]]:
+    return lambda: path.open("rb")
+
+
+def _db_files(a: _Applier, backend: str, db_path: str, source: Path, out: Path,
+              remove: list[int], blobs: list[bytes], install_time: int) -> None:
+    """The rewritten ndb or Berkeley DB files as layer entries (owner and mode of the
+    image's, 0644 root for new ones), and whiteouts for the stale ones."""
+    _new, written = write_db(backend, source, out, remove=remove, add=blobs)
+    directory = db_path.rpartition("/")[0]
+    for name in written:
+        path = f"{directory}/{name}"
+        node = a.tree.get(path)
+        local = out / name
+        a.add(Entry(path, FILE, node.mode if node else 0o644, node.uid if node else 0,
+                    node.gid if node else 0, install_time, local.stat().st_size,
+                    data=_opener(local)))
+    names = [p[len(directory) + 1:] for p in a.tree
+             if p.startswith(directory + "/") and "/" not in p[len(directory) + 1:]]
+    for name in stale_files(backend, names):
+        a.add(Entry.whiteout(f"{directory}/{name}"))
 
 
 def _erased(u: RpmUpdate) -> tuple[InstalledPackage, ...]:
