@@ -132,6 +132,78 @@ def _copa_checks(args: argparse.Namespace) -> None:
         log.warning("--force-compression ignored: base layers are never re-encoded")
 
 
+def _add_supply_chain_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("supply chain (README: attach and sign)")
+    group.add_argument("--sbom", metavar="cyclonedx|spdx[=FILE]",
+                       help="an SBOM of each patched image (CycloneDX 1.6 or SPDX 2.3 JSON): "
+                            "attached with --attach, written to FILE when given")
+    group.add_argument("--source-sbom", type=Path, metavar="FILE",
+                       help="the source image's SBOM: updated (upgraded components' versions, "
+                            "purls and hashes) instead of a new one")
+    group.add_argument("--provenance", type=Path, metavar="FILE",
+                       help="write the run's provenance (in-toto, SLSA v1) to FILE")
+    group.add_argument("--attach", action="store_true",
+                       help="attach the VEX, SBOM and provenance to the patched image as "
+                            "OCI referrers (registry or oci: layout)")
+    group.add_argument("--copy-source-referrers", action="store_true",
+                       help="copy the source image's referrers and cosign signatures into "
+                            "the target repository (still about the source digest)")
+    group.add_argument("--sign-key", type=Path, metavar="cosign.key",
+                       help="sign the patched image and attachments, and attest the "
+                            "documents, in cosign's format (password: $COSIGN_PASSWORD)")
+
+
+def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destination: Any,
+                  options: Any) -> None:
+    """The SBOM, provenance, attachments and signatures of a written patch result."""
+    import hashlib
+
+    from suture.attach import SupplyChainOptions, supply_chain
+    from suture.sign import load_signing_key
+
+    fmt, _, sbom_file = (args.sbom or "").partition("=")
+    now = _utc_now()
+    key = None
+    if args.sign_key is not None:
+        password = os.environ.get("COSIGN_PASSWORD")
+        key = load_signing_key(args.sign_key.read_bytes(),
+                               password.encode() if password is not None else None)
+    reports = {}
+    if args.report:
+        where = Path(args.report)
+        for file in sorted(where.iterdir()) if where.is_dir() else [where]:
+            if file.is_file() and not file.name.startswith("."):
+                reports[file.name] = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
+    spec = SupplyChainOptions(
+        sbom=fmt or None,
+        source_sbom=args.source_sbom.read_bytes() if args.source_sbom else None,
+        attach=args.attach, copy_source_referrers=args.copy_source_referrers,
+        sign_key=key, vex=_vex(result, author) if args.attach else None,
+        options={"platforms": args.platform or "", "ignoreErrors": args.ignore_errors,
+                 "mirrors": sorted(args.mirror), "compression": args.compression,
+                 "updateAll": not args.report},
+        report_digests=reports, timestamp=now, started=args.started,
+        tool_version=__version__)
+    done = supply_chain(result, source, destination, spec, options.transport)
+    if sbom_file:
+        docs = list(done.sboms.values())
+        _write_json_atomic(Path(sbom_file), docs[0] if len(docs) == 1 else docs)
+    if args.provenance is not None and done.provenance is not None:
+        _write_json_atomic(args.provenance, done.provenance)
+    _print_lines(done.lines())
+
+
+def _utc_now() -> str:
+    """RFC 3339 UTC now, or $SOURCE_DATE_EPOCH when set (reproducible documents)."""
+    import datetime
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    now = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch.isdigit()
+           else datetime.datetime.now(datetime.UTC))
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _platforms(text: str | None) -> list[Platform] | None:
     if not text:
         return None
@@ -223,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--compression", default="gzip",
                        choices=["gzip", "zstd", "uncompressed", "estargz"],
                        help="patch layer compression (default: gzip)")
+    _add_supply_chain_options(patch)
     _add_copa_options(patch)
     _add_registry_options(patch)
 
@@ -595,6 +668,13 @@ def cmd_patch(args: argparse.Namespace) -> int:
         args.working_folder.mkdir(parents=True, exist_ok=True)
     renderer = _renderer(args.progress)
     options = _patch_options(args, renderer)
+    chain = args.sbom or args.source_sbom or args.provenance or args.attach or \
+        args.copy_source_referrers or args.sign_key
+    if args.sbom and args.sbom.partition("=")[0] not in ("cyclonedx", "spdx"):
+        raise UsageError(f"--sbom {args.sbom!r}: expected cyclonedx or spdx[=FILE]")
+    if chain:
+        options = replace(options, inventory=True)
+        args.started = _utc_now()
     source = as_reference(args.image)
     dest = as_reference(args.dest) if args.dest else None
     tag = args.tag
@@ -634,6 +714,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.output and result.target_reference:
         author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
         _write_json_atomic(Path(args.output), _vex(result, author))
+    if chain and result.target_reference and not result.failed:
+        _supply_chain(args, result, source, destination, options)
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
         _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
