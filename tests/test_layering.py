@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
     "errors": set(),
     "progress": set(),
+    "eol": set(),  # end-of-life table and API client: stdlib only
 }
 
 

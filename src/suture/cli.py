@@ -693,6 +693,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         dest = as_reference(f"oci:{args.oci_dir}:{new_tag}")
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
                                   push=args.push, loader=loader)
+    if args.exit_on_eol:
+        _exit_on_eol(source, args, options)
     try:
         with _run_timer(options.cancel, parse_duration(args.timeout), options.deadline):
             result = patch(source, destination, options)
@@ -709,8 +711,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
             for script, reason in outcome.scripts_not_run:
                 _print_lines([f"warning: {outcome.platform}: not run: {script}: {reason}"],
                              file=sys.stderr)
+    eol = _eol_statuses(result, args)
     if args.result:
-        _write_json_atomic(Path(args.result), result.to_json())
+        doc = result.to_json()
+        for entry, status in zip(doc["platforms"], eol, strict=True):
+            entry["eol"] = status.to_json() if status else None
+        _write_json_atomic(Path(args.result), doc)
     if args.output and result.target_reference:
         author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
         _write_json_atomic(Path(args.output), _vex(result, author))
@@ -722,6 +728,39 @@ def cmd_patch(args: argparse.Namespace) -> int:
                      file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _exit_on_eol(source: Any, args: argparse.Namespace, options: Any) -> None:
+    """--exit-on-eol: refuse, before anything is fetched or written, an image whose OS
+    release is past its end of life (copa's check, in report mode too)."""
+    from suture.eol import check_eol
+    from suture.inspect import inspect_artifact
+    from suture.transports import open_artifact
+
+    artifact = open_artifact(source, options.transport)
+    for r in inspect_artifact(artifact, _platforms(args.platform)):
+        if r.os is None:
+            continue
+        status = check_eol(r.os.id, r.os.version_id, api_url=args.eol_api_url)
+        if status is not None and status.is_eol:
+            raise SutureError(f"{status.warning()} (--exit-on-eol)",
+                              hint="patch it without --exit-on-eol, or move to a "
+                                   "supported release")
+
+
+def _eol_statuses(result: Any, args: argparse.Namespace) -> list[Any]:
+    """Each platform's end-of-life status (for the result JSON); a warning on stderr
+    for a release past its end of life (not with --progress quiet)."""
+    from suture.eol import check_eol
+
+    out = []
+    for o in result.platforms:
+        status = check_eol(o.os_family, o.os_version, api_url=args.eol_api_url)
+        if status is not None and status.is_eol and args.progress != "quiet":
+            _print_lines([f"suture: warning: {o.platform or 'image'}: {status.warning()}"],
+                         file=sys.stderr)
+        out.append(status)
+    return out
 
 
 @contextlib.contextmanager
