@@ -284,13 +284,21 @@ def test_lower_version_is_not_a_downgrade(rpm_world: RpmWorld, tmp_path: Path) -
     assert layout_state(layout) == before
 
 
-def test_unsupported_backend_named(rpm_world: RpmWorld, tmp_path: Path) -> None:
+def test_a_packages_file_that_is_not_berkeley_db_refused(rpm_world: RpmWorld,
+                                                         tmp_path: Path) -> None:
+    """Berkeley DB rpmdbs are patched (tests/test_patch_rpm_backends.py); a ``Packages``
+    that is not one (here an sqlite file under that name) is refused, naming it, and
+    nothing is written."""
     ref, root = rpm_world.image(tmp_path, "rhel")
     (root / "var/lib/rpm/rpmdb.sqlite").rename(root / "var/lib/rpm/Packages")
     ref = write_image(root, tmp_path, "bdb", layout="layout-bdb")
+    layout = Path(ref.split(":")[1])
+    before = layout_state(layout)
     proc, _result, _vex = _run(rpm_world, tmp_path, ref, "bad")
     assert proc.returncode != 0
-    assert "Berkeley DB" in error_line(proc)
+    line = error_line(proc)
+    assert "/var/lib/rpm/Packages" in line and "not a Berkeley DB" in line, line
+    assert layout_state(layout) == before
 
 
 def test_an_rpmdb_that_is_not_one_refused(rpm_world: RpmWorld, tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """The rpm engine: RHEL and its rebuilds, Fedora, Amazon Linux, Azure Linux images, with
 or without ``rpm`` or ``dnf`` in them.
 
-prepare: read the sqlite rpmdb (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``, symlinks
-followed; BDB, ndb and distroless manifest-only images are refused, naming the
-backend), os-release, the basearch from the image platform, ``$releasever`` (as dnf:
-the installed ``system-release(releasever)``; ``latest`` on Amazon Linux 2023, as AWS
-documents for updates), the variables of ``etc/dnf/vars`` and ``etc/yum/vars``, the
+prepare: read the rpmdb (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``, symlinks
+followed; sqlite, SUSE's ndb or Berkeley DB, the first found in that order;
+distroless manifest-only images are refused), os-release, the basearch from the
+image platform, ``$releasever`` (as dnf: the installed
+``system-release(releasever)``; ``latest`` on Amazon Linux 2023, as AWS documents
+for updates), the variables of ``etc/dnf/vars`` and ``etc/yum/vars``, the
 enabled repositories of ``etc/yum.repos.d`` (``--mirror`` applied) and the trusted
 keys: the ``gpgkey=file:///...`` files the repositories name, read from the image, the
 armored keys of the rpmdb's ``gpg-pubkey`` entries and the user's ``--keyring``
@@ -51,7 +52,7 @@ from suture.distro.rpm.repo import (
     releasever_of,
     repo_variables,
 )
-from suture.distro.rpm.rpmdb import InstalledPackage, read_sqlite
+from suture.distro.rpm.rpmdb import BACKENDS, InstalledPackage, backend_files, read_db
 from suture.distro.rpm.sign import Keyring
 from suture.distro.rpm.version import dep_matches
 from suture.errors import PackageDBError, SutureError
@@ -75,7 +76,6 @@ OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 _DATA_PREFIXES = ("etc/yum.repos.d/", "etc/dnf/", "etc/yum/", "etc/pki/rpm-gpg/",
                   "etc/os-release", "usr/lib/os-release", "var/lib/rpm/",
                   "usr/lib/sysimage/rpm/")
-_OTHER_BACKENDS = (("Packages.db", "ndb"), ("Packages", "Berkeley DB"))
 _MANIFEST = "var/lib/rpmmanifest/container-manifest-2"
 # The image platform's architecture (GOARCH) -> rpm's basearch.
 _BASEARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -106,6 +106,14 @@ def _under(files: Mapping[str, FileEntry], links: Mapping[str, str], prefix: str
         if target is not None and target.kind == "file" and target.data is not None:
             out[prefix + path[len(real):]] = target.data
     return out
+
+
+def _db_copy(directory: Path, files: Mapping[str, bytes]) -> Path:
+    """``files`` (the rpmdb's, by name) written into ``directory``; ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
 
 
 def basearch(architecture: str) -> str:
@@ -184,14 +192,15 @@ class RpmState:
     files: dict[str, FileEntry]
     links: dict[str, str]
     installed: list[InstalledPackage]
-    db_dir: str  # the directory holding rpmdb.sqlite, symlinks resolved
-    db_data: bytes
+    db_dir: str  # the directory holding the rpmdb, symlinks resolved
+    db_files: dict[str, bytes]  # the backend's files there, by name
     arch: str
     keys: Keyring
     repositories: list[RpmRepository] = field(default_factory=list)
     candidates: list[RepoPackage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fetcher: RpmFetcher | None = None
+    backend: str = "sqlite"  # of rpmdb.BACKENDS
 
     # ----------------------------------------------------------------- plan
     def plan(self, findings: list[Finding] | None) -> Plan:
@@ -260,12 +269,15 @@ class RpmState:
             rpm_updates.append(RpmUpdate(old, archive, tuple(obsoleted)))
         workdir = Path(tempfile.mkdtemp(prefix="suture-rpm-"))
         try:
-            db_file = workdir / SQLITE
-            db_file.write_bytes(self.db_data)
+            db_file = _db_copy(workdir / "rpmdb-source", self.db_files)
+            if self.backend == "sqlite":
+                db_file = db_file / SQLITE
             epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
             now = int(epoch) if epoch.isdigit() else int(time.time())
             result = apply_updates(self.installed, rpm_updates, tree=self.files,
-                                   read=self._current, db_path=f"{self.db_dir}/{SQLITE}",
+                                   read=self._current,
+                                   db_path=f"{self.db_dir}/{BACKENDS[self.backend][0]}",
+                                   backend=self.backend,
                                    db_file=db_file, install_time=now, tid=now,
                                    workdir=workdir, per_package=_zypper(self.inspection.os))
         except BaseException:
@@ -313,13 +325,17 @@ class RpmEngine:
                 tree: Mapping[str, FileEntry]) -> RpmState:
         files = dict(tree)
         links = {p: e.linkname for p, e in files.items() if e.kind == "symlink"}
-        db_dir, data = self._database(image, files, links)
+        db_dir, backend, data = self._database(image, files, links)
         with tempfile.TemporaryDirectory(prefix="suture-rpmdb-") as tmp:
-            copy = Path(tmp) / SQLITE
-            copy.write_bytes(data)
-            installed = read_sqlite(copy)
+            try:
+                installed = read_db(backend, _db_copy(Path(tmp), data))
+            except PackageDBError as exc:  # name the image's file, not the copy
+                message = str(exc).removeprefix(f"{exc.path}: ")
+                raise PackageDBError(message, path=f"/{db_dir}/{Path(exc.path).name}") \
+                    from exc
         if not any(p.info.name != "gpg-pubkey" for p in installed):
-            raise PackageDBError("no installed packages", path=f"/{db_dir}/{SQLITE}")
+            raise PackageDBError("no installed packages",
+                                 path=f"/{db_dir}/{BACKENDS[backend][0]}")
         platform = image.platform
         if platform is None:
             raise SutureError("the image config names no architecture")
@@ -345,7 +361,7 @@ class RpmEngine:
                                    "own configuration")
         keys = self._keys(files, links, repos, installed, options)
         state = RpmState(image, inspection, options, files, links, installed, db_dir, data,
-                         arch, keys, repositories=repos)
+                         arch, keys, repositories=repos, backend=backend)
         if rel == "latest":
             state.notes.append("Amazon Linux 2023: repositories read at releasever=latest")
         log.info("rpm: basearch %s, releasever %s, %d repositories", arch, rel, len(repos))
@@ -354,32 +370,36 @@ class RpmEngine:
 
     @staticmethod
     def _database(image: Image, files: Mapping[str, FileEntry], links: Mapping[str, str]
-                  ) -> tuple[str, bytes]:
-        for where in DB_DIRS:
-            real = resolve(where, links)
-            entry = files.get(f"{real}/{SQLITE}")
-            if entry is None or entry.kind != "file":
-                continue
-            data = entry.data
-            if data is None:  # larger than the tree's ceiling
-                hit = read_files(image, [f"{real}/{SQLITE}"], max_file=4 << 30)
-                found = hit.get(f"{real}/{SQLITE}")
-                data = found.data if found is not None else None
-            if data is None:
-                raise PackageDBError("cannot read the rpm database", path=f"/{real}/{SQLITE}")
-            wal = files.get(f"{real}/{SQLITE}-wal")
-            if wal is not None and wal.size:
-                raise PackageDBError("the rpm database has an uncheckpointed write-ahead "
-                                     "log; it is not supported yet",
-                                     path=f"/{real}/{SQLITE}-wal")
-            return real, data
-        for where in DB_DIRS:
-            real = resolve(where, links)
-            for name, backend in _OTHER_BACKENDS:
-                if f"{real}/{name}" in files:
-                    raise PackageDBError(f"rpm databases in the {backend} format are not "
-                                         "supported yet (only sqlite)",
-                                         path=f"/{real}/{name}")
+                  ) -> tuple[str, str, dict[str, bytes]]:
+        """(directory, backend, its files by name): the first of sqlite, ndb and
+        Berkeley DB found in :data:`DB_DIRS`."""
+        for backend, (main, _said) in BACKENDS.items():
+            for where in DB_DIRS:
+                real = resolve(where, links)
+                entry = files.get(f"{real}/{main}")
+                if entry is None or entry.kind != "file":
+                    continue
+                wal = files.get(f"{real}/{SQLITE}-wal")
+                if backend == "sqlite" and wal is not None and wal.size:
+                    raise PackageDBError("the rpm database has an uncheckpointed write-ahead "
+                                         "log; it is not supported yet",
+                                         path=f"/{real}/{SQLITE}-wal")
+                names = [p[len(real) + 1:] for p, e in files.items()
+                         if p.startswith(real + "/") and "/" not in p[len(real) + 1:]
+                         and e.kind == "file"]
+                out: dict[str, bytes] = {}
+                for name in backend_files(backend, names):
+                    path = f"{real}/{name}"
+                    data = files[path].data
+                    if data is None:  # larger than the tree's ceiling
+                        hit = read_files(image, [path], max_file=4 << 30)
+                        found = hit.get(path)
+                        data = found.data if found is not None else None
+                    if data is None:
+                        raise PackageDBError("cannot read the rpm database", path=f"/{path}")
+                    out[name] = data
+                log.info("rpm database: %s in /%s", _said, real)
+                return real, backend, out
         if _MANIFEST in files:
             raise PackageDBError("the image has only an rpm manifest (a distroless image "
                                  "without an rpm database): not supported yet",
