@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from suture.errors import PackageDBError
 __all__ = [
     "PACKAGES",
     "BdbFile",
+    "bdb_files",
     "btree_bytes",
     "hash_bytes",
     "parse_bdb",
@@ -623,6 +624,28 @@ def index_records(packages: Sequence[tuple[int, InstalledPackage]], table: str,
     return out
 
 
+def bdb_files(packages: Sequence[tuple[int, InstalledPackage]], *, counter: int,
+              order: str = "<", pagesize: int = 4096, flags: int = 0, ffactor: int = 0,
+              tables: Sequence[str] = tuple(INDEX_TABLES),
+              geometry: Mapping[str, tuple[int, int]] | None = None) -> dict[str, bytes]:
+    """The files of a Berkeley DB rpmdb holding ``packages`` ((hnum, package) pairs)
+    with ``counter`` in key 0: ``Packages`` and the index files ``tables`` (each with
+    the page size and flags ``geometry`` gives for it, else those of ``Packages``)."""
+    o = order
+    pkgs = sorted(packages, key=lambda hp: hp[0])
+    records = [(struct.pack(o + "I", 0), struct.pack(o + "I", counter))]
+    records += [(struct.pack(o + "I", h), p.header.blob) for h, p in pkgs]
+    files: dict[str, bytes] = {}
+    files[PACKAGES] = hash_bytes(records, order=o, pagesize=pagesize, flags=flags,
+                                 ffactor=ffactor, uid=file_uid(PACKAGES, records))
+    for table in tables:
+        tsize, tflags = (geometry or {}).get(table, (pagesize, 0))
+        recs = index_records(pkgs, table, o)
+        files[table] = btree_bytes(recs, order=o, pagesize=tsize, flags=tflags,
+                                   uid=file_uid(table, recs))
+    return files
+
+
 def write_bdb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[bytes]
               ) -> tuple[list[int], list[str]]:
     """Write to the directory ``dest`` the Berkeley DB rpmdb of directory ``source``
@@ -656,27 +679,17 @@ def write_bdb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[
         counter += 1
         by_hnum[counter] = InstalledPackage(counter, h, info)
         new.append(counter)
-    o = db.order
-    records = [(struct.pack(o + "I", 0), struct.pack(o + "I", counter))]
-    records += [(struct.pack(o + "I", h), p.header.blob) for h, p in sorted(by_hnum.items())]
     present = [t for t in INDEX_TABLES if (source / t).is_file()]
-    tables = present or list(INDEX_TABLES)
-    files: dict[str, bytes] = {}
-    files[PACKAGES] = hash_bytes(records, order=o, pagesize=db.pagesize, flags=db.flags,
-                                 ffactor=db.ffactor, uid=file_uid(PACKAGES, records))
-    pkgs = sorted(by_hnum.items())
-    for table in tables:
-        flags, pagesize = 0, db.pagesize
-        if table in present:
-            try:
-                old = parse_bdb(_read_file(source / table, str(source / table)),
-                                str(source / table))
-                flags, pagesize = old.flags, old.pagesize
-            except PackageDBError:
-                pass  # a damaged index is rebuilt from Packages, as rpm would
-        recs = index_records(pkgs, table, o)
-        files[table] = btree_bytes(recs, order=o, pagesize=pagesize, flags=flags,
-                                   uid=file_uid(table, recs))
+    geometry: dict[str, tuple[int, int]] = {}
+    for table in present:
+        try:
+            old = parse_bdb(_read_file(source / table, str(source / table)), str(source / table))
+            geometry[table] = (old.pagesize, old.flags)
+        except PackageDBError:
+            pass  # a damaged index is rebuilt from Packages, as rpm would
+    files = bdb_files(sorted(by_hnum.items()), counter=counter, order=db.order,
+                      pagesize=db.pagesize, flags=db.flags, ffactor=db.ffactor,
+                      tables=present or list(INDEX_TABLES), geometry=geometry)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():

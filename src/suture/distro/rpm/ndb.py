@@ -37,7 +37,8 @@ from suture.distro.rpm.header import HeaderError, parse_header
 from suture.distro.rpm.rpmdb import InstalledPackage, header_files, package_info
 from suture.errors import PackageDBError
 
-__all__ = ["INDEX_DB", "PACKAGES_DB", "Pkgdb", "read_ndb", "write_ndb"]
+__all__ = ["INDEX_DB", "PACKAGES_DB", "Pkgdb", "create_ndb", "empty_ndb", "read_ndb",
+           "write_ndb"]
 
 PACKAGES_DB = "Packages.db"
 INDEX_DB = "Index.db"
@@ -307,6 +308,24 @@ class Pkgdb:
         if end < self.fileblks // 4 * 3 and self._is_zero(end, self.fileblks - end):
             del self.data[end * BLK:]
         self._read_slots()
+
+
+def empty_ndb() -> bytes:
+    """A new ``Packages.db`` as rpm initialises one: the header (generation 1, one slot
+    page, next index 1) and an empty slot page."""
+    page = bytearray((SLOT_MAGIC + bytes(SLOT - 4)) * SLOTS_PER_PAGE)
+    struct.pack_into("<4sIIII", page, 0, MAGIC, 0, 1, 1, 1)
+    page[20:HEADER] = bytes(HEADER - 20)
+    return bytes(page)
+
+
+def create_ndb(blobs: Sequence[bytes]) -> bytes:
+    """A ``Packages.db`` holding ``blobs`` (package indexes 1, 2, ...), as rpm writes a
+    new database package by package (``rpmdb --rebuilddb`` into ndb)."""
+    db = Pkgdb(empty_ndb(), "new Packages.db")
+    for blob in blobs:
+        db.put(db.next_pkgidx(), bytes(blob))
+    return bytes(db.data)
 
 
 def _installed(pkgidx: int, blob: bytes, where: str) -> InstalledPackage:
