@@ -275,7 +275,8 @@ def test_bdb_ro_answers_as_rpm_does_from_sqlite(rpm_world: RpmWorld, tmp_path: P
     assert read_bdb(db)[0].hnum == read_sqlite(root / "var/lib/rpm/rpmdb.sqlite")[0].hnum
 
 
-def _transaction(world: RpmWorld, packages: list[InstalledPackage], when: int) -> tuple[list[int], list[bytes]]:
+def _transaction(world: RpmWorld, packages: list[InstalledPackage], when: int
+                 ) -> tuple[list[int], list[bytes]]:
     remove = [p.hnum for p in packages if p.info.name in ("libsut", "sutprog")]
     add = []
     for stem in ("libsut-2.0-1", "sutprog-2.0-1"):
