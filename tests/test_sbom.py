@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_a_source_sbom_is_updated_not_replaced(chain_scene: ChainScene,
     """A CycloneDX SBOM of the source written by another tool (with its own fields, an
     epoch-free purl style and a component suture does not know) is updated: a's version,
     purl and hash; c added; everything else kept."""
-    source = {
+    source: dict[str, Any] = {
         "bomFormat": "CycloneDX", "specVersion": "1.6", "version": 3,
         "serialNumber": "urn:uuid:11111111-2222-3333-4444-555555555555",
         "metadata": {"timestamp": "2024-01-01T00:00:00Z",

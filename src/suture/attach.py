@@ -53,7 +53,7 @@ from suture.sign import (
     signature_layer,
     tag_for,
 )
-from suture.transports import Options, open_artifact
+from suture.transports import Options, open_artifact, write_artifact
 from suture.transports.reference import Reference
 from suture.transports.referrers import (
     attach,
@@ -233,6 +233,9 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
                 attached_digests.append(done.digest)
 
     if spec.copy_source_referrers:
+        # The source manifest itself, by digest, so the copies' subject resolves in the
+        # target repository (its layers are the patched image's base: mounted or there).
+        _copy_by_digest(source, result.source_digest, destination, options)
         others = {o.source_digest for o in patched} - {result.source_digest}
         for digest in [result.source_digest, *sorted(others)]:
             listed, _how = referrers(source, digest, options)
@@ -259,6 +262,18 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
                 _add_layers(destination, tag_for(digest, "att"), layers, options)
                 out.attestations.append(digest)
     return out
+
+
+def _copy_by_digest(source: Reference, digest: str, target: Reference,
+                    options: Options) -> None:
+    def at(ref: Reference) -> Reference:
+        if ref.is_registry:
+            return Reference("docker", ref.registry, ref.repository, None, digest)
+        return Reference(ref.transport, path=ref.path, digest=digest)
+
+    if at(source) == at(target):
+        return
+    write_artifact(open_artifact(at(source), options), at(target), options)
 
 
 def _add_layers(target: Reference, tag: str, layers: list[Blob], options: Options) -> None:
