@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -559,11 +560,13 @@ class _Renderer:
         self.active: dict[tuple[str, str], tuple[int, int | None]] = {}
         self.finished: dict[str, tuple[int, int]] = {}  # kind -> (count, bytes)
         self.bar_shown = False
+        self.start = time.monotonic()
 
     def __call__(self, event: Event) -> None:
         with self.lock:
-            if self.mode == "json":
-                self._write(json.dumps(event.to_json(), sort_keys=True) + "\n")
+            if self.mode == "json":  # elapsed: seconds since the run began (stage timings)
+                doc = {**event.to_json(), "elapsed": round(time.monotonic() - self.start, 3)}
+                self._write(json.dumps(doc, sort_keys=True) + "\n")
             elif event.kind == STAGE:
                 self._clear()
                 where = f"{event.scope}: " if event.scope else ""
