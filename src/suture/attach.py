@@ -254,10 +254,13 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
                         [signature_layer(subject_name, digest, spec.sign_key)], options)
             out.signed.append(digest)
         for digest in targets:
-            layers = [attestation_layer(_statement(subject_name, digest, predicate,
-                                                   json.loads(data)),
-                                        predicate, spec.sign_key)
-                      for _kind, _mt, data, predicate in documents.get(digest, [])]
+            # The provenance is a Statement already (its subjects include ``digest``);
+            # the SBOM and the VEX become the predicate of one about ``digest``.
+            layers = [attestation_layer(
+                _canonical(data) if kind == "provenance" else
+                _statement(subject_name, digest, predicate, json.loads(data)),
+                predicate, spec.sign_key)
+                for kind, _mt, data, predicate in documents.get(digest, [])]
             if layers:
                 _add_layers(destination, tag_for(digest, "att"), layers, options)
                 out.attestations.append(digest)
@@ -281,6 +284,10 @@ def _add_layers(target: Reference, tag: str, layers: list[Blob], options: Option
     existing = read_tagged(target, tag, options)
     kept = list(existing.manifest.layers) if isinstance(existing, Image) else []
     write_tagged(signature_image(layers, kept), target, tag, options)
+
+
+def _canonical(data: bytes) -> bytes:
+    return json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:

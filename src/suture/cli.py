@@ -160,15 +160,9 @@ def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destinatio
     import hashlib
 
     from suture.attach import SupplyChainOptions, supply_chain
-    from suture.sign import load_signing_key
 
     fmt, _, sbom_file = (args.sbom or "").partition("=")
     now = _utc_now()
-    key = None
-    if args.sign_key is not None:
-        password = os.environ.get("COSIGN_PASSWORD")
-        key = load_signing_key(args.sign_key.read_bytes(),
-                               password.encode() if password is not None else None)
     reports = {}
     if args.report:
         where = Path(args.report)
@@ -180,7 +174,7 @@ def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destinatio
         sbom=fmt or None,
         source_sbom=args.source_sbom.read_bytes() if args.source_sbom else None,
         attach=args.attach, copy_source_referrers=args.copy_source_referrers,
-        sign_key=key, vex=_vex(result, author) if args.attach else None,
+        sign_key=args.signing_key, vex=_vex(result, author) if args.attach else None,
         options={"platforms": args.platform or "", "ignoreErrors": args.ignore_errors,
                  "mirrors": sorted(args.mirror), "compression": args.compression,
                  "updateAll": not args.report},
@@ -678,6 +672,13 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if chain:
         options = replace(options, inventory=True)
         args.started = _utc_now()
+        args.signing_key = None  # read before patching: a bad key or password writes nothing
+        if args.sign_key is not None:
+            from suture.sign import load_signing_key
+
+            password = os.environ.get("COSIGN_PASSWORD")
+            args.signing_key = load_signing_key(
+                args.sign_key.read_bytes(), password.encode() if password is not None else None)
     source = as_reference(args.image)
     dest = as_reference(args.dest) if args.dest else None
     tag = args.tag
