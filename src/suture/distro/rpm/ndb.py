@@ -37,7 +37,7 @@ from suture.distro.rpm.header import HeaderError, parse_header
 from suture.distro.rpm.rpmdb import InstalledPackage, header_files, package_info
 from suture.errors import PackageDBError
 
-__all__ = ["INDEX_DB", "PACKAGES_DB", "Pkgdb", "create_ndb", "empty_ndb", "read_ndb",
+__all__ = ["INDEX_DB", "PACKAGES_DB", "Pkgdb", "Slot", "create_ndb", "empty_ndb", "read_ndb",
            "write_ndb"]
 
 PACKAGES_DB = "Packages.db"
@@ -60,7 +60,7 @@ TAIL = 12
 
 
 @dataclass
-class _Slot:
+class Slot:
     pkgidx: int
     blkoff: int
     blkcnt: int
@@ -88,7 +88,7 @@ class Pkgdb:
                              f"holds {len(data)} bytes")
         if len(data) % BLK:
             raise self.error("ndb file length is not a multiple of 16")
-        self.slots: list[_Slot] = []
+        self.slots: list[Slot] = []
         self.freeslot = 0
         self._read_slots()
 
@@ -117,7 +117,7 @@ class Pkgdb:
                 raise self.error(f"package {pkgidx}: blob past the end of the file")
             if not pkgidx or not blkcnt or blkoff < minblkoff:
                 raise self.error(f"ndb slot {slotno} is bad")
-            self.slots.append(_Slot(pkgidx, blkoff, blkcnt, slotno))
+            self.slots.append(Slot(pkgidx, blkoff, blkcnt, slotno))
         seen: set[int] = set()
         for s in self.slots:
             if s.pkgidx in seen:
@@ -127,7 +127,7 @@ class Pkgdb:
     def _order(self) -> None:
         self.slots.sort(key=lambda s: s.blkoff)
 
-    def _find(self, pkgidx: int) -> _Slot | None:
+    def _find(self, pkgidx: int) -> Slot | None:
         return next((s for s in self.slots if s.pkgidx == pkgidx), None)
 
     def _write_header(self) -> None:
@@ -155,7 +155,7 @@ class Pkgdb:
         return not any(region)
 
     def _empty_offset(self, pkgidx: int, blkcnt: int, dontprepend: bool
-                      ) -> tuple[int, _Slot | None]:
+                      ) -> tuple[int, Slot | None]:
         """rpm's best fit: the smallest hole between blobs that holds ``blkcnt``
         blocks, else right after the last blob."""
         self._order()
@@ -203,7 +203,7 @@ class Pkgdb:
         self._ensure(blkoff + blkcnt)
         self.data[blkoff * BLK:(blkoff + blkcnt) * BLK] = body + tail
 
-    def _move(self, slot: _Slot, newoff: int) -> None:
+    def _move(self, slot: Slot, newoff: int) -> None:
         blob, generation = self._read_blob(slot.pkgidx, slot.blkoff, slot.blkcnt)
         self._write_blob(slot.pkgidx, newoff, blob, generation)
         self._write_slot(slot.slotno, slot.pkgidx, newoff, slot.blkcnt)
