@@ -697,6 +697,11 @@ def cmd_patch(args: argparse.Namespace) -> int:
         dest = as_reference(f"oci:{args.oci_dir}:{new_tag}")
     destination = destination_for(source, tag=tag, suffix=args.tag_suffix, dest=dest,
                                   push=args.push, loader=loader)
+    if (args.attach or args.sign_key or args.copy_source_referrers) and not (
+            destination.is_registry or destination.transport == "oci"):
+        raise UsageError(f"--attach, --sign-key and --copy-source-referrers write beside the "
+                         f"image: the destination {destination} must be a registry or an "
+                         f"oci: layout")
     if args.exit_on_eol:
         _exit_on_eol(source, args, options)
     try:
