@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +12,7 @@ import pytest
 
 from suture.eol import check_eol, load_table, release_of
 from tests.fixtures.aptrepo import AptRepo, GpgKeys
+from tests.fixtures.eolapi import EolApi
 from tests.fixtures.patchimages import (
     Archive,
     debian_os_release,
@@ -78,49 +75,6 @@ def test_the_date_decides() -> None:
 
 
 # --- an endoflife.date-compatible API on 127.0.0.1 --------------------------------------
-
-
-@dataclass
-class EolApi:
-    """Answers ``GET /api/v1/products/{product}/releases/{release}`` from ``answers``
-    (path -> (status, body)); everything else is a 404. ``requests`` logs (path, UA)."""
-
-    answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1/products"
-
-
-@pytest.fixture
-def eol_api() -> Iterator[EolApi]:
-    api = EolApi()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            api.requests.append((self.path, self.headers.get("User-Agent", "")))
-            status, body = api.answers.get(self.path, (404, {"message": "not found"}))
-            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield api
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _answer(is_eol: bool, eol: str, maintained: bool = True) -> dict[str, Any]:
