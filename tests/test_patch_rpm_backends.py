@@ -121,9 +121,9 @@ def test_berkeley_db_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: N
     assert got.pop(f"{DB}/__db.001") is None  # whited out: rpm recreates its environment
     out = tmp_path / "patched-db"
     out.mkdir()
-    for path, data in got.items():
-        assert data is not None, path
-        (out / Path(path).name).write_bytes(data)
+    for path, body in got.items():
+        assert body is not None, path
+        (out / Path(path).name).write_bytes(body)
         proc = subprocess.run(["db5.3_verify", str(out / Path(path).name)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
