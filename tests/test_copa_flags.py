@@ -507,9 +507,9 @@ def test_copa_lines_from_copas_docs(scene: Scene, docker_engine: Docker) -> None
                    check=True)
     names = ["docker.io/library/nginx:1.21.6", "mcr.microsoft.com/azure-cli:2.50.0",
              "myapp:1.0"]
-    for name in names:
-        subprocess.run(["docker", "import", str(tar), name], env=docker.env, check=True,
-                       capture_output=True)
+    for image_name in names:
+        subprocess.run(["docker", "import", str(tar), image_name], env=docker.env,
+                       check=True, capture_output=True)
     for report in ("nginx.1.21.6.json", "nginx-report.json", "report.json", "scan.json"):
         (scene.tmp / report).write_text(scene.report.read_text())
     made: list[str] = []
