@@ -186,6 +186,17 @@ def count_rpm_ndb(data: bytes, path: str) -> int:
     return count
 
 
+def count_rpm_bdb(data: bytes, path: str) -> int:
+    """Count packages in rpm's Berkeley DB ``Packages`` (a hash database whose keys are
+    header numbers; key 0 is rpm's counter, not a package)."""
+    from suture.distro.rpm.bdb import parse_bdb
+
+    db = parse_bdb(data, path)
+    if db.kind != "hash":
+        raise PackageDBError("not rpm's Berkeley DB hash database", path=path)
+    return sum(1 for key, _value in db.records if len(key) == 4 and any(key))
+
+
 class Rpm:
     name: str = "rpm"
     # Newest layouts first: a database may sit in usr/lib/sysimage with var/lib/rpm a symlink.
@@ -207,6 +218,11 @@ class Rpm:
             if entry is not None and entry.data is not None:
                 return PackageDB(self.name, "rpm-ndb", path,
                                  count_rpm_ndb(entry.data, "/" + path))
+        for path in self._BDB:
+            entry = files.get(path)
+            if entry is not None and entry.data is not None:
+                return PackageDB(self.name, "rpm-bdb", path,
+                                 count_rpm_bdb(entry.data, "/" + path))
         for kind, paths in (("rpm-ndb", self._NDB), ("rpm-bdb", self._BDB)):
             for path in paths:
                 if path in files:
