@@ -112,7 +112,7 @@ def test_berkeley_db_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: N
         (db / name).write_bytes(data)
     (db / "__db.001").write_bytes(b"\0" * 8192)  # a libdb environment left in the image
     ref = write_image(copy, tmp_path, "bdb", layout="layout-bdb")
-    assert _inspect_kind(ref)[0] == "rpm-bdb"
+    assert _inspect_kind(ref) == ("rpm-bdb", len(packages))
     _patch(rpm_world, tmp_path, ref, "bdb-patched")
     image = _patched(ref, "bdb-patched")
 

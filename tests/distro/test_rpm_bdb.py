@@ -13,14 +13,17 @@ The real database is ``shared/testdata/rpmdb/libuuid/Packages`` (an EL8 rpmdb).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from suture.distro.detect import count_rpm_bdb
 from suture.distro.rpm import bdb
 from suture.distro.rpm.bdb import (
     BdbFile,
@@ -41,6 +44,9 @@ from suture.distro.rpm.rpmdb import (
     write_sqlite,
 )
 from suture.errors import PackageDBError
+from suture.oci.layer import Entry
+from suture.transports import write_artifact
+from tests.fixtures.images import make_image
 from tests.fixtures.rpmrepo import RpmWorld
 
 RPMDB = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rpmdb"
@@ -398,3 +404,20 @@ def test_indexes_hold_the_rows_rpm_wrote_for_a_real_distribution(tmp_path: Path)
             assert sorted(got.stdout.splitlines()) == sorted(want_out.splitlines())
         else:
             assert got.stdout == want_out, args[:2]
+
+
+def test_inspect_counts_a_real_el8_database(tmp_path: Path) -> None:
+    assert count_rpm_bdb(LIBUUID.read_bytes(), "/var/lib/rpm/Packages") == 1
+    ref = f"oci:{tmp_path}/layout:el8"
+    write_artifact(make_image([
+        Entry.file("etc/os-release", b'ID="rhel"\nVERSION_ID="8.8"\n'),
+        Entry.file("var/lib/rpm/Packages", LIBUUID.read_bytes())]), ref)
+    proc = subprocess.run([sys.executable, "-m", "suture", "inspect", ref, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (platform,) = json.loads(proc.stdout)["platforms"]
+    db = platform["packageDB"]
+    assert (db["kind"], db["path"].lstrip("/"), db["packages"]) == (
+        "rpm-bdb", "var/lib/rpm/Packages", 1)
+    with pytest.raises(PackageDBError, match="/x/Packages"):
+        count_rpm_bdb(btree_bytes([(b"a", b"b")]), "/x/Packages")
