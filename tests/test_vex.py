@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from suture.plan import Update
-from suture.vex import VexProduct, build_openvex, deb_purl, oci_purl
+from suture.vex import VexProduct, build_openvex, deb_purl, oci_purl, vex_subcomponents
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "openvex_json_schema.json").read_text())
 
@@ -44,8 +44,8 @@ def test_document_is_valid_and_grouped_by_vulnerability() -> None:
     assert first["@id"] == ("pkg:oci/app@sha256%3A" + "a" * 64 +
                             "?arch=amd64&repository_url=registry.example/team/app")
     assert [s["@id"] for s in first["subcomponents"]] == [
-        "pkg:deb/debian/libssl3@3.0.13-1~deb12u1?arch=amd64&distro=debian-12",
-        "pkg:deb/debian/openssl@3.0.13-1~deb12u1?arch=amd64&distro=debian-12"]
+        "pkg:deb/debian/libssl3@3.0.13-1~deb12u1?arch=amd64",
+        "pkg:deb/debian/openssl@3.0.13-1~deb12u1?arch=amd64"]
     again = build_openvex([amd], author="ci@example", timestamp="2026-11-25T10:00:00Z",
                           tooling="suture test")
     assert again == doc
@@ -55,6 +55,21 @@ def test_purl_encoding() -> None:
     update = Update("libfoo+bar", "amd64", None, "1:2.0+dfsg-1", "foo", "dependency")
     assert deb_purl(update, "debian", "debian-12") == (
         "pkg:deb/debian/libfoo%2Bbar@1%3A2.0%2Bdfsg-1?arch=amd64&distro=debian-12")
+
+
+def test_subcomponents_match_trivys_and_syfts_package_purls() -> None:
+    """No ``distro`` qualifier on deb and apk subcomponents (Trivy writes ``debian-12.15``,
+    Syft ``debian-12``; a statement's qualifiers must all be in the scanned purl), and a
+    deb epoch both in the version (Syft) and as Trivy's ``epoch`` qualifier."""
+    zlib = Update("zlib1g", "amd64", "1:1.2.13.dfsg-1", "1:1.2.13.dfsg-1+deb12u1", "zlib",
+                  "report", ("CVE-2026-1",))
+    deb = VexProduct("pkg:oci/x", (zlib,), "debian", "debian-12")
+    assert vex_subcomponents(zlib, deb) == (
+        "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1%2Bdeb12u1?arch=amd64",
+        "pkg:deb/debian/zlib1g@1.2.13.dfsg-1%2Bdeb12u1?arch=amd64&epoch=1")
+    musl = Update("musl", "x86_64", "1.2.5-r0", "1.2.5-r1", "musl", "report", ("CVE-2026-2",))
+    apk = VexProduct("pkg:oci/x", (musl,), "Alpine", "alpine-3.20.3")
+    assert vex_subcomponents(musl, apk) == ("pkg:apk/alpine/musl@1.2.5-r1?arch=x86_64",)
 
 
 def test_schema_rejects_a_timestamp_without_zone() -> None:
@@ -89,8 +104,8 @@ def test_each_platform_lists_only_its_own_packages() -> None:
              for s in statements for p in s["products"]}
 
     def own(product: VexProduct, vuln: str) -> list[str]:
-        return sorted(deb_purl(u, "debian", "debian-12") for u in product.updates
-                      if vuln in u.vulnerabilities)
+        return sorted(s for u in product.updates if vuln in u.vulnerabilities
+                      for s in vex_subcomponents(u, product))
 
     assert found == {
         ("CVE-2024-1", amd.purl): own(amd, "CVE-2024-1"),
@@ -98,7 +113,7 @@ def test_each_platform_lists_only_its_own_packages() -> None:
         ("CVE-2024-9", amd.purl): own(amd, "CVE-2024-9"),
     }
     assert found[("CVE-2024-1", arm.purl)] == [
-        "pkg:deb/debian/libssl3@3.0.13-1?arch=arm64&distro=debian-12",
-        "pkg:deb/debian/openssl@3.0.13-1?arch=arm64&distro=debian-12"]
+        "pkg:deb/debian/libssl3@3.0.13-1?arch=arm64",
+        "pkg:deb/debian/openssl@3.0.13-1?arch=arm64"]
     assert found[("CVE-2024-9", amd.purl)] == [
-        "pkg:deb/debian/zlib1g@1.3?arch=amd64&distro=debian-12"]
+        "pkg:deb/debian/zlib1g@1.3?arch=amd64"]

@@ -124,6 +124,29 @@ def package_purl(update: Update, product: VexProduct) -> str:
                        product.namespace, product.distro)
 
 
+def vex_subcomponents(update: Update, product: VexProduct) -> tuple[str, ...]:
+    """The purls naming ``update`` as a subcomponent of ``product`` in a statement.
+
+    A statement's purl matches a scanned package's only when every qualifier it has is
+    there with the same value (go-vex's matching, which Trivy uses), and scanners
+    disagree on ``distro`` for deb and apk packages (Trivy 0.74: ``debian-12.15`` from
+    ``/etc/debian_version``, ``3.20.3`` for Alpine; Syft: ``debian-12``,
+    ``alpine-3.20.3``), so deb and apk subcomponents carry only ``arch``: the product,
+    an image digest, already scopes them. A deb epoch is written both ways scanners
+    write it: in the version (Syft) and as an ``epoch`` qualifier with the version
+    without it (Trivy). rpm purls are :func:`rpm_purl`'s, Trivy's own form."""
+    if product.purl_type == "rpm":
+        return (package_purl(update, product),)
+    ns = product.namespace.lower() if product.purl_type == "apk" else product.namespace
+    head = f"pkg:{product.purl_type}/{_enc(ns)}/{_enc(update.name)}@"
+    arch = f"arch={_enc(update.architecture)}"
+    out = [f"{head}{_enc(update.to_version)}?{arch}"]
+    epoch, sep, bare = update.to_version.partition(":")
+    if product.purl_type == "deb" and sep and epoch.isdigit() and int(epoch):
+        out.append(f"{head}{_enc(bare)}?{arch}&epoch={int(epoch)}")
+    return tuple(out)
+
+
 def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str,
                   tooling: str) -> dict[str, object]:
     """The OpenVEX document for ``products``; deterministic for the same input.
@@ -134,9 +157,9 @@ def build_openvex(products: Sequence[VexProduct], *, author: str, timestamp: str
     by_vuln: dict[str, dict[str, set[str]]] = {}
     for product in products:
         for update in product.updates:
-            sub = package_purl(update, product)
+            subs = vex_subcomponents(update, product)
             for vuln in update.vulnerabilities:
-                by_vuln.setdefault(vuln, {}).setdefault(product.purl, set()).add(sub)
+                by_vuln.setdefault(vuln, {}).setdefault(product.purl, set()).update(subs)
     statements = []
     for vuln in sorted(by_vuln):
         statements.append({
