@@ -114,6 +114,108 @@ def _add_copa_options(patch: argparse.ArgumentParser) -> None:
                             "about end of life instead of suture's built-in table")
 
 
+# patch's options that mean the same for generate (copa generate's flags and the
+# repository and sandbox options the patch itself needs).
+_GENERATE_OPTIONS = (
+    "report", "scanner", "tag", "tag_suffix", "platform", "output", "format", "vex_author",
+    "ignore_errors", "timeout", "cache_dir", "offline", "mirror", "allow_private_repos",
+    "keyring", "no_host_keyrings", "sandbox", "scripts_required", "progress",
+    "working_folder", "debug", "addr", "cacert", "cert", "key", "pkg_types",
+    "library_patch_level", "exit_on_eol", "eol_api_url", "loader", "creds", "authfile",
+    "insecure_registry", "ca_file")
+
+
+def _add_generate_parser(sub: Any, patch: argparse.ArgumentParser) -> None:
+    """``suture generate``: patch's options (those in :data:`_GENERATE_OPTIONS`) plus
+    the context's own."""
+    generate = sub.add_parser(
+        "generate", help="write the patch as a Docker build context (copa generate)",
+        description="Compute the patch and write a Docker build context (Dockerfile and "
+                    "the patch's files) as a tar, to stdout or --output-context.")
+    generate.add_argument("-i", "--image", required=True, metavar="IMAGE",
+                          help="the image to patch (any reference form)")
+    generate.add_argument("--output-context", metavar="FILE",
+                          help="write the context tar here (default: stdout, not a "
+                               "terminal)")
+    generate.add_argument("--from", dest="from_ref", metavar="NAME",
+                          help="the FROM image name (default: -i's name; needed for "
+                               "oci:/archive sources)")
+    generate.add_argument("--allow-lost-deletions", action="store_true",
+                          help="when the image has no rm, write the context anyway: paths "
+                               "the patch deletes stay (as copa's context does)")
+    for action in patch._actions:
+        if action.dest in _GENERATE_OPTIONS:
+            generate._add_action(action)
+    generate.set_defaults(dry_run=False, compression="gzip", force_compression=False,
+                          result=None)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import datetime
+
+    from suture.patch.generate import check_from, generate_context, write_context
+    from suture.transports import as_reference
+
+    _copa_checks(args)
+    output = Path(args.output_context) if args.output_context else None
+    if output is None and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar to a terminal",
+                         hint="use --output-context FILE or redirect stdout")
+    if args.working_folder is not None:
+        args.working_folder.mkdir(parents=True, exist_ok=True)
+    renderer = _renderer(args.progress)
+    options = _patch_options(args, renderer)
+    source = as_reference(args.image)
+    default_from = None
+    if source.name:
+        default_from = source.image_name() if source.is_registry else source.familiar_name()
+    from_ref = check_from(args.from_ref, default_from)
+    if args.exit_on_eol:
+        _exit_on_eol(source, args, options)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    now = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch.isdigit()
+           else datetime.datetime.now(datetime.UTC))
+    try:
+        with _run_timer(options.cancel, parse_duration(args.timeout), options.deadline):
+            result, context = generate_context(
+                source, options, from_ref, created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                allow_lost_deletions=args.allow_lost_deletions)
+    finally:
+        if renderer is not None:
+            renderer.close()
+    _eol_statuses(result, args)
+    if result.failed:
+        first = next(o for o in result.platforms if o.status == "error")
+        _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
+                     file=sys.stderr)
+        return EXIT_FAILED
+    if context is None:
+        _print_lines(["suture: the image is up to date: no context written"], file=sys.stderr)
+        return EXIT_OK
+    if output is None:
+        write_context(context, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        import tempfile
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write_context(context, out)
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    if args.output:
+        author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
+        result.target_reference = result.target_reference or str(source)
+        _write_json_atomic(Path(args.output), _vex(result, author))
+    _print_lines([f"suture: context: {context.copied} path(s) copied, "
+                  f"{len(context.deletions)} deleted"], file=sys.stderr)
+    return EXIT_OK
+
+
 def _copa_checks(args: argparse.Namespace) -> None:
     """Refuse or warn about copa flags as docs/copa-flags.md says."""
     log = logging.getLogger("suture.cli")
@@ -293,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_supply_chain_options(patch)
     _add_copa_options(patch)
     _add_registry_options(patch)
+    _add_generate_parser(sub, patch)
 
     copy = sub.add_parser("copy", help="copy an image between registries, layouts and archives")
     copy.add_argument("source", metavar="SOURCE")
@@ -864,7 +967,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return run_fleet(args, sys.modules[__name__], os.environ)
 
 
-COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy, "patch": cmd_patch, "fleet": cmd_fleet}
+COMMANDS = {"inspect": cmd_inspect, "copy": cmd_copy, "patch": cmd_patch, "fleet": cmd_fleet,
+            "generate": cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
