@@ -6,17 +6,28 @@ against the official CycloneDX 1.6 and SPDX 2.3 schemas."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.patchimages import open_image, versions
+from tests.fixtures.apkrepo import ApkKeys, ApkRepoServer, ApkSpec, apk_image, build_apk, write_oci
+from tests.fixtures.patchimages import open_image, suture, versions, write_image
+from tests.fixtures.peers import peer
+from tests.fixtures.rpmrepo import RpmWorld
 from tests.fixtures.supplychain import ChainScene, validate_cyclonedx, validate_spdx
+
+ALPINE_URL = "https://dl-cdn.alpinelinux.org/alpine/v3.20/main"
+#: The release file Trivy knows each rpm family by (the release package ships it).
+RELEASE_FILES = {"rhel": ("etc/redhat-release", "Red Hat Enterprise Linux release 9.4 (Plow)\n"),
+                 "fedora": ("etc/fedora-release", "Fedora release 40 (Forty)\n")}
 
 pytestmark = pytest.mark.tools
 
-PURL = "pkg:deb/debian/{}@{}?arch=amd64&distro=debian-12"
+# distro: the point release of /etc/debian_version, as Syft and Trivy write it.
+PURL = "pkg:deb/debian/{}@{}?arch=amd64&distro=debian-12.8"
 
 
 def _patched(scene: ChainScene, *args: str) -> tuple[str, str]:
@@ -113,3 +124,125 @@ def test_a_source_sbom_is_updated_not_replaced(chain_scene: ChainScene,
     assert doc["version"] == 4
     assert [t["name"] for t in doc["metadata"]["tools"]["components"]] == ["syft", "suture"]
     assert doc["dependencies"][0]["ref"] == doc["metadata"]["component"]["bom-ref"]
+
+
+# ---------------------------------------------------------------- the scanners as judges
+
+
+def _scanner_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false", "HOME": str(tmp),
+            "SYFT_CACHE_DIR": str(tmp / "syft-cache"), "TRIVY_DISABLE_VEX_NOTICE": "true"}
+
+
+def syft_purls(layout: Path, tmp: Path) -> set[str]:
+    proc = subprocess.run([str(peer("syft")), "scan", f"oci-dir:{layout}", "-o",
+                           "cyclonedx-json", "-q"], capture_output=True, text=True,
+                          env=_scanner_env(tmp), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {c["purl"] for c in json.loads(proc.stdout)["components"]
+            if c.get("purl", "").startswith(("pkg:deb/", "pkg:apk/", "pkg:rpm/"))}
+
+
+def trivy_purls(layout: Path, tmp: Path) -> set[str]:
+    proc = subprocess.run([str(peer("trivy")), "image", "--input", str(layout), "--format",
+                           "cyclonedx", "--cache-dir", str(tmp / "trivy-cache"),
+                           "--skip-db-update", "--offline-scan", "--skip-version-check",
+                           "--disable-telemetry", "--quiet"], capture_output=True, text=True,
+                          env=_scanner_env(tmp), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {c["purl"] for c in json.loads(proc.stdout).get("components", [])
+            if c.get("purl", "").startswith(("pkg:deb/", "pkg:apk/", "pkg:rpm/"))}
+
+
+def without_distro(purls: set[str]) -> set[str]:
+    """The purls without their ``distro`` qualifier: for apk packages Trivy writes the
+    bare version (``3.20.3``), Syft ``alpine-3.20.3``; suture's SBOMs write Syft's."""
+    out = set()
+    for purl in purls:
+        head, _, query = purl.partition("?")
+        kept = [q for q in query.split("&") if not q.startswith("distro=")]
+        out.add(head + ("?" + "&".join(kept) if kept else ""))
+    return out
+
+
+def _sbom_purls(doc: dict[str, Any]) -> set[str]:
+    return {c["purl"] for c in doc["components"] if c["type"] == "library"}
+
+
+def _syft_reads_back(file: Path, tmp: Path) -> set[tuple[str, str]]:
+    """``syft convert``: the packages Syft decodes from one of suture's SBOMs."""
+    proc = subprocess.run([str(peer("syft")), "convert", str(file), "-o", "syft-json", "-q"],
+                          capture_output=True, text=True, env=_scanner_env(tmp), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {(a["name"], a["version"]) for a in json.loads(proc.stdout)["artifacts"]}
+
+
+def test_deb_purls_are_syfts_and_trivys_and_syft_reads_both_formats(
+        chain_scene: ChainScene, tmp_path: Path) -> None:
+    cdx, spdx = tmp_path / "bom.json", tmp_path / "spdx.json"
+    dest, _digest = _patched(chain_scene, "--sbom", f"cyclonedx={cdx}")
+    proc = chain_scene.patch(chain_scene.source, "-t", dest, "--sbom", f"spdx={spdx}")
+    assert proc.returncode == 0, proc.stderr
+    ours = _sbom_purls(json.loads(cdx.read_text()))
+    layout = Path(dest.removeprefix("oci:").rsplit(":", 1)[0])
+    assert ours == syft_purls(layout, tmp_path)
+    assert ours == trivy_purls(layout, tmp_path)
+    want = {("a", "2.0-1"), ("b", "1.0-1"), ("c", "2.0-1")}
+    assert _syft_reads_back(cdx, tmp_path) >= want
+    assert _syft_reads_back(spdx, tmp_path) >= want
+
+
+MUSL1 = ApkSpec("musl", "1.2.5-r0", files={"lib/ld-musl-x86_64.so.1": b"musl 1\n"},
+                provides=["so:libc.musl-x86_64.so.1=1"])
+MUSL2 = ApkSpec("musl", "1.2.5-r1", files={"lib/ld-musl-x86_64.so.1": b"musl 2\n"},
+                provides=["so:libc.musl-x86_64.so.1=1"])
+ZLIB = ApkSpec("zlib", "1.3.1-r0", files={"usr/lib/libz.so.1": b"z\n"},
+               provides=["so:libz.so.1=1"])
+
+
+def test_apk_sbom(tmp_path: Path, apk_repo_server: ApkRepoServer, apk_keys: ApkKeys) -> None:
+    key = apk_keys.good
+    apk_repo_server.publish([MUSL1, MUSL2, ZLIB], key, path="main")
+    v1 = [build_apk(p, key, tmp_path / "v1") for p in (MUSL1, ZLIB)]
+    ref = write_oci(apk_image(v1, [ALPINE_URL], key, flavor="alpine"), tmp_path / "layout",
+                    "v1")
+    out, layout = tmp_path / "bom.json", tmp_path / "patched"
+    proc = suture("patch", "-i", ref, "--dest", f"oci:{layout}:patched", "--cache-dir",
+                  str(tmp_path / "cache"), "--progress", "quiet", "--mirror",
+                  f"{ALPINE_URL}={apk_repo_server.sub('main')}", "--allow-private-repos",
+                  "127.0.0.1", "--sandbox", "none", "--sbom", f"cyclonedx={out}")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    validate_cyclonedx(doc)
+    libs = {c["name"]: c for c in doc["components"] if c["type"] == "library"}
+    assert {n: c["version"] for n, c in libs.items()} == {"musl": "1.2.5-r1",
+                                                          "zlib": "1.3.1-r0"}
+    # apk indexes name packages by SHA-1 (Q1) only: the SBOM gives the download URI.
+    assert libs["musl"]["externalReferences"] == [
+        {"type": "distribution", "url": apk_repo_server.sub("main") + "/musl-1.2.5-r1.apk"}]
+    assert "externalReferences" not in libs["zlib"]
+    assert _sbom_purls(doc) == syft_purls(layout, tmp_path)
+    assert without_distro(_sbom_purls(doc)) == without_distro(trivy_purls(layout, tmp_path))
+
+
+@pytest.mark.parametrize("family", ["rhel", "fedora"])
+def test_rpm_sbom(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
+    root = rpm_world.make_root(tmp_path / "root", family)
+    path, text = RELEASE_FILES[family]
+    (root / path).write_text(text)
+    ref = write_image(root, tmp_path, "v1")
+    out, layout = tmp_path / "spdx.json", tmp_path / "patched"
+    proc = suture("patch", "-i", ref, "--dest", f"oci:{layout}:patched", "--cache-dir",
+                  str(tmp_path / "cache"), "--progress", "quiet", "--mirror",
+                  rpm_world.mirror(), "--allow-private-repos", "127.0.0.1", "--sandbox",
+                  "auto", "--sbom", f"spdx={out}")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    validate_spdx(doc)
+    packages = {p["name"]: p for p in doc["packages"] if p["SPDXID"] != "SPDXRef-Image"}
+    assert packages["libsut"]["versionInfo"] == "2.0-1"
+    assert packages["libsut"]["checksums"][0]["algorithm"] == "SHA256"
+    ours = {r["referenceLocator"] for p in packages.values() for r in p["externalRefs"]}
+    # rpm purls are Trivy's own form; the gpg-pubkey headers of imported keys Trivy lists
+    # (with arch=None) are keys, not software: suture's SBOM leaves them out.
+    assert ours == {p for p in trivy_purls(layout, tmp_path) if "/gpg-pubkey@" not in p}

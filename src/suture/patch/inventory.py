@@ -8,6 +8,7 @@ parses the result (:func:`suture.sbom.parse_inventory`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from suture.distro.detect import PackageDB
@@ -27,11 +28,25 @@ def _data(entry: Entry) -> bytes | None:
     return None
 
 
+def _scanners_distro(tree: Mapping[str, FileEntry], namespace: str, distro: str,
+                     purl_type: str) -> str:
+    """The purl ``distro`` qualifier Syft and Trivy write: for Debian the point release of
+    ``/etc/debian_version`` (``debian-12.8``) when it names one, else ``distro``."""
+    if purl_type != "deb" or namespace != "debian":
+        return distro
+    entry = tree.get("etc/debian_version")
+    text = (entry.data or b"").decode("ascii", "replace").strip() if entry else ""
+    if re.fullmatch(r"\d+(\.\d+)*", text):
+        return f"debian-{text}"
+    return distro
+
+
 def patched_inventory(db: PackageDB, tree: Mapping[str, FileEntry], entries: Sequence[Entry],
                       *, namespace: str, distro: str, purl_type: str,
                       updates: Sequence[Update]) -> list[Package]:
     """Every package of ``db`` once ``entries`` (the patch layer) are laid over ``tree``;
     the upgraded ones carry the hash and URI of the package file installed."""
+    distro = _scanners_distro(tree, namespace, distro, purl_type)
     files = detection_files(tree)
     top = db.path.rstrip("/")
     written = {e.path: e for e in entries if e.kind == FILE}
