@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,35 +37,28 @@ from suture.distro.dpkg.version import compare_versions
 from suture.oci.image import Image
 from suture.oci.model import Platform
 from suture.transports import Options, open_artifact, write_artifact
+from tests.fixtures.apkrepo import (
+    ApkFile,
+    ApkKeys,
+    ApkRepoServer,
+    ApkSpec,
+    apk_image,
+    apk_version_compare,
+    build_apk,
+)
 from tests.fixtures.patchimages import installed
+from tests.fixtures.peers import peer
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.trivydb import Advisory, debian_advisories, debian_security_fixes
 
 pytestmark = [pytest.mark.network, pytest.mark.tools]
 
 AMD64 = Platform.parse("linux/amd64")
-ROOT = Path(__file__).resolve().parents[1]
 # coreutils' chroot --userspec TIOCSTI issue: Debian never fixed it (no-dsa, ignored).
 UNFIXED = Advisory("debian 12", "coreutils", "CVE-2016-2781", "", severity="LOW",
                    title="chroot --userspec can escape to the parent session")
 
 WriteDb = Callable[[Path, Iterable[Advisory]], Path]
-
-
-def trivy_binary() -> Path:
-    """Trivy v0.74.0 from ``scripts/peers`` (built now when this machine has none).
-    Trivy's own release build sets GOEXPERIMENT=jsonv2 (it imports encoding/json/v2)."""
-    if shutil.which("go") is None:
-        pytest.skip("no Go toolchain (go) on PATH")
-    peers = ROOT / "scripts" / "peers"
-    path = Path(subprocess.run([str(peers), "--path", "trivy"], capture_output=True, text=True,
-                               check=True).stdout.strip())
-    if not path.is_file():
-        env = {**os.environ, "GOEXPERIMENT": "jsonv2"}
-        proc = subprocess.run([str(peers), "trivy"], capture_output=True, text=True, env=env,
-                              timeout=3600)
-        assert proc.returncode == 0 and path.is_file(), proc.stderr
-    return path
 
 
 class Trivy:
@@ -122,10 +115,71 @@ def affected(packages: Iterable[InstalledPackage], advisories: Iterable[Advisory
                 not a.fixed_version or compare_versions(p.source_version, a.fixed_version) < 0)}
 
 
+def patch_loop(tmp: Path, trivy: Trivy, write_db: WriteDb, registry: RegistryServer,
+               repo: str, advisories: list[Advisory],
+               applicable: Callable[[list[Advisory]], set[tuple[str, str]]],
+               versions: dict[str, str], *patch_args: str) -> dict[str, Any]:
+    """The loop on ``<repo>:orig`` (already pushed): Trivy's findings with ``advisories``
+    are ``applicable(advisories)`` (at the installed ``versions``), its report drives
+    ``suture patch -r`` to ``<repo>:patched``, no fixed one is left there, and with a
+    stale database ``--vex`` suppresses exactly the fixed ones, in the patched image
+    only. Returns the patched platform of suture's result."""
+    fixed_ids = {a.id for a in advisories if a.fixed_version}
+    unfixed_ids = {a.id for a in advisories if not a.fixed_version}
+    assert fixed_ids and unfixed_ids
+    db = write_db(tmp / "db-current", advisories)
+
+    # Trivy on the original: exactly the advisories that apply, at the archive's versions.
+    report_path = tmp / "orig.json"
+    before = findings(trivy.scan(db, f"{repo}:orig", report_path))
+    expected = applicable(advisories)
+    assert set(before) == expected
+    fixed_in = {a.id: a.fixed_version for a in advisories}
+    for (vid, name), finding in before.items():
+        assert finding["InstalledVersion"] == versions[name], finding
+        assert finding.get("FixedVersion", "") == fixed_in[vid], finding
+
+    # The report drives the patch; the VEX names what it fixed.
+    vex_path, result_path = tmp / "suture.vex.json", tmp / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "suture", "patch", "-i", f"{repo}:orig", "-r", str(report_path),
+         "--dest", f"{repo}:patched", "--insecure-registry", registry.host,
+         "-o", str(vex_path), "--result", str(result_path), *patch_args],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [platform] = json.loads(result_path.read_text())["platforms"]
+    assert platform["status"] == "patched", platform
+    vex = json.loads(vex_path.read_text())
+    assert {s["vulnerability"]["name"] for s in vex["statements"]} == fixed_ids
+
+    # Trivy on the patched image: none of the fixed ones; the unfixed ones stay.
+    after = findings(trivy.scan(db, f"{repo}:patched", tmp / "patched.json"))
+    assert set(after) == {k for k in expected if k[0] in unfixed_ids}
+
+    # A database that does not know the fixes yet flags them in the patched image too...
+    stale = [replace(a, fixed_version="") for a in advisories]
+    stale_db = write_db(tmp / "db-stale", stale)
+    flagged = findings(trivy.scan(stale_db, f"{repo}:patched", tmp / "stale.json"))
+    assert set(flagged) == applicable(stale)
+    # ... and suture's VEX suppresses exactly the fixed ones, recorded as fixed by it.
+    with_vex = trivy.scan(stale_db, f"{repo}:patched", tmp / "stale-vex.json",
+                          "--vex", str(vex_path), "--show-suppressed")
+    assert set(findings(with_vex)) == {k for k in flagged if k[0] in unfixed_ids}
+    suppressed = modified(with_vex)
+    assert set(suppressed) == {k for k in flagged if k[0] in fixed_ids}
+    assert {(m["Status"], m["Source"]) for m in suppressed.values()} == {("fixed", str(vex_path))}
+    # The statements name the patched image: the original keeps every finding.
+    orig_vex = trivy.scan(stale_db, f"{repo}:orig", tmp / "orig-vex.json",
+                          "--vex", str(vex_path), "--show-suppressed")
+    assert set(findings(orig_vex)) == applicable(stale)
+    assert not modified(orig_vex)
+    return dict(platform)
+
+
 def test_trivy_finds_patches_and_accepts_vex_debian(
         tmp_path: Path, registry: RegistryServer, bookworm_openssl_rootfs: Path,
         trivy_db: WriteDb) -> None:
-    trivy = Trivy(trivy_binary(), tmp_path / "home")
+    trivy = Trivy(peer("trivy"), tmp_path / "home")
     (tmp_path / "work").mkdir()
     image = image_from_layers([bookworm_openssl_rootfs], AMD64, tmp_path / "work")
     repo = f"{registry.host}/bookworm"
@@ -135,58 +189,64 @@ def test_trivy_finds_patches_and_accepts_vex_debian(
     fixes = [f for f in debian_security_fixes(packages, "bookworm") if f.cves]
     assert fixes, "bookworm-security upgrades nothing with a CVE in this image"
     advisories = [*debian_advisories(fixes, "12"), UNFIXED]
-    fixed_ids = {a.id for a in advisories if a.fixed_version}
-    db = trivy_db(tmp_path / "db-current", advisories)
+    platform = patch_loop(tmp_path, trivy, trivy_db, registry, repo, advisories,
+                          lambda advs: affected(packages, advs),
+                          {p.name: p.version for p in packages})
 
-    # Trivy on the original: exactly the advisories that apply, at the archive's versions.
-    report_path = tmp_path / "orig.json"
-    before = findings(trivy.scan(db, f"{repo}:orig", report_path))
-    expected = affected(packages, advisories)
-    assert set(before) == expected
-    by_name = {p.name: p for p in packages}
-    fixed_in = {a.id: a.fixed_version for a in advisories}
-    for (vid, name), finding in before.items():
-        assert finding["InstalledVersion"] == by_name[name].version, finding
-        assert finding.get("FixedVersion", "") == fixed_in[vid], finding
-
-    # The report drives the patch; the VEX names what it fixed.
-    vex_path, result_path = tmp_path / "suture.vex.json", tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "suture", "patch", "-i", f"{repo}:orig", "-r", str(report_path),
-         "--dest", f"{repo}:patched", "--insecure-registry", registry.host,
-         "-o", str(vex_path), "--result", str(result_path)],
-        capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(result_path.read_text())
-    [platform] = result["platforms"]
-    assert platform["status"] == "patched", platform
     patched = open_artifact(f"{repo}:patched", Options(registry.options()))
     assert isinstance(patched, Image) and patched.digest == platform["digest"]
     now = installed(patched)
     for fix in fixes:
         for name in fix.binaries:
             assert compare_versions(now[name].source_version, fix.fixed) >= 0, now[name]
-    vex = json.loads(vex_path.read_text())
-    assert {s["vulnerability"]["name"] for s in vex["statements"]} == fixed_ids
 
-    # Trivy on the patched image: none of the fixed ones; the unfixed one stays.
-    after = findings(trivy.scan(db, f"{repo}:patched", tmp_path / "patched.json"))
-    assert set(after) == {k for k in expected if k[0] == UNFIXED.id}
 
-    # A database that does not know the fixes yet flags them in the patched image too...
-    stale = [Advisory(a.platform, a.package, a.id, "", title=a.title) for a in advisories]
-    stale_db = trivy_db(tmp_path / "db-stale", stale)
-    flagged = findings(trivy.scan(stale_db, f"{repo}:patched", tmp_path / "stale.json"))
-    assert set(flagged) == affected(packages, stale)
-    # ... and suture's VEX suppresses exactly the fixed ones, recorded as fixed by it.
-    with_vex = trivy.scan(stale_db, f"{repo}:patched", tmp_path / "stale-vex.json",
-                          "--vex", str(vex_path), "--show-suppressed")
-    assert set(findings(with_vex)) == {k for k in flagged if k[0] not in fixed_ids}
-    suppressed = modified(with_vex)
-    assert set(suppressed) == {k for k in flagged if k[0] in fixed_ids}
-    assert {(m["Status"], m["Source"]) for m in suppressed.values()} == {("fixed", str(vex_path))}
-    # The statements name the patched image: the original keeps every finding.
-    orig_vex = trivy.scan(stale_db, f"{repo}:orig", tmp_path / "orig-vex.json",
-                          "--vex", str(vex_path), "--show-suppressed")
-    assert set(findings(orig_vex)) == affected(packages, stale)
-    assert not modified(orig_vex)
+ALPINE_URL = "https://dl-cdn.alpinelinux.org/alpine/v3.20/main"
+MUSL = ApkSpec("musl", "1.2.5-r0", origin="musl", files={
+    "lib/ld-musl-x86_64.so.1": ApkFile(b"musl 1\n", 0o755)},
+    provides=["so:libc.musl-x86_64.so.1=1"])
+LIBCRYPTO = ApkSpec("libcrypto3", "3.3.2-r0", origin="openssl", files={
+    "usr/lib/libcrypto.so.3": b"crypto 1\n"}, provides=["so:libcrypto.so.3=3"],
+    depends=["so:libc.musl-x86_64.so.1"])
+LIBSSL = ApkSpec("libssl3", "3.3.2-r0", origin="openssl", files={
+    "usr/lib/libssl.so.3": b"ssl 1\n"}, provides=["so:libssl.so.3=3"],
+    depends=["so:libcrypto.so.3", "so:libc.musl-x86_64.so.1"])
+ZLIB = ApkSpec("zlib", "1.3.1-r0", origin="zlib", files={"usr/lib/libz.so.1": b"zlib\n"},
+               provides=["so:libz.so.1=1"])
+
+
+def test_trivy_finds_patches_and_accepts_vex_alpine(
+        tmp_path: Path, registry: RegistryServer, apk_repo_server: ApkRepoServer,
+        apk_keys: ApkKeys, trivy_db: WriteDb) -> None:
+    """The same loop on an Alpine image whose repository is served on loopback: Trivy
+    looks advisories up by origin (``openssl`` for ``libcrypto3`` and ``libssl3``) in
+    the ``alpine 3.20`` bucket its ``/etc/apk/repositories`` line names."""
+    trivy = Trivy(peer("trivy"), tmp_path / "home")
+    key = apk_keys.good
+    installed_specs = [MUSL, LIBCRYPTO, LIBSSL, ZLIB]
+    newer = [MUSL.with_(version="1.2.5-r1", files={
+                 "lib/ld-musl-x86_64.so.1": ApkFile(b"musl 2\n", 0o755)}),
+             LIBCRYPTO.with_(version="3.3.2-r1", files={"usr/lib/libcrypto.so.3": b"crypto 2\n"}),
+             LIBSSL.with_(version="3.3.2-r1", files={"usr/lib/libssl.so.3": b"ssl 2\n"})]
+    apk_repo_server.publish([*installed_specs, *newer], key, path="main")
+    built = [build_apk(s, key, tmp_path / "v1") for s in installed_specs]
+    repo = f"{registry.host}/alpine"
+    write_artifact(apk_image(built, [ALPINE_URL], key, flavor="alpine"), f"{repo}:orig",
+                   Options(registry.options()))
+    advisories = [
+        Advisory("alpine 3.20", "musl", "CVE-2025-26519", "1.2.5-r1", source="alpine"),
+        Advisory("alpine 3.20", "openssl", "CVE-2024-9143", "3.3.2-r1", source="alpine"),
+        Advisory("alpine 3.20", "zlib", "CVE-2023-45853", "", source="alpine"),
+    ]
+
+    def applicable(advs: list[Advisory]) -> set[tuple[str, str]]:
+        return {(a.id, s.name) for a in advs for s in installed_specs
+                if (s.origin or s.name) == a.package and (
+                    not a.fixed_version or apk_version_compare(s.version, a.fixed_version) < 0)}
+
+    platform = patch_loop(tmp_path, trivy, trivy_db, registry, repo, advisories, applicable,
+                          {s.name: s.version for s in installed_specs},
+                          "--mirror", f"{ALPINE_URL}={apk_repo_server.sub('main')}",
+                          "--sandbox", "none")
+    assert {(u["name"], u["to"]) for u in platform["updates"]} == {
+        (s.name, s.version) for s in newer}
