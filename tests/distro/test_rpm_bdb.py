@@ -421,3 +421,21 @@ def test_inspect_counts_a_real_el8_database(tmp_path: Path) -> None:
         "rpm-bdb", "var/lib/rpm/Packages", 1)
     with pytest.raises(PackageDBError, match="/x/Packages"):
         count_rpm_bdb(btree_bytes([(b"a", b"b")]), "/x/Packages")
+
+
+def test_other_libdb_formats_refused_naming_the_file(tmp_path: Path) -> None:
+    """Version 8 hash files (libdb 4.x: rpm 4.8) are read but not written (libdb 4.x
+    cannot read version 9); checksummed pages are not read."""
+    data = bytearray(LIBUUID.read_bytes())
+    data[16:20] = struct.pack("<I", 8)
+    db = tmp_path / "v8"
+    db.mkdir()
+    (db / "Packages").write_bytes(bytes(data))
+    assert [p.info.name for p in read_bdb(db)] == ["libuuid"]
+    with pytest.raises(PackageDBError, match=r"v8/Packages: Berkeley DB hash version 8"):
+        write_bdb(db, tmp_path / "out", remove=[], add=[])
+    data[16:20] = struct.pack("<I", 9)
+    data[26] |= 1
+    with pytest.raises(PackageDBError, match="page checksums"):
+        parse_bdb(bytes(data), "/x/Packages")
+    assert not (tmp_path / "out").exists()

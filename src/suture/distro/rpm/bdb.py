@@ -97,6 +97,7 @@ class BdbFile:
     uid: bytes
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     ffactor: int = 0
+    version: int = VERSION
 
 
 # ---------------------------------------------------------------- reading
@@ -124,6 +125,9 @@ class _Reader:
             raise self.error(f"implausible page size {pagesize}")
         if data[24]:
             raise self.error("encrypted Berkeley DB databases are not supported")
+        if data[26] & 1:  # DBMETA_CHKSUM: pages carry checksums (rpm never asks for them)
+            raise self.error("Berkeley DB databases with page checksums are not supported")
+        self.version = version
         self.pagesize = pagesize
         self.last = struct.unpack_from(o + "I", data, 32)[0]
         if (self.last + 1) * pagesize > len(data):
@@ -281,7 +285,7 @@ def parse_bdb(data: bytes, what: str = "Berkeley DB file") -> BdbFile:
         records, ffactor = r.hash_records()
     else:
         records, ffactor = r.btree_records(), 0
-    return BdbFile(r.kind, r.order, r.pagesize, r.flags, r.uid, records, ffactor)
+    return BdbFile(r.kind, r.order, r.pagesize, r.flags, r.uid, records, ffactor, r.version)
 
 
 # ---------------------------------------------------------------- writing
@@ -659,6 +663,10 @@ def write_bdb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[
     db = parse_bdb(_read_file(source / PACKAGES, where), where)
     if db.kind != "hash":
         raise PackageDBError("Packages is a btree, not rpm's hash database", path=where)
+    if db.version != VERSION:
+        # libdb 4.x (version 8, rpm 4.8 of EL6) cannot read the version 9 files written
+        raise PackageDBError(f"Berkeley DB hash version {db.version} databases are read but "
+                             "not written (only version 9: libdb 4.8 to 5.3)", path=where)
     installed, counter = _packages(db, where)
     by_hnum = {p.hnum: p for p in installed}
     for hnum in remove:
