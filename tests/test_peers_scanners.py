@@ -9,7 +9,8 @@ read back with the package manager's own tool where it reads a root (``dpkg-quer
 --admindir``, ``rpm --dbpath``), including the upgraded versions the result JSON names.
 
 Images: a Debian image from a local signed archive (an epoch version, a binary whose
-source package has another version), the same packages recast distroless-style
+source package has another version), a two-layer bookworm from the real archive
+(network), the local archive's packages recast distroless-style
 (``var/lib/dpkg/status.d``), an Alpine-style apk image, and rpm images (RHEL 9 with
 ``var/lib/rpm``, Fedora 40 with ``usr/lib/sysimage/rpm``).
 """
@@ -25,9 +26,12 @@ from typing import Any
 
 import pytest
 
-from suture.devtools.rootfs import distroless_entries
+from suture.devtools.debian_image import image_from_layers
+from suture.devtools.rootfs import diff_entries, distroless_entries
 from suture.oci.fs import read_files
 from suture.oci.image import Image
+from suture.oci.model import Platform
+from suture.transports import write_artifact
 from tests.fixtures.apkrepo import (
     ApkFile,
     ApkKeys,
@@ -54,6 +58,7 @@ from tests.fixtures.rpmrepo import FAMILIES, RpmWorld
 pytestmark = pytest.mark.tools
 
 Packages = dict[str, str]
+AMD64 = Platform.parse("linux/amd64")
 CODENAME = "bookworm"
 
 
@@ -221,6 +226,26 @@ def test_distroless_status_d_image(debian_archive: tuple[Archive, list[Path]],
     written = versions(image)
     assert written == EXPECTED_DEB
     assert upgraded(platform) == {"a": "2.0-1", "libe": "1:2.0-1+deb12u1", "d": "1.0-1+b1"}
+    assert_scanners_agree(scans(out, "deb", "deb", "debian", tmp_path), written)
+
+
+@pytest.mark.network
+def test_real_bookworm_two_layers(bookworm_rootfs: Path, bookworm_openssl_rootfs: Path,
+                                  tmp_path: Path) -> None:
+    """A minbase bookworm from the real archive's point suite with openssl added in a
+    second layer, patched from the real -security/-updates: ~100 packages, Multi-Arch
+    libraries, binaries whose source has another version."""
+    work = tmp_path / "work"
+    work.mkdir()
+    upper = diff_entries(bookworm_rootfs, bookworm_openssl_rootfs)
+    ref = f"oci:{tmp_path}/layout:v1"
+    write_artifact(image_from_layers([bookworm_rootfs, upper], AMD64, work), ref)
+    out, platform = patched(ref, tmp_path)
+    image = open_image(out)
+    written = _dpkg_query(image, tmp_path)
+    assert written == versions(image)
+    assert upgraded(platform).items() <= written.items()
+    assert len(written) > 90 and len(upgraded(platform)) > 0
     assert_scanners_agree(scans(out, "deb", "deb", "debian", tmp_path), written)
 
 
