@@ -51,8 +51,6 @@ from tests.fixtures.peers import peer
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.trivydb import Advisory, debian_advisories, debian_security_fixes
 
-pytestmark = [pytest.mark.network, pytest.mark.tools]
-
 AMD64 = Platform.parse("linux/amd64")
 # coreutils' chroot --userspec TIOCSTI issue: Debian never fixed it (no-dsa, ignored).
 UNFIXED = Advisory("debian 12", "coreutils", "CVE-2016-2781", "", severity="LOW",
@@ -176,6 +174,8 @@ def patch_loop(tmp: Path, trivy: Trivy, write_db: WriteDb, registry: RegistrySer
     return dict(platform)
 
 
+@pytest.mark.network
+@pytest.mark.tools
 def test_trivy_finds_patches_and_accepts_vex_debian(
         tmp_path: Path, registry: RegistryServer, bookworm_openssl_rootfs: Path,
         trivy_db: WriteDb) -> None:
