@@ -13,7 +13,8 @@ import pytest
 
 from suture.plan import Update
 from suture.provenance import PlatformBuild, ProvenanceSubject, build_provenance
-from tests.fixtures.patchimages import open_image, trivy_report
+from tests.fixtures.patchimages import open_image, suture, trivy_report
+from tests.fixtures.registry import RegistryServer
 from tests.fixtures.supplychain import ChainScene, validate_provenance
 
 pytestmark = pytest.mark.tools
@@ -68,3 +69,31 @@ def test_the_checker_refuses_what_the_spec_does_not_allow() -> None:
     empty = {**doc, "subject": []}
     with pytest.raises(ValueError, match="subject"):
         validate_provenance(empty)
+
+
+def test_lineage_annotations_and_inspect(chain_scene: ChainScene, registry: RegistryServer
+                                         ) -> None:
+    """The patched manifest names its source (OCI base.digest and base.name); suture
+    inspect shows the chain, and a layout source gets base.digest only."""
+    host = registry.host
+    copy = suture("copy", chain_scene.source, f"docker://{host}/app:v1")
+    assert copy.returncode == 0, copy.stderr
+    source_digest = copy.stdout.split()[-1]
+    target = f"docker://{host}/app:v1-patched"
+    proc = chain_scene.patch(f"docker://{host}/app:v1", "-t", target)
+    assert proc.returncode == 0, proc.stderr
+    manifest = open_image(target).manifest
+    assert manifest.annotations["org.opencontainers.image.base.digest"] == source_digest
+    assert manifest.annotations["org.opencontainers.image.base.name"] == f"{host}/app:v1"
+    shown = suture("inspect", target)
+    assert f"patched   yes, over {host}/app:v1@{source_digest}" in shown.stdout
+    doc = json.loads(suture("inspect", "--json", target).stdout)
+    assert doc["platforms"][0]["patched"]["baseName"] == f"{host}/app:v1"
+    assert doc["platforms"][0]["patched"]["baseDigest"] == source_digest
+
+    local = f"oci:{chain_scene.tmp}/local:v1-patched"
+    proc = chain_scene.patch(chain_scene.source, "-t", local)
+    assert proc.returncode == 0, proc.stderr
+    annotations = open_image(local).manifest.annotations
+    assert annotations["org.opencontainers.image.base.digest"] == source_digest
+    assert "org.opencontainers.image.base.name" not in annotations
