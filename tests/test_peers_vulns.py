@@ -46,6 +46,7 @@ from tests.fixtures.apkrepo import (
     apk_version_compare,
     build_apk,
 )
+from tests.fixtures.images import make_index
 from tests.fixtures.patchimages import installed
 from tests.fixtures.peers import peer
 from tests.fixtures.registry import RegistryServer
@@ -250,3 +251,66 @@ def test_trivy_finds_patches_and_accepts_vex_alpine(
                           "--sandbox", "none")
     assert {(u["name"], u["to"]) for u in platform["updates"]} == {
         (s.name, s.version) for s in newer}
+
+
+def test_trivy_accepts_vex_for_a_two_platform_index(
+        tmp_path: Path, registry: RegistryServer, apk_repo_server: ApkRepoServer,
+        apk_keys: ApkKeys, trivy_db: WriteDb) -> None:
+    """A two-platform Alpine index, one Trivy report per platform (``--platform``) in a
+    directory driving one ``suture patch -r DIR``. Trivy scanning the patched index by
+    tag names it by the index digest (suture's index product), by a platform's manifest
+    digest names it by that (the platform's product): ``--vex`` suppresses the fixed
+    findings both ways, and none in the original index."""
+    trivy = Trivy(peer("trivy"), tmp_path / "home")
+    key = apk_keys.good
+    arches = {"amd64": "x86_64", "arm64": "aarch64"}
+    specs = {a: [s.with_(arch=arch) for s in (MUSL, LIBCRYPTO, LIBSSL, ZLIB)]
+             for a, arch in arches.items()}
+    images = []
+    for a, arch in arches.items():
+        newer = [s.with_(version=s.version.replace("-r0", "-r1")) for s in specs[a][:3]]
+        apk_repo_server.publish([*specs[a], *newer], key, path="main", arch=arch)
+        built = [build_apk(s, key, tmp_path / a) for s in specs[a]]
+        images.append(apk_image(built, [ALPINE_URL], key, flavor="alpine", arch=arch))
+    repo = f"{registry.host}/multi"
+    write_artifact(make_index(*images), f"{repo}:orig", Options(registry.options()))
+    advisories = [
+        Advisory("alpine 3.20", "musl", "CVE-2025-26519", "1.2.5-r1", source="alpine"),
+        Advisory("alpine 3.20", "openssl", "CVE-2024-9143", "3.3.2-r1", source="alpine"),
+        Advisory("alpine 3.20", "zlib", "CVE-2023-45853", "", source="alpine"),
+    ]
+    fixed_ids = {"CVE-2025-26519", "CVE-2024-9143"}
+    every = {(a.id, s.name) for a in advisories for s in specs["amd64"]
+             if (s.origin or s.name) == a.package}
+    db = trivy_db(tmp_path / "db-current", advisories)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for a in arches:
+        found = findings(trivy.scan(db, f"{repo}:orig", reports / f"{a}.json",
+                                    "--platform", f"linux/{a}"))
+        assert set(found) == every
+
+    vex_path, result_path = tmp_path / "suture.vex.json", tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "suture", "patch", "-i", f"{repo}:orig", "-r", str(reports),
+         "--dest", f"{repo}:patched", "--insecure-registry", registry.host,
+         "-o", str(vex_path), "--result", str(result_path), "--sandbox", "none",
+         "--mirror", f"{ALPINE_URL}={apk_repo_server.sub('main')}"],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(result_path.read_text())
+    assert [p["status"] for p in result["platforms"]] == ["patched", "patched"]
+    manifests = {p["platform"].split("/")[1]: p["digest"] for p in result["platforms"]}
+
+    stale_db = trivy_db(tmp_path / "db-stale",
+                        [replace(a, fixed_version="") for a in advisories])
+    for a in arches:
+        for ref in (f"{repo}:patched", f"{repo}@{manifests[a]}"):
+            out = tmp_path / f"vex-{a}-{len(list(tmp_path.glob('vex-*')))}.json"
+            report = trivy.scan(stale_db, ref, out, "--platform", f"linux/{a}",
+                                "--vex", str(vex_path), "--show-suppressed")
+            assert set(findings(report)) == {k for k in every if k[0] not in fixed_ids}, ref
+            assert set(modified(report)) == {k for k in every if k[0] in fixed_ids}, ref
+        original = trivy.scan(stale_db, f"{repo}:orig", tmp_path / f"orig-{a}.json",
+                              "--platform", f"linux/{a}", "--vex", str(vex_path))
+        assert set(findings(original)) == every
