@@ -246,3 +246,53 @@ def test_rpm_sbom(rpm_world: RpmWorld, tmp_path: Path, family: str) -> None:
     # rpm purls are Trivy's own form; the gpg-pubkey headers of imported keys Trivy lists
     # (with arch=None) are keys, not software: suture's SBOM leaves them out.
     assert ours == {p for p in trivy_purls(layout, tmp_path) if "/gpg-pubkey@" not in p}
+
+
+def test_a_source_spdx_sbom_is_updated(chain_scene: ChainScene, tmp_path: Path) -> None:
+    source: dict[str, Any] = {
+        "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT",
+        "name": "app", "documentNamespace": "https://example.invalid/app-1",
+        "creationInfo": {"created": "2024-01-01T00:00:00Z", "creators": ["Tool: syft-1.0"]},
+        "packages": [
+            {"SPDXID": "SPDXRef-img", "name": "app", "versionInfo": "sha256:" + "0" * 64,
+             "downloadLocation": "NOASSERTION"},
+            {"SPDXID": "SPDXRef-a", "name": "a", "versionInfo": "1.0-1",
+             "downloadLocation": "NOASSERTION", "licenseConcluded": "MIT",
+             "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER",
+                               "referenceType": "purl", "referenceLocator":
+                               "pkg:deb/debian/a@1.0-1?arch=amd64&distro=debian-12.8"}]},
+            {"SPDXID": "SPDXRef-b", "name": "b", "versionInfo": "1.0-1",
+             "downloadLocation": "NOASSERTION"}],
+        "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
+                           "relatedSpdxElement": "SPDXRef-img"}],
+    }
+    given, out = tmp_path / "source.spdx.json", tmp_path / "spdx.json"
+    given.write_text(json.dumps(source))
+    _dest, digest = _patched(chain_scene, "--source-sbom", str(given), "--sbom", f"spdx={out}")
+    doc = json.loads(out.read_text())
+    validate_spdx(doc)
+    by_name = {p["name"]: p for p in doc["packages"]}
+    assert by_name["a"]["versionInfo"] == "2.0-1" and by_name["a"]["licenseConcluded"] == "MIT"
+    assert by_name["a"]["externalRefs"][0]["referenceLocator"] == PURL.format("a", "2.0-1")
+    assert by_name["a"]["checksums"] == [{"algorithm": "SHA256",
+                                          "checksumValue": chain_scene.sha256("a")}]
+    assert by_name["b"] == source["packages"][2]
+    assert by_name["app"]["versionInfo"] == digest
+    assert by_name["c"]["versionInfo"] == "2.0-1"
+    assert {"spdxElementId": "SPDXRef-img", "relationshipType": "CONTAINS",
+            "relatedSpdxElement": by_name["c"]["SPDXID"]} in doc["relationships"]
+    assert doc["creationInfo"]["creators"] == ["Tool: syft-1.0", "Tool: suture-0.1.0"]
+
+
+def test_a_source_sbom_that_is_not_one_fails_before_anything_is_written(
+        chain_scene: ChainScene, tmp_path: Path) -> None:
+    given = tmp_path / "bad.json"
+    given.write_text('{"hello": "world"}')
+    dest = tmp_path / "out"
+    proc = chain_scene.patch(chain_scene.source, "-t", f"oci:{dest}:v1-patched",
+                             "--source-sbom", str(given), "--sbom", "cyclonedx")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"suture: error: --source-sbom {given}: the source SBOM is neither CycloneDX nor "
+        "SPDX 2 JSON")
+    assert not dest.exists()

@@ -43,6 +43,7 @@ from suture.sbom import (
     SPDX,
     Subject,
     build_sbom,
+    parse_sbom,
     sbom_format,
     update_sbom,
 )
@@ -171,7 +172,7 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
     # media type, bytes, predicate type)
 
     # SBOMs, one per patched platform image.
-    given = json.loads(spec.source_sbom) if spec.source_sbom else None
+    given = parse_sbom(spec.source_sbom, "--source-sbom") if spec.source_sbom else None
     for o in patched:
         digest = o.image.digest
         if o.packages is None:
@@ -180,7 +181,8 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
         if source_doc is None and (spec.attach or spec.sbom):
             found = _source_sbom(source, [o.source_digest, result.source_digest], options,
                                  spec.sbom)
-            source_doc = json.loads(found) if found else None
+            source_doc = parse_sbom(found, f"the SBOM attached to {source}") if found \
+                else None
         if spec.sbom is None and source_doc is None:
             continue
         arch = o.platform.architecture if o.platform else None

@@ -776,6 +776,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
         options = replace(options, inventory=True)
         args.started = _utc_now()
         args.signing_key = None  # read before patching: a bad key or password writes nothing
+        if args.source_sbom is not None:
+            from suture.sbom import parse_sbom
+
+            parse_sbom(args.source_sbom.read_bytes(), f"--source-sbom {args.source_sbom}")
         if args.sign_key is not None:
             from suture.sign import load_signing_key
 

@@ -15,6 +15,7 @@ input giving the same document (the timestamp is the caller's).
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sqlite3
 import tempfile
@@ -298,6 +299,21 @@ def sbom_format(doc: Mapping[str, Any]) -> str:
     if str(doc.get("spdxVersion", "")).startswith("SPDX-2"):
         return SPDX
     raise SbomError("the source SBOM is neither CycloneDX nor SPDX 2 JSON")
+
+
+def parse_sbom(data: bytes, what: str) -> dict[str, Any]:
+    """A source SBOM: a JSON object in a format :func:`sbom_format` knows."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise SbomError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise SbomError(f"{what}: not a JSON object")
+    try:
+        sbom_format(doc)
+    except SbomError as exc:
+        raise SbomError(f"{what}: {exc}") from None
+    return doc
 
 
 def _replace_version(purl: str, old: str, new: str) -> str:
