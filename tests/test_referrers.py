@@ -200,3 +200,31 @@ def test_source_referrers_copied_and_source_sbom_found(
     assert names["a"] == "2.0-1" and names["zz"] == "9"  # updated, not rebuilt
     copied = _oras_referrers(f"{host}/patched@{source_digest}", "--plain-http")
     assert copied[CDX] == _oras_referrers(f"{host}/app@{source_digest}", "--plain-http")[CDX]
+
+
+def test_an_index_gets_attachments_for_itself_and_each_platform(
+        chain_scene: ChainScene, referrers_registry: ReferrersRegistry) -> None:
+    """An index source: the SBOM goes to the platform's manifest, the VEX and the
+    provenance to both the platform's manifest and the index."""
+    from suture.oci.image import Image
+    from suture.oci.mutate import new_index
+    from suture.transports import open_artifact, write_artifact
+
+    image = open_artifact(chain_scene.source)
+    host = referrers_registry.host
+    assert isinstance(image, Image)
+    write_artifact(new_index([image]), f"docker://{host}/multi:v1")
+    digest, lines = _patch(chain_scene, f"docker://{host}/multi:v1", "-t",
+                           f"docker://{host}/multi:v1-patched")
+    index = _get(host, f"/v2/multi/manifests/{digest}").json()
+    assert index["mediaType"] == INDEX
+    [child] = index["manifests"]
+    on_index = {d["artifactType"] for d in _get(host, f"/v2/multi/referrers/{digest}")
+                .json()["manifests"]}
+    on_child = _get(host, f"/v2/multi/referrers/{child['digest']}").json()["manifests"]
+    assert on_index == {VEX, INTOTO}
+    assert {d["artifactType"] for d in on_child} == {CDX, VEX, INTOTO}
+    assert len(lines) == 5
+    provenance = _documents(host, "multi", on_child)[INTOTO][1]
+    assert {s["digest"]["sha256"] for s in provenance["subject"]} == {
+        digest.split(":")[1], child["digest"].split(":")[1]}
