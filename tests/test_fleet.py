@@ -391,3 +391,58 @@ def test_rendered_argo_tekton_and_github_actions(tmp_path: Path) -> None:
     assert patch["strategy"]["fail-fast"] is False
     assert "--shard ${{ matrix.shard }}/3" in patch["steps"][1]["run"]
     assert workflow["jobs"]["merge"]["if"] == "always()"
+
+
+# ----------------------------------------------------------------------- one patch per base
+
+
+def test_one_patch_per_base_gives_the_same_images(fleet_scene: FleetScene,
+                                                  tmp_path: Path) -> None:
+    """Images of one base take the first one's patch layer (mounted across repositories):
+    the images are byte-identical to patching each on its own; an image whose app layer
+    touches etc/ (where repositories and keys live) is patched on its own."""
+    from suture.oci.layer import Entry
+    from suture.oci.mutate import append_layers
+    from suture.transports import write_artifact
+    from tests.fixtures.images import layer_from
+
+    scene = fleet_scene
+    _fleet(scene, tags=3)
+    etc = append_layers(scene.base("a"), [layer_from([
+        Entry("etc", "dir", 0o755), Entry.file("etc/motd", b"hello\n")])])
+    write_artifact(etc, f"{scene.host}/src/appa:1.9.0", scene.options)
+    scene.push("other", "1.0.0", "a")  # another repository on base a
+    other = (f"  - name: other\n    image: {scene.host}/src/other\n"
+             f"    tags: {{strategy: list, list: ['1.0.0']}}\n")
+    results = {}
+    for mode in ("reuse", "alone"):
+        plan = _plan(tmp_path, _config(scene, mode, extra=other), f"{mode}.json")
+        flags = [] if mode == "reuse" else ["--no-reuse"]
+        proc = suture("fleet", "run", "--plan", str(plan), "--shard", "0/1", "-j", "2",
+                      "--results", str(tmp_path / mode), *flags, *scene.run_args())
+        assert proc.returncode == 0, proc.stderr
+        _merged, summary = _merge(plan, tmp_path / mode)
+        results[mode] = {j["id"]: j for j in summary["jobs"]}
+    reuse, alone = results["reuse"], results["alone"]
+    assert {k: v["digest"] for k, v in reuse.items()} == \
+        {k: v["digest"] for k, v in alone.items()}
+    assert all(j["reusedFrom"] is None for j in alone.values())
+    reused = {k: j for k, j in reuse.items() if j["reusedFrom"]}
+    # Per base, one patch: a leader, and its other plain tags take its layer; in the
+    # leader's repository it is there, in another one it is mounted.
+    assert len(reused) == 7
+    for job in reused.values():
+        leader = reuse[job["reusedFrom"]]
+        assert leader["reusedFrom"] is None and job["layers"] == leader["layers"]
+        assert leader["name"] == job["name"] or job["name"] == "other"
+        where = "mounted" if job["name"] != leader["name"] else "present"
+        assert f"(layer {where})" in job["message"], job
+    assert reuse["other:1.0.0"]["reusedFrom"] == "appa:1.0.0"
+    assert reuse["appa:1.9.0"]["reusedFrom"] is None
+    assert "an upper layer touches etc" in reuse["appa:1.9.0"]["message"], reuse["appa:1.9.0"]
+    _check_pushed(scene, {"jobs": [j for k, j in reuse.items()
+                                   if k not in ("other:1.0.0", "appa:1.9.0")]})
+    for job in ("other:1.0.0", "appa:1.9.0"):
+        image = open_artifact(reuse[job]["target"], scene.options)
+        assert isinstance(image, Image)
+        assert _versions(image) == {"musl": "1.2.5-r1", "liba": "1.0-r1"}

@@ -89,6 +89,9 @@ def add_parser(sub: Any, patch_parser: argparse.ArgumentParser,
                      help="images patched at once on this machine (default: %(default)s)")
     run.add_argument("--timeout", default="30m", metavar="DURATION",
                      help="bound each image, e.g. 90s, 10m (default: 30m)")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="patch every image on its own (default: images of one base "
+                          "take the first one's patch layer when nothing forbids it)")
     for action in patch_parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction) \
                 and not set(action.option_strings) & _NOT_FOR_RUN:
@@ -203,7 +206,8 @@ def _run_options(args: argparse.Namespace, cli: Any, out: Callable[[str], None]
                 f"{where} {result.digest or ''} ({result.seconds:.1f} s) {result.message}")
 
     options = RunOptions(popts, workers=max(1, args.jobs),
-                         timeout=cli.parse_duration(args.timeout), on_event=event)
+                         timeout=cli.parse_duration(args.timeout), on_event=event,
+                         reuse=not getattr(args, "no_reuse", False))
     return options, popts.cancel
 
 

@@ -53,20 +53,23 @@ class JobResult:
     seconds: float = 0.0
     updates: int = 0
     layers: list[str] = field(default_factory=list)
+    reused_from: str | None = None  # the job whose patch layer this image took
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "source": self.source,
                 "sourceDigest": self.source_digest, "status": self.status,
                 "target": self.target, "tag": self.tag, "digest": self.digest,
                 "message": self.message, "seconds": round(self.seconds, 3),
-                "updates": self.updates, "layers": self.layers}
+                "updates": self.updates, "layers": self.layers,
+                "reusedFrom": self.reused_from}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JobResult:
         return cls(doc["id"], doc["name"], doc["source"], doc.get("sourceDigest"),
                    doc["status"], doc.get("target"), doc.get("tag"), doc.get("digest"),
                    doc.get("message", ""), float(doc.get("seconds", 0.0)),
-                   int(doc.get("updates", 0)), list(doc.get("layers") or []))
+                   int(doc.get("updates", 0)), list(doc.get("layers") or []),
+                   doc.get("reusedFrom"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class RunOptions:
     patch: PatchOptions  # the template every job's options are made from
     workers: int = 2  # jobs at once on this machine
     timeout: float = 1800.0  # per job, seconds
+    reuse: bool = True  # one patch per base: others of a group take its layer (reuse.py)
     on_event: Callable[[str, Job, JobResult | None], None] | None = None  # start/finish
 
 
@@ -157,35 +161,137 @@ def _fill(result: JobResult, outcome: PatchResult) -> None:
         result.message = "no updates needed; nothing pushed"
 
 
+def _reuse_key(job: Job) -> tuple[str, str, tuple[str, ...]] | None:
+    if job.status != PENDING or job.recheck or not job.group:
+        return None
+    return job.group, job.report or "", tuple(job.platforms)
+
+
+def _partition(jobs: list[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
+    """Leaders (patched first) and, per leader, the jobs that may take its layer."""
+    leaders: list[Job] = []
+    followers: dict[str, list[Job]] = {}
+    first: dict[tuple[str, str, tuple[str, ...]], Job] = {}
+    for job in jobs:
+        key = _reuse_key(job)
+        if key is None or key not in first:
+            leaders.append(job)
+            if key is not None:
+                first[key] = job
+        else:
+            followers.setdefault(first[key].id, []).append(job)
+    return leaders, followers
+
+
+def _donor(job: Job, result: JobResult, options: RunOptions) -> Any:
+    """The donor a patched leader makes (see :mod:`suture.fleet.reuse`), or why not."""
+    from suture.fleet.reuse import make_donor
+    from suture.oci.image import Image
+
+    if result.status != PATCHED or not result.digest or job.source_digest is None:
+        return f"{job.id} was not patched ({result.status})"
+    transport = options.patch.transport
+    try:
+        source = open_artifact(parse_docker(job.source).with_digest(job.source_digest),
+                               transport)
+        target = parse_docker(job.target)
+        patched = open_artifact(target.with_digest(result.digest), transport)
+        if not isinstance(source, Image) or not isinstance(patched, Image):
+            return "an image index is patched per image"
+        return make_donor(job.id, source, patched, target, [])
+    except SutureError as exc:
+        return f"cannot read {job.id}'s patch: {exc}"
+
+
+def run_follower(job: Job, donor: Any, options: RunOptions, cancel: threading.Event
+                 ) -> JobResult:
+    """Give ``job`` the donor's patch layer when nothing in its own layers forbids it;
+    else patch it on its own (the result says why)."""
+    from suture.fleet.reuse import Donor, donor_opener, mount_blob, reused_image
+    from suture.oci.image import Image
+    from suture.transports import write_artifact
+
+    started = time.monotonic()
+    why = donor if isinstance(donor, str) else ""
+    if isinstance(donor, Donor) and not cancel.is_set() and job.source_digest:
+        transport = options.patch.transport
+        try:
+            named = parse_docker(job.source)
+            source = open_artifact(named.with_digest(job.source_digest), transport)
+            if isinstance(source, Image):
+                image = reused_image(donor, source, named, donor_opener(donor, transport))
+            else:
+                image = "an image index is patched per image"
+            if isinstance(image, Image):
+                target = parse_docker(job.target)
+                how = mount_blob(donor.layer.digest, donor.target, target, transport)
+                digest = write_artifact(image, target, transport)
+                return JobResult(
+                    job.id, job.name, job.source, job.source_digest, PATCHED,
+                    target=job.target, tag=job.tag, digest=digest,
+                    message=f"reused the patch layer of {donor.job_id} (layer {how})",
+                    seconds=time.monotonic() - started, layers=[donor.layer.digest],
+                    reused_from=donor.job_id)
+            why = image
+        except SutureError as exc:
+            why = f"reuse failed: {exc}"
+    result = run_job(job, options, cancel)
+    if why and result.status == PATCHED:
+        result.message += f"; patched on its own: {why}"
+    return result
+
+
 def run_jobs(jobs: list[Job], options: RunOptions, cancel: threading.Event) -> list[JobResult]:
     """Run ``jobs`` with at most ``options.workers`` at once; results in job order.
 
+    With ``options.reuse`` the first job of each base group is patched first and the
+    others of its group then take its patch layer when they may (:mod:`.reuse`).
     The calling thread only waits, so Ctrl-C reaches it: it then sets ``cancel``,
     waits for the running jobs to stop (each does at its next step), and re-raises;
     jobs not started are not started.
     """
     results: dict[str, JobResult] = {}
+    leaders, followers = _partition(jobs) if options.reuse else (list(jobs), {})
     pool = ThreadPoolExecutor(max_workers=max(1, options.workers),
                               thread_name_prefix="fleet")
 
-    def work(job: Job) -> JobResult:
+    def work(job: Job, donor: Any = None) -> tuple[JobResult, Any]:
         if cancel.is_set():
             return JobResult(job.id, job.name, job.source, job.source_digest, ERROR,
-                             message="not started: the run was stopped")
+                             message="not started: the run was stopped"), None
         if options.on_event is not None:
             options.on_event("start", job, None)
-        result = run_job(job, options, cancel)
+        try:
+            if donor is None:
+                result = run_job(job, options, cancel)
+                made = _donor(job, result, options) if followers.get(job.id) else None
+            else:
+                result, made = run_follower(job, donor, options, cancel), None
+        except Exception as exc:  # a bug in one job must not stop the others
+            log.debug("job %s failed", job.id, exc_info=True)
+            result = JobResult(job.id, job.name, job.source, job.source_digest, ERROR,
+                               message=f"internal error: {type(exc).__name__}: {exc}")
+            made = f"{job.id} failed"
         if options.on_event is not None:
             options.on_event("done", job, result)
-        return result
+        return result, made
 
-    futures: dict[Future[JobResult], Job] = {pool.submit(work, j): j for j in jobs}
+    futures: dict[Future[tuple[JobResult, Any]], Job] = {
+        pool.submit(work, j): j for j in leaders}
     try:
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             for f in done:
-                results[futures[f].id] = f.result()
+                job = futures[f]
+                result, donor = f.result()
+                results[job.id] = result
+                for follower in followers.get(job.id, []):
+                    if donor is None:
+                        donor = f"{job.id} made no patch layer"
+                    future = pool.submit(work, follower, donor)
+                    futures[future] = follower
+                    pending.add(future)
     except BaseException:
         cancel.set()
         wait(futures, timeout=10)
