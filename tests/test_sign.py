@@ -9,6 +9,7 @@ here can reach Rekor). A signature cosign made before is kept beside suture's.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -95,7 +96,7 @@ def test_cosign_verifies_signature_and_attestations(
     proc = _cosign("verify-attestation", "--key", str(pub), "--type", "slsaprovenance1",
                    *COSIGN_FLAGS, image)
     [envelope] = _payloads(proc)
-    import base64
+
 
     statement = json.loads(base64.b64decode(envelope["payload"]))
     validate_provenance(statement)
@@ -166,3 +167,40 @@ def test_wrong_password_is_one_line_and_nothing_is_signed(
         "suture: error: cannot decrypt the cosign key: wrong password "
         "(hint: set COSIGN_PASSWORD)")
     assert not dest.exists()
+
+
+def test_source_signature_copied_and_spdx_attested(
+        chain_scene: ChainScene, registry: RegistryServer, cosign_keys: tuple[Path, Path]
+        ) -> None:
+    """cosign signs the source; a patch into another repository with
+    --copy-source-referrers brings that signature along (cosign verifies the source
+    digest in the target repository), and an SPDX SBOM is attested as spdxjson."""
+    key, pub = cosign_keys
+    host = registry.host
+    ref = f"docker://{host}/app:v1"
+    proc = subprocess.run([sys.executable, "-m", "suture", "copy", chain_scene.source, ref],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    source_digest = proc.stdout.split()[-1]
+    _cosign("sign", "--key", str(key), "--tlog-upload=false", *COSIGN_FLAGS[1:],
+            f"{host}/app@{source_digest}")
+    env = {**os.environ, "COSIGN_PASSWORD": PASSWORD}
+    proc = subprocess.run([sys.executable, "-m", "suture", "patch", "-i", ref, "-t",
+                           f"docker://{host}/hardened/app:v1", "--cache-dir",
+                           str(chain_scene.tmp / "cache"), "--no-host-keyrings",
+                           *chain_scene.archive.mirror_args(), "--progress", "quiet",
+                           "--sbom", "spdx", "--attach", "--copy-source-referrers",
+                           "--sign-key", str(key)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [wrote] = [line for line in proc.stdout.splitlines() if line.startswith("wrote ")]
+    digest = wrote.split()[-1]
+    _cosign("verify", "--key", str(pub), *COSIGN_FLAGS, f"{host}/hardened/app@{source_digest}")
+    proc = _cosign("verify-attestation", "--key", str(pub), "--type", "spdxjson",
+                   *COSIGN_FLAGS, f"{host}/hardened/app@{digest}")
+
+
+    [envelope] = _payloads(proc)
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert statement["predicate"]["spdxVersion"] == "SPDX-2.3"
+    assert statement["subject"][0]["digest"] == {"sha256": digest.split(":")[1]}
