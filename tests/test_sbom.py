@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.fixtures.patchimages import open_image, suture, versions, write_image
 from tests.fixtures.peers import peer
 from tests.fixtures.rpmrepo import RpmWorld
 from tests.fixtures.supplychain import ChainScene, validate_cyclonedx, validate_spdx
+from tests.fixtures.trivydb import Advisory
 
 ALPINE_URL = "https://dl-cdn.alpinelinux.org/alpine/v3.20/main"
 #: The release file Trivy knows each rpm family by (the release package ships it).
@@ -296,3 +298,26 @@ def test_a_source_sbom_that_is_not_one_fails_before_anything_is_written(
         f"suture: error: --source-sbom {given}: the source SBOM is neither CycloneDX nor "
         "SPDX 2 JSON")
     assert not dest.exists()
+
+
+def test_trivy_scans_the_sbom(chain_scene: ChainScene, tmp_path: Path,
+                              trivy_db: Callable[[Path, list[Advisory]], Path]) -> None:
+    """``trivy sbom`` over suture's CycloneDX SBOM, with a database where a is fixed in
+    2.0-1 (the patch installed it) and b in 2.0-1 (the archive has no fix): Trivy reads
+    the OS and the packages at their patched versions and finds only b's."""
+    out = tmp_path / "bom.json"
+    _patched(chain_scene, "--sbom", f"cyclonedx={out}")
+    cache = trivy_db(tmp_path / "trivy-cache", [
+        Advisory("debian 12", "a", "CVE-2024-1111", "2.0-1"),
+        Advisory("debian 12", "b", "CVE-2024-2222", "2.0-1")])
+    proc = subprocess.run([str(peer("trivy")), "sbom", "--format", "json", "--cache-dir",
+                           str(cache), "--skip-db-update", "--offline-scan",
+                           "--skip-version-check", "--disable-telemetry", "--quiet", str(out)],
+                          capture_output=True, text=True, env=_scanner_env(tmp_path),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["Metadata"]["OS"]["Family"] == "debian"
+    found = {(v["PkgName"], v["InstalledVersion"], v["VulnerabilityID"])
+             for r in report.get("Results", []) for v in r.get("Vulnerabilities") or []}
+    assert found == {("b", "1.0-1", "CVE-2024-2222")}
