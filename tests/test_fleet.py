@@ -346,7 +346,8 @@ def test_rendered_kubernetes_objects_are_valid_models(tmp_path: Path) -> None:
     config.write_text("apiVersion: copa.sh/v1alpha1\nkind: PatchConfig\nimages: []\n")
     proc = suture("fleet", "render", "--kubernetes", "--plan", str(plan), "-c", str(config),
                   "--shards", "5", "--parallelism", "2", "--schedule", "0 3 * * *",
-                  "--registry-secret", "regcred", "--namespace", "patching")
+                  "--registry-secret", "regcred", "--namespace", "patching",
+                  "--results-claim", "fleet-results")
     assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all(proc.stdout))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Job", "CronJob"]
@@ -365,6 +366,8 @@ def test_rendered_kubernetes_objects_are_valid_models(tmp_path: Path) -> None:
         assert {"name": "SUTURE_SHARD_COUNT", "value": "5"} in container["env"]
     assert "--plan" in job["template"]["spec"]["containers"][0]["args"]
     assert "-c" in cron["template"]["spec"]["containers"][0]["args"]  # plans afresh
+    assert {"name": "results", "persistentVolumeClaim": {"claimName": "fleet-results"}} in \
+        job["template"]["spec"]["volumes"]
 
 
 def test_rendered_argo_tekton_and_github_actions(tmp_path: Path) -> None:

@@ -126,6 +126,9 @@ def add_parser(sub: Any, patch_parser: argparse.ArgumentParser,
                         help="also a CronJob with this schedule (Kubernetes)")
     render.add_argument("--registry-secret", metavar="NAME",
                         help="a docker-config Secret mounted as the registry credentials")
+    render.add_argument("--results-claim", metavar="PVC",
+                        help="a PersistentVolumeClaim (ReadWriteMany) for the shards' "
+                             "results, for 'suture fleet merge' (default: emptyDir)")
     render.add_argument("--run-args", default="", metavar="ARGS",
                         help="extra 'suture fleet run' flags (mirrors, timeout...)")
 
@@ -269,6 +272,7 @@ def cmd_render(args: argparse.Namespace, cli: Any) -> int:
         shards=args.shards, parallelism=args.parallelism, image=args.image, name=args.name,
         namespace=args.namespace, schedule=args.schedule, plan=plan_bytes,
         config=config_bytes, registry_secret=args.registry_secret,
+        results_claim=args.results_claim,
         run_args=args.run_args.split()))
     sys.stdout.write(text)
     return 0

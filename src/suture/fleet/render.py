@@ -37,6 +37,7 @@ class RenderOptions:
     plan: bytes | None = None
     config: bytes | None = None
     registry_secret: str | None = None
+    results_claim: str | None = None  # a PersistentVolumeClaim for /results (else emptyDir)
     run_args: Sequence[str] = field(default_factory=tuple)
 
 
@@ -77,7 +78,8 @@ def container_security() -> dict[str, Any]:
 def _volumes(o: RenderOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "input", "configMap": {"name": f"{o.name}-input"}},
-        {"name": "results", "emptyDir": {}},
+        {"name": "results", **({"persistentVolumeClaim": {"claimName": o.results_claim}}
+                               if o.results_claim else {"emptyDir": {}})},
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
