@@ -696,7 +696,15 @@ def _apply(a: _Applier, installed: Sequence[InstalledPackage], updates: Sequence
     db_out = a.workdir / "rpmdb.sqlite"
     if backend != "sqlite":
         db_out = a.workdir / "rpmdb-written"
-        _db_files(a, backend, db_path, db_file, db_out, sorted(replaced), blobs, install_time)
+        # rpm's steps: the installs in transaction order, then the erasures; zypper
+        # erases each replaced package right after installing its successor
+        steps = [("add", i) for i in order_ix]
+        if per_package:
+            steps = [s for i in order_ix
+                     for s in [("add", i), *(("del", ip.hnum) for ip in _erased(updates[i]))]]
+        steps += [("del", h) for h in sorted(replaced) if ("del", h) not in steps]
+        _db_files(a, backend, db_path, db_file, db_out, sorted(replaced), blobs, install_time,
+                  steps)
     else:
         write_sqlite(db_file, db_out, remove=sorted(replaced), add=blobs)
         db_node = a.tree.get(db_path)
@@ -739,10 +747,11 @@ def _opener(path: Path) -> Callable[[], IO[bytes]]:
 
 
 def _db_files(a: _Applier, backend: str, db_path: str, source: Path, out: Path,
-              remove: list[int], blobs: list[bytes], install_time: int) -> None:
+              remove: list[int], blobs: list[bytes], install_time: int,
+              steps: list[tuple[str, int]]) -> None:
     """The rewritten ndb or Berkeley DB files as layer entries (owner and mode of the
     image's, 0644 root for new ones), and whiteouts for the stale ones."""
-    _new, written = write_db(backend, source, out, remove=remove, add=blobs)
+    _new, written = write_db(backend, source, out, remove=remove, add=blobs, steps=steps)
     directory = db_path.rpartition("/")[0]
     for name in written:
         path = f"{directory}/{name}"

@@ -714,10 +714,13 @@ def read_db(backend: str, directory: Path) -> list[InstalledPackage]:
 
 
 def write_db(backend: str, source: Path, dest: Path, *, remove: Sequence[int],
-             add: Sequence[bytes]) -> tuple[list[int], list[str]]:
+             add: Sequence[bytes], steps: Sequence[tuple[str, int]] | None = None
+             ) -> tuple[list[int], list[str]]:
     """Write to directory ``dest`` the rpmdb of ``backend`` in directory ``source`` with
     the packages ``remove`` deleted and the header blobs ``add`` added; the new
-    packages' numbers and the names of the files written."""
+    packages' numbers and the names of the files written. ``steps``: the order rpm
+    performs them in (see :func:`suture.distro.rpm.ndb.write_ndb`); only ndb's file
+    depends on it."""
     if backend == "bdb":
         from suture.distro.rpm.bdb import write_bdb
 
@@ -725,7 +728,7 @@ def write_db(backend: str, source: Path, dest: Path, *, remove: Sequence[int],
     if backend == "ndb":
         from suture.distro.rpm.ndb import write_ndb
 
-        return write_ndb(source, dest, remove=remove, add=add)
+        return write_ndb(source, dest, remove=remove, add=add, steps=steps)
     name = BACKENDS["sqlite"][0]
     dest.mkdir(parents=True, exist_ok=True)
     return write_sqlite(source / name, dest / name, remove=remove, add=add), [name]
