@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from suture.distro.rpm.bdb import bdb_files
-from suture.distro.rpm.ndb import create_ndb, read_ndb
+from suture.distro.rpm.ndb import Pkgdb, create_ndb, read_ndb
 from suture.distro.rpm.rpmdb import INDEX_TABLES, InstalledPackage, read_sqlite
 from suture.oci.fs import read_files
 from suture.oci.image import Image
@@ -82,9 +82,14 @@ def _inspect_kind(ref: str) -> tuple[str, object]:
     return platform["packageDB"]["kind"], platform["packageDB"]["packages"]
 
 
-def _reference(world: RpmWorld, tmp: Path) -> tuple[Path, Image]:
-    """The root with its sqlite rpmdb, patched: (root, patched image)."""
-    ref, root = world.image(tmp, "rhel", tag="sqlite")
+def _reference(world: RpmWorld, tmp: Path, os_release: str | None = None
+               ) -> tuple[Path, Image]:
+    """The root with its sqlite rpmdb (and ``os_release``, if given), patched: (root,
+    patched image)."""
+    root = world.make_root(tmp / "root", "rhel")
+    if os_release is not None:
+        (root / "etc/os-release").write_text(os_release)
+    ref = write_image(root, tmp, "sqlite")
     _patch(world, tmp, ref, "sqlite-patched")
     return root, _patched(ref, "sqlite-patched")
 
@@ -151,11 +156,21 @@ def test_berkeley_db_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: N
     assert _contents(image, *FILES) == _contents(reference, *FILES)
 
 
-def test_ndb_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: None) -> None:
-    root, reference = _reference(rpm_world, tmp_path)
+SLES = 'NAME="SLES"\nID="sles"\nID_LIKE="suse"\nVERSION_ID="15.5"\n'
+
+
+@pytest.mark.parametrize("os_release", [None, SLES], ids=["rhel", "sles"])
+def test_ndb_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: None,
+                           os_release: str | None) -> None:
+    """On a SUSE image zypper runs one rpm transaction per package, so rpm puts
+    libsut 2.0 and deletes 1.0 before it puts sutprog 2.0 (which requires it) and
+    deletes 1.0; in one transaction (dnf, rpm -U) both puts come first. The patched
+    Packages.db is, byte for byte, the original after those steps."""
+    root, reference = _reference(rpm_world, tmp_path, os_release)
     copy, db, packages = _copy(root, "root-ndb")
     assert [p.hnum for p in packages] == list(range(1, len(packages) + 1))
-    (db / "Packages.db").write_bytes(create_ndb([p.header.blob for p in packages]))
+    original = create_ndb([p.header.blob for p in packages])
+    (db / "Packages.db").write_bytes(original)
     (db / "Index.db").write_bytes(b"RpmX" + bytes(4092))  # rpm's derived index, now stale
     ref = write_image(copy, tmp_path, "ndb", layout="layout-ndb")
     assert _inspect_kind(ref) == ("rpm-ndb", len(packages))
@@ -176,6 +191,24 @@ def test_ndb_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: None) -> 
     # rpm's steps: the new packages took the next indexes, the old ones were deleted
     assert sorted(p.hnum for p in patched if p.info.name in ("libsut", "sutprog")) == \
         [len(packages) + 1, len(packages) + 2]
+    new = {p.info.name: p.header.blob for p in patched}
+    old = {p.info.name: p.hnum for p in packages}
+
+    def replay(order: list[tuple[str, str]]) -> bytes:
+        db = Pkgdb(original)
+        for op, name in order:
+            if op == "add":
+                db.put(db.next_pkgidx(), new[name])
+            else:
+                db.delete(old[name])
+        return bytes(db.data)
+
+    puts = [("add", "libsut"), ("add", "sutprog")]
+    dels = [("del", "libsut"), ("del", "sutprog")]
+    per_package = replay([puts[0], dels[0], puts[1], dels[1]])
+    one = replay(puts + dels)
+    assert per_package != one  # the order shows in the file
+    assert (out / "Packages.db").read_bytes() == (per_package if os_release == SLES else one)
 
     syft_root = tmp_path / "syft-root"
     (syft_root / DB).mkdir(parents=True)

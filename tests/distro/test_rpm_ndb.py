@@ -240,3 +240,26 @@ def test_refusals(tmp_path: Path) -> None:
         Pkgdb(bytes(data), "/x/Packages.db")
     assert not (tmp_path / "x").exists()
     assert zlib.adler32(b"") == 1  # rpm's ADLER32_INIT
+
+
+def test_steps_replayed_in_the_order_given(tmp_path: Path) -> None:
+    """``steps`` orders the puts and deletes (zypper: each new package, then the one it
+    replaces); the new indexes come back in the order of ``add``; bad steps refused."""
+    packages = read_ndb(SLE.parent)
+    a, b = packages[3], packages[20]
+    add = [a.header.blob, b.header.blob]
+    steps = [("add", 1), ("del", b.hnum), ("add", 0), ("del", a.hnum)]
+    new, _ = write_ndb(SLE.parent, tmp_path / "x", remove=[a.hnum, b.hnum], add=add,
+                       steps=steps)
+    assert new == [42, 41]
+    db = Pkgdb(SLE.read_bytes())
+    db.put(db.next_pkgidx(), add[1])
+    db.delete(b.hnum)
+    db.put(db.next_pkgidx(), add[0])
+    db.delete(a.hnum)
+    assert (tmp_path / "x" / PACKAGES_DB).read_bytes() == bytes(db.data)
+    default, _ = write_ndb(SLE.parent, tmp_path / "y", remove=[a.hnum, b.hnum], add=add)
+    assert default == [41, 42]
+    assert (tmp_path / "y" / PACKAGES_DB).read_bytes() != bytes(db.data)
+    with pytest.raises(ValueError, match="steps"):
+        write_ndb(SLE.parent, tmp_path / "z", remove=[a.hnum], add=add, steps=[("add", 0)])

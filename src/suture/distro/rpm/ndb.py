@@ -358,14 +358,17 @@ def read_ndb(directory: Path) -> list[InstalledPackage]:
     return [_installed(i, blob, str(path)) for i, blob in db.blobs()]
 
 
-def write_ndb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[bytes]
-              ) -> tuple[list[int], list[str]]:
+def write_ndb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[bytes],
+              steps: Sequence[tuple[str, int]] | None = None) -> tuple[list[int], list[str]]:
     """Write to the directory ``dest`` the ndb rpmdb of directory ``source`` after the
     steps rpm takes for the transaction: each blob of ``add`` given the next package
-    index and put, then each package of ``remove`` deleted. Returns the new package
-    indexes and the names of the files written (``Packages.db``; ``Index.db`` is not
-    written, see the module docstring). PackageDBError, and nothing written, when the
-    source is no ndb database, a number is not in it or a blob is no header."""
+    index and put, then each package of ``remove`` deleted; or, with ``steps``, those
+    operations in that order (``("add", i)`` for ``add[i]``, ``("del", n)`` for package
+    ``n``: zypper's one transaction per package puts each new package and then deletes
+    the one it replaces). Returns the new package indexes (in the order of ``add``) and
+    the names of the files written (``Packages.db``; ``Index.db`` is not written, see
+    the module docstring). PackageDBError, and nothing written, when the source is no
+    ndb database, a number is not in it or a blob is no header."""
     path = source / PACKAGES_DB
     where = str(path)
     db = Pkgdb(_load(path), where)
@@ -373,14 +376,21 @@ def write_ndb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[
     for hnum in remove:
         if hnum not in present:
             raise PackageDBError(f"no package {hnum} to remove", path=where)
-    new = []
     for blob in add:
         _installed(0, blob, where)  # the header must parse
-        idx = db.next_pkgidx()
-        db.put(idx, bytes(blob))
-        new.append(idx)
-    for hnum in remove:
-        db.delete(hnum)
+    if steps is None:
+        steps = [("add", i) for i in range(len(add))] + [("del", n) for n in remove]
+    if sorted(i for op, i in steps if op == "add") != list(range(len(add))) or \
+            sorted(n for op, n in steps if op == "del") != sorted(remove) or \
+            any(op not in ("add", "del") for op, _n in steps):
+        raise ValueError("steps must add each blob and delete each removed package once")
+    new = [0] * len(add)
+    for op, n in steps:
+        if op == "add":
+            new[n] = db.next_pkgidx()
+            db.put(new[n], bytes(add[n]))
+        else:
+            db.delete(n)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         partial = dest / (PACKAGES_DB + ".suture-new")
