@@ -204,3 +204,44 @@ def test_source_signature_copied_and_spdx_attested(
     statement = json.loads(base64.b64decode(envelope["payload"]))
     assert statement["predicate"]["spdxVersion"] == "SPDX-2.3"
     assert statement["subject"][0]["digest"] == {"sha256": digest.split(":")[1]}
+
+
+def test_layout_signatures_accumulate(chain_scene: ChainScene, cosign_keys: tuple[Path, Path],
+                                      tmp_path: Path) -> None:
+    """In an OCI layout the ``.sig`` image is a tag of the layout; a second signer's run
+    adds its signature beside the first's (read back and checked with each public key)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from suture.oci.image import Image
+    from suture.transports import open_artifact
+
+    key, pub = cosign_keys
+    pem_key = tmp_path / "ec.pem"
+    pem_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    layout = tmp_path / "out"
+    for signer, password in ((key, PASSWORD), (pem_key, None)):
+        env = {k: v for k, v in os.environ.items() if k != "COSIGN_PASSWORD"}
+        if password:
+            env["COSIGN_PASSWORD"] = password
+        proc = subprocess.run([sys.executable, "-m", "suture", "patch", "-i",
+                               chain_scene.source, "-t", f"oci:{layout}:v1-patched",
+                               "--cache-dir", str(chain_scene.tmp / "cache"),
+                               "--no-host-keyrings", *chain_scene.archive.mirror_args(),
+                               "--progress", "quiet", "--sign-key", str(signer)],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    image = open_artifact(f"oci:{layout}:v1-patched")
+    sig = open_artifact(f"oci:{layout}:sha256-{image.digest.split(':')[1]}.sig")
+    assert isinstance(sig, Image) and len(sig.manifest.layers) == 2
+    publics = [serialization.load_pem_public_key(pub.read_bytes()),
+               load_signing_key(pem_key.read_bytes(), None).key.public_key()]
+    for layer, public in zip(sig.manifest.layers, publics, strict=True):
+        with sig.source.open_blob(layer) as stream:
+            payload = stream.read()
+        assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == \
+            image.digest
+        signature = base64.b64decode(layer.annotations["dev.cosignproject.cosign/signature"])
+        public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))

@@ -284,8 +284,8 @@ def _copy_by_digest(source: Reference, digest: str, target: Reference,
 def _add_layers(target: Reference, tag: str, layers: list[Blob], options: Options) -> None:
     """Read-modify-write the cosign image at ``tag``: its layers kept, ``layers`` added."""
     existing = read_tagged(target, tag, options)
-    kept = list(existing.manifest.layers) if isinstance(existing, Image) else []
-    write_tagged(signature_image(layers, kept), target, tag, options)
+    write_tagged(signature_image(layers, existing if isinstance(existing, Image) else None),
+                 target, tag, options)
 
 
 def _canonical(data: bytes) -> bytes:

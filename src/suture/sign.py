@@ -23,11 +23,11 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from suture.errors import SutureError
+from suture.errors import NotFound, SutureError
 from suture.oci.artifact import Blob, new_artifact
-from suture.oci.image import Image
+from suture.oci.image import BlobSource, Image, Origin
 from suture.oci.model import Descriptor, canonical_json
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -169,15 +169,17 @@ def tag_for(digest: str, suffix: str) -> str:
     return f"{algorithm}-{value}.{suffix}"
 
 
-def signature_image(layers: Sequence[Blob], existing: Sequence[Descriptor] = ()) -> Image:
-    """The image cosign reads signatures or attestations from: ``existing`` layers (from
-    the tag as it was, their blobs already in the repository) then ``layers``; a layer
-    with the same digest and annotations is not added twice."""
-    seen = {(d.digest, tuple(sorted(d.annotations.items()))) for d in existing}
+def signature_image(layers: Sequence[Blob], existing: Image | None = None) -> Image:
+    """The image cosign reads signatures or attestations from: the layers of
+    ``existing`` (the tag as it was: other signers' signatures are kept, their blobs read
+    from where it is) then ``layers``; a layer already there (same digest and
+    annotations) is not added twice."""
+    kept = list(existing.manifest.layers) if existing is not None else []
+    seen = {(d.digest, tuple(sorted(d.annotations.items()))) for d in kept}
     fresh = [b for b in layers
              if (Descriptor.of_bytes(b.media_type, b.data).digest,
                  tuple(sorted(b.annotations.items()))) not in seen]
-    digests = [d.digest for d in existing] + [
+    digests = [d.digest for d in kept] + [
         Descriptor.of_bytes(b.media_type, b.data).digest for b in fresh]
     config = canonical_json({
         "architecture": "", "os": "", "config": {},
@@ -185,27 +187,28 @@ def signature_image(layers: Sequence[Blob], existing: Sequence[Descriptor] = ())
         "history": [{"created": "0001-01-01T00:00:00Z"} for _ in digests],
         "rootfs": {"type": "layers", "diff_ids": digests}})
     image = new_artifact("", fresh, None, config=Blob(CONFIG_TYPE, config))
-    if not existing:
+    if existing is None or not kept:
         return image
     from suture.oci.model import build_manifest
 
-    manifest = build_manifest(image.manifest.config,
-                              [*existing, *image.manifest.layers])
-    return Image(manifest, _ExistingSource(image.source), config_bytes=config)
+    manifest = build_manifest(image.manifest.config, [*kept, *image.manifest.layers])
+    return Image(manifest, _Both(image.source, existing.source), config_bytes=config)
 
 
-class _ExistingSource:
-    """``base``'s blobs; the blobs of existing layers are in the repository already
-    (a sink finds them there and skips them), so asking for them here is an error."""
+class _Both:
+    """The new blobs, then the existing signature image's (from its registry or layout)."""
 
-    def __init__(self, base: Any) -> None:
-        self.base = base
+    def __init__(self, new: BlobSource, old: BlobSource) -> None:
+        self.new, self.old = new, old
 
-    def open_blob(self, desc: Descriptor) -> Any:
-        return self.base.open_blob(desc)
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        try:
+            return self.new.open_blob(desc)
+        except NotFound:
+            return self.old.open_blob(desc)
 
     def read_manifest(self, desc: Descriptor) -> bytes:
-        return bytes(self.base.read_manifest(desc))
+        return self.new.read_manifest(desc)
 
-    def origin(self) -> None:
-        return None
+    def origin(self) -> Origin | None:
+        return self.old.origin()
