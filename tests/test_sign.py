@@ -245,3 +245,35 @@ def test_layout_signatures_accumulate(chain_scene: ChainScene, cosign_keys: tupl
             image.digest
         signature = base64.b64decode(layer.annotations["dev.cosignproject.cosign/signature"])
         public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+
+
+def test_keys_suture_refuses(cosign_keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """An RSA key, a cosign key whose scrypt cost is out of bounds, and a damaged
+    envelope are refused with a SigningError, never a traceback."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from suture.sign import SigningError
+
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    with pytest.raises(SigningError, match="EC"):
+        load_signing_key(rsa_pem, None)
+    key, _pub = cosign_keys
+    text = key.read_text()
+    label = text.splitlines()[0].removeprefix("-----BEGIN ").removesuffix("-----")
+    body = json.loads(base64.b64decode("".join(text.splitlines()[1:-1])))
+    assert body["kdf"]["name"] == "scrypt" and body["cipher"]["name"] == "nacl/secretbox"
+
+    def pem(doc: object) -> bytes:
+        data = base64.b64encode(json.dumps(doc).encode()).decode()
+        return f"-----BEGIN {label}-----\n{data}\n-----END {label}-----\n".encode()
+
+    costly = json.loads(json.dumps(body))
+    costly["kdf"]["params"]["N"] = 1 << 30
+    with pytest.raises(SigningError, match="out of bounds"):
+        load_signing_key(pem(costly), PASSWORD.encode())
+    with pytest.raises(SigningError, match="does not parse"):
+        load_signing_key(pem({"kdf": {}}), PASSWORD.encode())
+    assert load_signing_key(pem(body), PASSWORD.encode()).public_pem() == _pub.read_bytes()
