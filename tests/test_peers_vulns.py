@@ -24,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from suture.distro.dpkg.version import compare_versions
 from suture.oci.image import Image
 from suture.oci.model import Platform
 from suture.transports import Options, open_artifact, write_artifact
+from tests.fixtures import rpmrepo
+from tests.fixtures._served import ServedDirectory
 from tests.fixtures.apkrepo import (
     ApkFile,
     ApkKeys,
@@ -50,6 +52,8 @@ from tests.fixtures.images import make_index
 from tests.fixtures.patchimages import installed
 from tests.fixtures.peers import peer
 from tests.fixtures.registry import RegistryServer
+from tests.fixtures.rpmbuild import build_rpm, make_gpg_key, sign_rpms
+from tests.fixtures.rpmrepo import RpmWorld
 from tests.fixtures.trivydb import Advisory, debian_advisories, debian_security_fixes
 
 AMD64 = Platform.parse("linux/amd64")
@@ -117,15 +121,18 @@ def affected(packages: Iterable[InstalledPackage], advisories: Iterable[Advisory
 def patch_loop(tmp: Path, trivy: Trivy, write_db: WriteDb, registry: RegistryServer,
                repo: str, advisories: list[Advisory],
                applicable: Callable[[list[Advisory]], set[tuple[str, str]]],
-               versions: dict[str, str], *patch_args: str) -> dict[str, Any]:
+               versions: dict[str, str], *patch_args: str,
+               stale: Callable[[Advisory], Advisory] = lambda a: replace(a, fixed_version="")
+               ) -> dict[str, Any]:
     """The loop on ``<repo>:orig`` (already pushed): Trivy's findings with ``advisories``
     are ``applicable(advisories)`` (at the installed ``versions``), its report drives
     ``suture patch -r`` to ``<repo>:patched``, no fixed one is left there, and with a
-    stale database ``--vex`` suppresses exactly the fixed ones, in the patched image
-    only. Returns the patched platform of suture's result."""
+    stale database (each advisory through ``stale``: by default no fix known)
+    ``--vex`` suppresses exactly the fixed ones, in the patched image only. Returns the
+    patched platform of suture's result."""
     fixed_ids = {a.id for a in advisories if a.fixed_version}
     unfixed_ids = {a.id for a in advisories if not a.fixed_version}
-    assert fixed_ids and unfixed_ids
+    assert fixed_ids
     db = write_db(tmp / "db-current", advisories)
 
     # Trivy on the original: exactly the advisories that apply, at the archive's versions.
@@ -156,10 +163,10 @@ def patch_loop(tmp: Path, trivy: Trivy, write_db: WriteDb, registry: RegistrySer
     assert set(after) == {k for k in expected if k[0] in unfixed_ids}
 
     # A database that does not know the fixes yet flags them in the patched image too...
-    stale = [replace(a, fixed_version="") for a in advisories]
-    stale_db = write_db(tmp / "db-stale", stale)
+    stale_advisories = [stale(a) for a in advisories]
+    stale_db = write_db(tmp / "db-stale", stale_advisories)
     flagged = findings(trivy.scan(stale_db, f"{repo}:patched", tmp / "stale.json"))
-    assert set(flagged) == applicable(stale)
+    assert set(flagged) == applicable(stale_advisories)
     # ... and suture's VEX suppresses exactly the fixed ones, recorded as fixed by it.
     with_vex = trivy.scan(stale_db, f"{repo}:patched", tmp / "stale-vex.json",
                           "--vex", str(vex_path), "--show-suppressed")
@@ -170,7 +177,7 @@ def patch_loop(tmp: Path, trivy: Trivy, write_db: WriteDb, registry: RegistrySer
     # The statements name the patched image: the original keeps every finding.
     orig_vex = trivy.scan(stale_db, f"{repo}:orig", tmp / "orig-vex.json",
                           "--vex", str(vex_path), "--show-suppressed")
-    assert set(findings(orig_vex)) == applicable(stale)
+    assert set(findings(orig_vex)) == applicable(stale_advisories)
     assert not modified(orig_vex)
     return dict(platform)
 
@@ -314,3 +321,62 @@ def test_trivy_accepts_vex_for_a_two_platform_index(
         original = trivy.scan(stale_db, f"{repo}:orig", tmp_path / f"orig-{a}.json",
                               "--platform", f"linux/{a}", "--vex", str(vex_path))
         assert set(findings(original)) == every
+
+
+@pytest.fixture(scope="module")
+def rocky_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpmWorld]:
+    """:func:`tests.fixtures.rpmrepo.rpm_world`'s packages and repositories, built with
+    the vendor Rocky Linux's packages carry: Trivy scans only packages whose vendor is
+    the distribution's (others are third-party, which the OS advisories do not cover)."""
+    if not rpmrepo.have_tools():
+        pytest.skip("needs rpm, rpmbuild, rpmsign, gpg, createrepo_c and busybox-static")
+    tmp = tmp_path_factory.mktemp("rockyworld")
+    key = make_gpg_key(tmp / "gnupg", "sut@suture.test")
+    other = make_gpg_key(tmp / "gnupg-other", "other@suture.test")
+    vendor = {"vendor": "Rocky Enterprise Software Foundation"}
+    with ServedDirectory(tmp / "served") as server:
+        world = RpmWorld(tmp, key, other, server)
+        out = tmp / "pkgs"
+        built = [*build_rpm(rpmrepo._SH_SPEC, out, arch="x86_64", defines=vendor),
+                 *build_rpm(rpmrepo._RENAMED_SPEC, out, arch="x86_64", defines=vendor)]
+        for version in ("0.9", "1.0", "2.0"):
+            built += build_rpm(rpmrepo._lib_spec(version), out, arch="x86_64", defines=vendor)
+            built += build_rpm(rpmrepo._prog_spec(version), out, arch="x86_64", defines=vendor)
+        built += build_rpm(rpmrepo._release_spec("9"), out, defines=vendor)
+        sign_rpms(built, key)
+        world.packages = {p.name: p for p in built}
+        rpmrepo._publish(world)
+        yield world
+
+
+def test_trivy_finds_patches_and_accepts_vex_rocky(
+        tmp_path: Path, registry: RegistryServer, rocky_world: RpmWorld, trivy_db: WriteDb
+) -> None:
+    """The loop on a Rocky Linux 9 image (rpm packages built by rpmbuild, a signed
+    repository on loopback): Trivy looks advisories up by binary package in the
+    ``rocky 9`` bucket and reports no unfixed ones, so the stale database says a later
+    release (``-2``) fixes it; suture's rpm purls are Trivy's."""
+    trivy = Trivy(peer("trivy"), tmp_path / "home")
+    ref, _root = rocky_world.image(tmp_path, "rocky")
+    repo = f"{registry.host}/rocky"
+    write_artifact(open_artifact(ref), f"{repo}:orig", Options(registry.options()))
+    installed_rpms = {"libsut": "1.0-1", "sutprog": "1.0-1", "sut-sh": "1.0-1",
+                      "sut-release": "9-1"}
+    advisories = [Advisory("rocky 9", "libsut", "CVE-2024-31337", "2.0-1", source="rocky")]
+
+    def applicable(advs: list[Advisory]) -> set[tuple[str, str]]:
+        return {(a.id, a.package) for a in advs
+                if rpm_version_less(installed_rpms[a.package], a.fixed_version)}
+
+    platform = patch_loop(tmp_path, trivy, trivy_db, registry, repo, advisories, applicable,
+                          installed_rpms, "--mirror", rocky_world.mirror(),
+                          "--allow-private-repos", "127.0.0.1", "--sandbox", "none",
+                          stale=lambda a: replace(a, fixed_version="2.0-2"))
+    assert {(u["name"], u["to"]) for u in platform["updates"]} >= {("libsut", "2.0-1")}
+
+
+def rpm_version_less(a: str, b: str) -> bool:
+    """``a`` sorts before ``b`` by rpm's own comparison (the host's rpm, ``rpm.vercmp``)."""
+    proc = subprocess.run(["rpm", "--eval", f"%{{lua: print(rpm.vercmp('{a}', '{b}'))}}"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout.strip()) < 0

@@ -12,9 +12,10 @@
 //	  "severity": "HIGH", "title": "..."}]
 //
 // "platform" is the bucket Trivy looks advisories up in ("debian 12",
-// "alpine 3.20"), "package" the name Trivy looks up there (Debian: the source
-// package; Alpine: the origin), "source" the data source ID ("debian",
-// "alpine") recorded for the bucket and the vulnerability details.
+// "alpine 3.20", "rocky 9"), "package" the name Trivy looks up there (Debian: the
+// source package; Alpine: the origin; Rocky, Alma: the binary rpm), "source" the data
+// source ID ("debian", "alpine", "rocky"...) recorded for the bucket and the
+// vulnerability details.
 package main
 
 import (
@@ -51,6 +52,8 @@ var dataSources = map[string]types.DataSource{
 	"alpine": {ID: "alpine", Name: "Alpine Secdb", URL: "https://secdb.alpinelinux.org/"},
 	"ubuntu": {ID: "ubuntu", Name: "Ubuntu CVE Tracker",
 		URL: "https://git.launchpad.net/ubuntu-cve-tracker"},
+	"rocky": {ID: "rocky", Name: "Rocky Linux updateinfo", URL: "https://download.rockylinux.org/pub/rocky/"},
+	"alma":  {ID: "alma", Name: "AlmaLinux Product Errata", URL: "https://errata.almalinux.org/"},
 }
 
 // source is a trivy-db vulnsrc.VulnSrc whose data is the advisories list.
