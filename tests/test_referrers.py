@@ -147,8 +147,13 @@ def test_referrers_api(chain_scene: ChainScene, referrers_registry: ReferrersReg
                        tmp_path: Path) -> None:
     host = referrers_registry.host
     ref, _source_digest = _push_source(chain_scene, host)
-    digest, lines = _patch(chain_scene, ref, "-t", f"docker://{host}/app:v1-patched")
+    result = tmp_path / "result.json"
+    digest, lines = _patch(chain_scene, ref, "-t", f"docker://{host}/app:v1-patched",
+                           "--result", str(result))
     assert len(lines) == 3 and all(line.endswith("(referrers-api)") for line in lines)
+    attached = json.loads(result.read_text())["supplyChain"]["attached"]
+    assert {(a["kind"], a["subject"], a["how"]) for a in attached} == {
+        (kind, digest, "referrers-api") for kind in ("sbom", "vex", "provenance")}
     assert not any(t.startswith("sha256-") for t in referrers_registry.tags("app"))
     listed = _get(host, f"/v2/app/referrers/{digest}").json()["manifests"]
     assert {d["artifactType"] for d in listed} == {CDX, VEX, INTOTO}
@@ -156,6 +161,7 @@ def test_referrers_api(chain_scene: ChainScene, referrers_registry: ReferrersReg
     validate_cyclonedx(docs[CDX][1])
     found = _oras_referrers(f"{host}/app@{digest}", "--plain-http")
     assert found == {d["artifactType"]: d["digest"] for d in listed}
+    assert set(found.values()) == {a["digest"] for a in attached}
 
 
 def test_layout_index_json(chain_scene: ChainScene, tmp_path: Path) -> None:

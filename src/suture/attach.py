@@ -105,6 +105,12 @@ class SupplyChainResult:
     signed: list[str] = field(default_factory=list)
     attestations: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"attached": [{"kind": kind, "digest": digest, "subject": subject, "how": how}
+                             for kind, digest, subject, how in self.attached],
+                "copied": list(self.copied), "signed": list(self.signed),
+                "attested": list(self.attestations)}
+
     def lines(self) -> list[str]:
         out = [f"attached {kind} {digest} to {subject} ({how})"
                for kind, digest, subject, how in self.attached]

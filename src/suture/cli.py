@@ -257,8 +257,9 @@ def _add_supply_chain_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destination: Any,
-                  options: Any) -> None:
-    """The SBOM, provenance, attachments and signatures of a written patch result."""
+                  options: Any) -> dict[str, Any]:
+    """The SBOM, provenance, attachments and signatures of a written patch result; what
+    was attached and signed, for the result JSON."""
     import hashlib
 
     from suture.attach import SupplyChainOptions, supply_chain
@@ -289,6 +290,7 @@ def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destinatio
     if args.provenance is not None and done.provenance is not None:
         _write_json_atomic(args.provenance, done.provenance)
     _print_lines(done.lines())
+    return done.to_json()
 
 
 def _utc_now() -> str:
@@ -828,16 +830,19 @@ def cmd_patch(args: argparse.Namespace) -> int:
                 _print_lines([f"warning: {outcome.platform}: not run: {script}: {reason}"],
                              file=sys.stderr)
     eol = _eol_statuses(result, args)
+    supply = None
+    if chain and result.target_reference and not result.failed:
+        supply = _supply_chain(args, result, source, destination, options)
     if args.result:
         doc = result.to_json()
         for entry, status in zip(doc["platforms"], eol, strict=True):
             entry["eol"] = status.to_json() if status else None
+        if supply is not None:
+            doc["supplyChain"] = supply
         _write_json_atomic(Path(args.result), doc)
     if args.output and result.target_reference:
         author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
         _write_json_atomic(Path(args.output), _vex(result, author))
-    if chain and result.target_reference and not result.failed:
-        _supply_chain(args, result, source, destination, options)
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
         _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
