@@ -169,6 +169,45 @@ def test_layers_past_the_memory_budget_are_streamed_again(app: AppScene,
         docker.remove_images("suture-app:stream")
 
 
+def test_loading_back_leaves_out_the_layers_docker_has(app: AppScene, tmp_path: Path,
+                                                       docker_engine: Docker,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """Back into the engine it came from, only the patch layer, the config and
+    manifest.json are sent (Docker uses the base layer it has); the image runs. When the
+    named image does not have the layers, every layer is sent."""
+    import logging
+
+    from suture.patch import destination_for
+    from tests.fixtures.patchimages import open_image
+
+    docker = docker_engine
+    env = _docker_env(docker)
+    _docker_import(docker, app.root_tar, "suture-skip:1")
+    try:
+        proc, _doc = app.patch("-i", "docker-daemon:suture-skip:1", "--dest",
+                              f"oci:{tmp_path}/out:patched", env=env)
+        assert proc.returncode == 0, proc.stderr
+        patched = open_image(f"oci:{tmp_path}/out:patched")
+        base_size = app.root_tar.stat().st_size
+        for present, left_out in ((("suture-skip:1",), 1), (("suture-none:1",), 0)):
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="suture.transports.daemon"):
+                write_artifact(patched, "docker-daemon:suture-skip:again",
+                               Options(engines=EngineOptions(docker_host=docker.host,
+                                                             present=present)))
+            [message] = [r.getMessage() for r in caplog.records if "loaded" in r.getMessage()]
+            sent = int(message.split("loaded ")[1].split(" bytes")[0])
+            assert f"{left_out} layer file(s) left out" in message
+            assert (sent < base_size) == bool(left_out), (sent, base_size)
+            assert docker.run("suture-skip:again", "greet").stdout == "greet 2.0-1\n"
+            assert docker.image_id("suture-skip:again") == patched.manifest.config.digest
+            docker.remove_images("suture-skip:again")
+        assert destination_for(parse_reference("docker-daemon:suture-skip:1"), tag="x").is_engine
+    finally:
+        docker.remove_images("suture-skip:1", "suture-skip:again")
+
+
 def test_copy_between_layout_and_engine_keeps_the_image(app: AppScene, tmp_path: Path,
                                                         docker_engine: Docker) -> None:
     """``suture copy oci:... docker-daemon:...`` loads the image under that name with its

@@ -384,7 +384,13 @@ def patch(source: Reference, destination: Reference, options: PatchOptions) -> P
         if new is None or options.dry_run:
             return result
         check_deadline(options, "writing the image")
-        digest = write_artifact(new, destination, options.transport)
+        transport = options.transport
+        if source.is_engine and destination.transport == source.transport:
+            # Back into the engine it came from: the engine has the base layers already.
+            transport = replace(transport, engines=replace(
+                transport.engines, present=(*transport.engines.present,
+                                            source.familiar_name())))
+        digest = write_artifact(new, destination, transport)
         result.target_reference = str(destination)
         result.target_digest = digest
     return result

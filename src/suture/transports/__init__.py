@@ -77,12 +77,15 @@ class EngineOptions:
     ``docker_host``/``podman_host``: ``unix:///PATH`` or ``tcp://HOST:PORT`` (plain
     HTTP), ``None`` for the default socket. ``memory``: bytes of layers kept from the
     first export; layers past it are streamed again from the engine when read.
+    ``present``: images of the destination engine whose layers a load into Docker may
+    leave out (Docker keeps a layer it has; it is sent again if the load fails).
     """
 
     docker_host: str | None = None
     podman_host: str | None = None
     timeout: float = 600.0
     memory: int = 512 << 20
+    present: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ Writing streams a docker-archive tar (uncompressed layers checked against their
 diff_ids, the config, ``manifest.json``) into ``POST /images/load`` through a pipe,
 with no file on disk; a compressed layer whose uncompressed size is not known is
 decompressed once to count it (and check its diff_id) before anything is sent.
+Loading back into the Docker engine an image came from (``EngineOptions.present``)
+leaves out the files of the layers Docker already has (its load uses a layer it
+has and does not read that file); a failed load is retried with every layer.
 The loaded image must then be in the engine under its config digest; only then is
 it tagged (``POST /images/{id}/tag``), so a failed load leaves the old tag alone.
 Podman tags through its own API, so a short name lands where ``podman tag`` puts
@@ -31,12 +34,13 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import os
 import socket
 import tarfile
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import IO, BinaryIO
 
 from suture.errors import NotFound, SutureError, TransportError, UsageError
@@ -61,6 +65,8 @@ from suture.transports.layout import read_small_file
 from suture.transports.reference import DOCKER_DAEMON, PODMAN, Reference
 
 __all__ = ["EngineClient", "EngineOptions", "open_engine_image", "write_engine_image"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_PODMAN_HOST = "unix:///run/podman/podman.sock"
@@ -341,10 +347,41 @@ def _uncompressed_size(blob: BlobRef, diff_id: str) -> int:
     return counter.size
 
 
-def _archive_writer(artifact: Image, where: str) -> tuple[Callable[[BinaryIO], None], str]:
+def _image_diff_ids(artifact: Image) -> list[str]:
+    blobs = {b.descriptor.digest: b for b in walk_blobs(artifact) if isinstance(b, BlobRef)}
+    config_desc = artifact.manifest.config
+    config = loads_object(read_blob(blobs[config_desc.digest].source, config_desc, MAX_CONFIG),
+                          f"{artifact.digest}: image config", MAX_CONFIG)
+    return _diff_ids(config, f"image {artifact.digest}")
+
+
+def _layers_present(client: EngineClient, names: tuple[str, ...], diff_ids: list[str]
+                    ) -> set[str]:
+    """The diff_ids of ``diff_ids`` whose layer chain an engine image of ``names`` has
+    (a common prefix of its layers), minus any needed again further up."""
+    best = 0
+    for name in names:
+        try:
+            doc = client.get_json(f"/images/{_quote(name)}/json", f"image {name}")
+        except SutureError:
+            continue
+        rootfs = doc.get("RootFS") if isinstance(doc, dict) else None
+        have = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+        if not isinstance(have, list):
+            continue
+        k = 0
+        while k < min(len(have), len(diff_ids)) and have[k] == diff_ids[k]:
+            k += 1
+        best = max(best, k)
+    return set(diff_ids[:best]) - set(diff_ids[best:])
+
+
+def _archive_writer(artifact: Image, where: str, skip: Collection[str] = ()
+                    ) -> tuple[Callable[[BinaryIO], None], str]:
     """A function writing ``artifact`` as an untagged docker-archive to a stream, and the
     digest of the manifest it reads back as. Sizes are settled (and compressed layers
-    checked) here, before anything is written."""
+    checked) here, before anything is written. The files of layers in ``skip`` are left
+    out (``manifest.json`` still lists them)."""
     blobs = {b.descriptor.digest: b for b in walk_blobs(artifact) if isinstance(b, BlobRef)}
     config_desc = artifact.manifest.config
     config_bytes = read_blob(blobs[config_desc.digest].source, config_desc, MAX_CONFIG)
@@ -370,8 +407,12 @@ def _archive_writer(artifact: Image, where: str) -> tuple[Callable[[BinaryIO], N
     plan[config_name] = (len(config_bytes), lambda out: out.write(config_bytes))
     plan["manifest.json"] = (len(manifest_json), lambda out: out.write(manifest_json))
 
+    skipped = {f"{d.split(':', 1)[1]}.tar" for d in skip}
+
     def write(out: BinaryIO) -> None:
         for name in sorted(plan):
+            if name in skipped:
+                continue
             size, fill = plan[name]
             _stream_file(out, name, size, fill)
         out.write(b"\0" * 1024)
@@ -395,15 +436,51 @@ def write_engine_image(artifact: Artifact, ref: Reference,
         raise UsageError(f"{where}: {artifact.digest} is not a container image")
     if not ref.tag:
         raise UsageError(f"{where}: loading into an engine needs a tag")
-    write, digest = _archive_writer(artifact, where)
     client = _client(ref, options)
+    skip: set[str] = set()
+    if ref.transport == DOCKER_DAEMON and options.present:
+        skip = _layers_present(client, options.present, _image_diff_ids(artifact))
+    try:
+        digest = _load(client, artifact, where, skip)
+    except TransportError as exc:
+        if not skip:
+            raise
+        log.info("%s: load without the engine's own layers failed (%s); sending them all",
+                 where, exc)
+        digest = _load(client, artifact, where, set())
+    config = artifact.manifest.config.digest
+    try:
+        client.get_json(f"/images/{config}/json", "the loaded image")
+    except NotFound:
+        raise TransportError(f"{where}: the engine did not keep the loaded image "
+                             f"{config}") from None
+    assert ref.registry is not None and ref.repository is not None
+    repo = Reference(ref.transport, ref.registry, ref.repository).familiar_name()
+    query = urllib.parse.urlencode({"repo": repo, "tag": ref.tag})
+    # Podman's own endpoint names a short name as `podman tag` does (localhost/NAME);
+    # its Docker-compatible one would make it docker.io/library/NAME.
+    api = "/v4.0.0/libpod" if ref.transport == PODMAN else ""
+    conn, response = client.request("POST", f"{api}/images/{config}/tag?{query}",
+                                    what=f"tag {ref.familiar_name()}")
+    response.read()
+    conn.close()
+    return digest
+
+
+def _load(client: EngineClient, artifact: Image, where: str, skip: set[str]) -> str:
+    """One ``POST /images/load`` of ``artifact`` (without the layer files in ``skip``);
+    the digest it reads back as. Raises :class:`TransportError` with the engine's error."""
+    write, digest = _archive_writer(artifact, where, skip)
     failure: list[BaseException] = []
     read_fd, write_fd = os.pipe()
 
+    sent = _Counting()
+
     def produce() -> None:
         try:
-            with open(write_fd, "wb", buffering=CHUNK) as out:
-                write(out)
+            with open(write_fd, "wb", buffering=CHUNK) as pipe:
+                sent.out = pipe
+                write(sent)  # type: ignore[arg-type]
         except BrokenPipeError:
             pass  # the engine stopped reading: its answer says why
         except BaseException as exc:
@@ -429,23 +506,21 @@ def write_engine_image(artifact: Artifact, ref: Reference,
             doc = json.loads(line)
             if isinstance(doc, dict) and (doc.get("error") or doc.get("errorDetail")):
                 raise TransportError(f"{where}: load: {_engine_message(line)}")
-    config = artifact.manifest.config.digest
-    try:
-        client.get_json(f"/images/{config}/json", "the loaded image")
-    except NotFound:
-        raise TransportError(f"{where}: the engine did not keep the loaded image "
-                             f"{config}") from None
-    assert ref.registry is not None and ref.repository is not None
-    repo = Reference(ref.transport, ref.registry, ref.repository).familiar_name()
-    query = urllib.parse.urlencode({"repo": repo, "tag": ref.tag})
-    # Podman's own endpoint names a short name as `podman tag` does (localhost/NAME);
-    # its Docker-compatible one would make it docker.io/library/NAME.
-    api = "/v4.0.0/libpod" if ref.transport == PODMAN else ""
-    conn, response = client.request("POST", f"{api}/images/{config}/tag?{query}",
-                                    what=f"tag {ref.familiar_name()}")
-    response.read()
-    conn.close()
+    log.info("%s: loaded %d bytes, %d layer file(s) left out", where, sent.size, len(skip))
     return digest
+
+
+class _Counting:
+    """Writes to ``out``, counting the bytes."""
+
+    def __init__(self) -> None:
+        self.out: BinaryIO | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        assert self.out is not None
+        self.size += len(data)
+        return self.out.write(data)
 
 
 def engine_available(transport: str, options: EngineOptions) -> bool:
