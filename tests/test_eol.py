@@ -113,6 +113,34 @@ def test_an_api_that_fails_falls_back_to_the_table(eol_api: EolApi,
     assert unreachable is not None and unreachable.source == "table"
 
 
+def test_update_eol_rewrites_the_table_from_the_api(eol_api: EolApi, tmp_path: Path) -> None:
+    """scripts/update-eol asks the API for every product of the table and writes the
+    table it answers, dated; a product the API lacks leaves the file unwritten."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "update-eol"
+    products = sorted(load_table()["products"])
+    out = tmp_path / "eol.json"
+    proc = subprocess.run([sys.executable, str(script), eol_api.url, str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "HTTP Error 404" in proc.stderr
+    assert not out.exists()
+    for product in products:
+        eol_api.answers[f"/api/v1/products/{product}"] = (200, {"result": {"releases": [
+            {"name": "1", "eolFrom": "2020-01-01", "eoesFrom": "2022-01-01"},
+            {"name": "2", "eolFrom": None}]}})
+    proc = subprocess.run([sys.executable, str(script), eol_api.url, str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())
+    assert table["retrieved"] == datetime.datetime.now(datetime.UTC).date().isoformat()
+    assert sorted(table["products"]) == products
+    assert table["products"]["debian"] == {"1": {"eol": "2020-01-01", "extended": "2022-01-01"},
+                                           "2": {"eol": None}}
+    assert {p for p, _ in eol_api.requests} == {f"/api/v1/products/{p}" for p in products}
+
+
 # --- the CLI ------------------------------------------------------------------------------
 
 

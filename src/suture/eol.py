@@ -178,3 +178,40 @@ def check_eol(family: str | None, version: str | None, *, api_url: str | None = 
         except (OSError, ValueError) as exc:
             log.warning("end-of-life API %s: %s; using suture's table", api_url, exc)
     return _from_table(family, version, product, release, today)
+
+
+def fetch_table(api_url: str, products: list[str], *, retrieved: datetime.date,
+                timeout: float = 30.0) -> dict[str, Any]:
+    """A new table (``data/eol.json``'s shape) from an endoflife.date-compatible API's
+    ``GET {api_url}/{product}`` (``result.releases[]`` with ``name``, ``eolFrom``,
+    ``eoesFrom``) for each of ``products``. Raises ``OSError``/``ValueError``."""
+    base = api_url.rstrip("/")
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise ValueError("not an http(s) URL")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for product in products:
+        url = f"{base}/{urllib.parse.quote(product, safe='')}"
+        request = urllib.request.Request(url, headers={"User-Agent": "suture",
+                                                       "Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read(_MAX_ANSWER + 1)
+        if len(raw) > _MAX_ANSWER:
+            raise ValueError(f"{url}: answer too large")
+        doc = json.loads(raw)
+        result = doc.get("result") if isinstance(doc, dict) else None
+        releases = result.get("releases") if isinstance(result, dict) else None
+        if not isinstance(releases, list):
+            raise ValueError(f"{url}: no result.releases list")
+        table: dict[str, dict[str, Any]] = {}
+        for release in releases:
+            if not isinstance(release, dict) or not isinstance(release.get("name"), str):
+                raise ValueError(f"{url}: a release without a name")
+            entry: dict[str, Any] = {"eol": release.get("eolFrom")}
+            if release.get("eoesFrom"):
+                entry["extended"] = release["eoesFrom"]
+            table[release["name"]] = entry
+        out[product] = table
+    old = load_table()
+    return {"source": old["source"], "retrieved": retrieved.isoformat(),
+            "how": f"Fetched from {base} by scripts/update-eol.",
+            "meaning": old["meaning"], "products": out}
