@@ -134,9 +134,13 @@ def vex_subcomponents(update: Update, product: VexProduct) -> tuple[str, ...]:
     ``alpine-3.20.3``), so deb and apk subcomponents carry only ``arch``: the product,
     an image digest, already scopes them. A deb epoch is written both ways scanners
     write it: in the version (Syft) and as an ``epoch`` qualifier with the version
-    without it (Trivy). rpm purls are :func:`rpm_purl`'s, Trivy's own form."""
+    without it (Trivy). rpm purls are :func:`rpm_purl`'s, Trivy's own form, without
+    ``distro`` too: Trivy names Amazon Linux's from ``/etc/system-release``
+    (``amazon-2023.6.20241010``), which os-release's ``VERSION_ID`` does not give."""
     if product.purl_type == "rpm":
-        return (package_purl(update, product),)
+        head, _, query = package_purl(update, product).partition("?")
+        kept = [q for q in query.split("&") if not q.startswith("distro=")]
+        return (f"{head}?{'&'.join(kept)}",)
     ns = product.namespace.lower() if product.purl_type == "apk" else product.namespace
     head = f"pkg:{product.purl_type}/{_enc(ns)}/{_enc(update.name)}@"
     arch = f"arch={_enc(update.architecture)}"
