@@ -28,7 +28,7 @@ from suture.errors import SutureError, UsageError
 from suture.oci.layer import Entry, layer_from_tar, write_layer
 from suture.oci.model import Platform
 from suture.oci.mutate import AddedLayer, new_image
-from suture.transports import write_artifact
+from suture.transports import EngineOptions, Options, write_artifact
 
 UID = GID = 10001
 USER = "suture"
@@ -109,7 +109,7 @@ def user_entries(rootfs: Path) -> list[Entry]:
 
 def build_suture_image(dest: str, *, source: Path | None = None, suite: str = "bookworm",
                        arch: str = "amd64", mirror: str = DEFAULT_MIRROR,
-                       workdir: Path | None = None) -> str:
+                       workdir: Path | None = None, options: Options | None = None) -> str:
     """Build the image and write it to ``dest``; return its manifest digest."""
     wanted = SUITE_PYTHON.get(suite)
     if wanted is None:
@@ -154,7 +154,7 @@ def build_suture_image(dest: str, *, source: Path | None = None, suite: str = "b
             },
             "created": created,
         })
-        return write_artifact(image, dest)
+        return write_artifact(image, dest, options)
 
 
 def _opener(path: Path) -> Callable[[], BinaryIO]:
@@ -173,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suite", default="bookworm", choices=sorted(SUITE_PYTHON))
     parser.add_argument("--mirror", default=DEFAULT_MIRROR)
     args = parser.parse_args(argv)
+    engines = EngineOptions(docker_host=os.environ.get("DOCKER_HOST") or None,
+                            podman_host=os.environ.get("CONTAINER_HOST") or None)
     return run_build("suture_image", args.dest, lambda: build_suture_image(
-        args.dest, source=args.source, suite=args.suite, mirror=args.mirror))
+        args.dest, source=args.source, suite=args.suite, mirror=args.mirror,
+        options=Options(engines=engines)))
 
 
 if __name__ == "__main__":
