@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tarfile
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -26,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from suture.distro.detect import detect_package_db, wanted_paths
-from suture.errors import NotFound, SutureError, UsageError
+from suture.errors import LayerError, NotFound, SutureError, UsageError
 from suture.fleet.config import FleetConfig, ImageSpec
 from suture.fleet.discover import existing_patch_tags, next_patch_tag, select_tags
 from suture.inspect import read_patch_mark, select_images
 from suture.oci.digest import sha256
-from suture.oci.fs import read_files
-from suture.oci.image import Artifact
+from suture.oci.fs import MAX_FILE, FileEntry, normalize
+from suture.oci.image import Artifact, Image, Layer
+from suture.oci.layer import OPAQUE, WHITEOUT_PREFIX
 from suture.reports import parse_report
 from suture.reports.model import Report
 from suture.transports import Options, open_artifact
@@ -190,16 +193,96 @@ def index_reports(directory: Path, scanner: str | None) -> dict[str, tuple[Path,
 # ------------------------------------------------------------------------- the plan
 
 
-def base_key(artifact: Artifact, platforms: list[str]) -> tuple[str, str]:
+@dataclass
+class _LayerScan:
+    """What one layer says about the paths detection reads."""
+
+    entries: dict[str, FileEntry]
+    deleted: set[str]
+    opaque: set[str]
+
+
+class LayerScans:
+    """Per-layer scans, shared by every image of a plan: a base layer under thirty images
+    is read once, not thirty times."""
+
+    def __init__(self) -> None:
+        self._scans: dict[str, _LayerScan] = {}
+        self._busy: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        paths, prefixes = wanted_paths()
+        self._paths, self._prefixes = frozenset(paths), tuple(prefixes)
+
+    def _wanted(self, path: str) -> bool:
+        return path in self._paths or path.startswith(self._prefixes)
+
+    def scan(self, layer: Layer) -> _LayerScan:
+        with self._lock:
+            one = self._busy.setdefault(layer.digest, threading.Lock())
+        with one:  # a layer two images share is read by one of them, once
+            found = self._scans.get(layer.digest)
+            if found is None:
+                found = self._scan(layer)
+                self._scans[layer.digest] = found
+            return found
+
+    def _scan(self, layer: Layer) -> _LayerScan:
+        scan = _LayerScan({}, set(), set())
+        try:
+            with layer.open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    path = normalize(member.name, layer=layer.digest)
+                    parent, _, base = path.rpartition("/")
+                    if base == OPAQUE:
+                        scan.opaque.add(parent)
+                    elif base.startswith(WHITEOUT_PREFIX):
+                        scan.deleted.add(f"{parent}/{base[len(WHITEOUT_PREFIX):]}".lstrip("/"))
+                    elif path and self._wanted(path):
+                        data = None
+                        if member.isfile():
+                            if member.size > MAX_FILE:
+                                raise LayerError(f"{path} is over {MAX_FILE} bytes",
+                                                 layer=layer.digest)
+                            fobj = tar.extractfile(member)
+                            data = fobj.read() if fobj is not None else b""
+                        kind = "file" if member.isfile() else "dir" if member.isdir() \
+                            else "symlink" if member.issym() else "other"
+                        scan.entries[path] = FileEntry(
+                            path, kind, member.mode, member.uid, member.gid, member.size,
+                            int(member.mtime), member.linkname, layer.digest, data)
+        except tarfile.TarError as exc:
+            raise LayerError(f"unreadable tar: {exc}", layer=layer.digest) from None
+        return scan
+
+    def merged(self, image: Image) -> dict[str, FileEntry]:
+        """The merged view of the wanted paths (symlinked directories not followed: an
+        image whose database is reached only through one is grouped alone)."""
+        found: dict[str, FileEntry] = {}
+        hidden: set[str] = set()
+        opaque: set[str] = set()
+        for layer in reversed(image.layers):
+            scan = self.scan(layer)
+            for path, entry in scan.entries.items():
+                if path in found or path in hidden or any(
+                        path.startswith(d + "/") for d in hidden | opaque):
+                    continue
+                found[path] = entry
+            hidden |= scan.deleted
+            opaque |= scan.opaque
+        return found
+
+
+def base_key(artifact: Artifact, platforms: list[str],
+             scans: LayerScans | None = None) -> tuple[str, str]:
     """The group key of an image or index (see the module docstring) and its family."""
     from suture.oci.model import Platform
 
+    scans = scans or LayerScans()
     chosen = [Platform.parse(p) for p in platforms] or None
     parts: list[Any] = []
     families = set()
-    paths, prefixes = wanted_paths()
     for image in select_images(artifact, chosen):
-        files = read_files(image, paths, prefixes=prefixes)
+        files = scans.merged(image)
         db = detect_package_db(files)
         if db is None:
             parts.append([str(image.platform), "no package database", image.digest])
@@ -232,7 +315,8 @@ def _same_source(target: Artifact, source: Artifact, platforms: list[str]) -> bo
 
 
 def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
-             reports: dict[str, tuple[Path, Report]], options: PlanOptions) -> Job:
+             reports: dict[str, tuple[Path, Report]], options: PlanOptions,
+             scans: LayerScans) -> Job:
     repo = spec.repository.name
     source = f"{repo}:{tag}"
     base_tag = spec.target_tag(tag)
@@ -274,7 +358,7 @@ def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
             if target is not None and _same_source(target, artifact, job.platforms):
                 job.recheck = f"{latest}@{target.digest}"
     try:
-        job.group, job.family = base_key(artifact, job.platforms)
+        job.group, job.family = base_key(artifact, job.platforms, scans)
     except SutureError as exc:
         job.status, job.message = ERROR, f"cannot read {source}: {exc}"
     return job
@@ -309,8 +393,10 @@ def make_plan(config: FleetConfig, options: PlanOptions) -> Plan:
                 target_cache[target_repo] = []
         work += [(spec, tag, target_cache[target_repo]) for tag in tags]
 
+    scans = LayerScans()
+
     def one(item: tuple[ImageSpec, str, list[str]]) -> Job:
-        return _job_for(item[0], item[1], item[2], reports, options)
+        return _job_for(item[0], item[1], item[2], reports, options, scans)
 
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
         jobs = list(pool.map(one, work))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import tarfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,28 @@ def _sensitive() -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+_PATHS: dict[str, dict[str, str]] = {}  # layer digest -> its paths (content-addressed)
+_PATHS_LOCK = threading.Lock()
+_PATHS_KEPT = 512
+
+
 def layer_paths(layer: Layer) -> dict[str, str]:
     """Every path a layer writes, with its kind (``dir``, ``file``, ``whiteout``,
-    ``opaque``; links and others as ``file``)."""
+    ``opaque``; links and others as ``file``). Remembered by digest: the base layer of a
+    group is read once, not once per image."""
+    with _PATHS_LOCK:
+        known = _PATHS.get(layer.digest)
+    if known is not None:
+        return known
+    out = _read_paths(layer)
+    with _PATHS_LOCK:
+        if len(_PATHS) >= _PATHS_KEPT:
+            _PATHS.pop(next(iter(_PATHS)))
+        _PATHS[layer.digest] = out
+    return out
+
+
+def _read_paths(layer: Layer) -> dict[str, str]:
     out: dict[str, str] = {}
     with layer.open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
