@@ -23,7 +23,7 @@ import yaml
 
 FLEET_DIR = "/fleet"
 RESULTS_DIR = "/results"
-UID = 65532  # the conventional "nonroot" user of distroless images
+UID = 10001  # the user of suture's own image (suture.devtools.suture_image)
 
 
 @dataclass(frozen=True)
