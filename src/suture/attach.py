@@ -54,9 +54,10 @@ from suture.sign import (
     signature_layer,
     tag_for,
 )
-from suture.transports import Options, open_artifact, write_artifact
+from suture.transports import Options
 from suture.transports.reference import Reference
 from suture.transports.referrers import (
+    Store,
     attach,
     copy_referrer,
     read_document,
@@ -137,7 +138,7 @@ def _statement(subject_name: str, digest: str, predicate_type: str,
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _source_sbom(source: Reference, digests: list[str], options: Options,
+def _source_sbom(source: Reference, digests: list[str], store: Store,
                  fmt: str | None) -> bytes | None:
     """The SBOM attached to the source (a platform's digest, else the top's), if any."""
     if not (source.is_registry or source.transport == "oci"):
@@ -146,9 +147,9 @@ def _source_sbom(source: Reference, digests: list[str], options: Options,
     for digest in digests:
         for kind in kinds:
             try:
-                found, _how = referrers(source, digest, options, kind)
+                found, _how = referrers(source, digest, store, kind)
                 if found:
-                    return read_document(source, found[-1], options)
+                    return read_document(source, found[-1], store)
             except (NotFound, SutureError) as exc:
                 log.debug("no SBOM referrer of %s: %s", digest, exc)
     return None
@@ -161,11 +162,12 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
     out = SupplyChainResult()
     if not result.target_digest:
         return out
+    store = Store(options)
     top_ref = (Reference("docker", destination.registry, destination.repository, None,
                          result.target_digest) if destination.is_registry
                else Reference(destination.transport, path=destination.path,
                               digest=result.target_digest))
-    top = open_artifact(top_ref, options)
+    top = store.open(top_ref)
     purl_name, repository_url, subject_name = _names(destination)
     patched = [o for o in result.platforms
                if o.status == "patched" and o.image is not None]
@@ -185,7 +187,7 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
             continue
         source_doc = given
         if source_doc is None and (spec.attach or spec.sbom):
-            found = _source_sbom(source, [o.source_digest, result.source_digest], options,
+            found = _source_sbom(source, [o.source_digest, result.source_digest], store,
                                  spec.sbom)
             source_doc = parse_sbom(found, f"the SBOM attached to {source}") if found \
                 else None
@@ -236,30 +238,30 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
             for kind, media_type, data, _predicate in documents.get(digest, []):
                 artifact = new_artifact(media_type, [Blob(media_type, data)], subject_desc,
                                         annotations={CREATED: spec.timestamp})
-                done = attach(artifact, destination, options)
+                done = attach(artifact, destination, store)
                 out.attached.append((kind, done.digest, digest, done.how))
                 attached_digests.append(done.digest)
 
     if spec.copy_source_referrers:
         # The source manifest itself, by digest, so the copies' subject resolves in the
         # target repository (its layers are the patched image's base: mounted or there).
-        _copy_by_digest(source, result.source_digest, destination, options)
+        _copy_by_digest(source, result.source_digest, destination, store)
         others = {o.source_digest for o in patched} - {result.source_digest}
         for digest in [result.source_digest, *sorted(others)]:
-            listed, _how = referrers(source, digest, options)
+            listed, _how = referrers(source, digest, store)
             for desc in listed:
-                done = copy_referrer(source, desc, destination, options)
+                done = copy_referrer(source, desc, destination, store)
                 out.copied.append(done.digest)
             for suffix in COSIGN_TAGS:
-                tagged = read_tagged(source, tag_for(digest, suffix), options)
+                tagged = read_tagged(source, tag_for(digest, suffix), store)
                 if tagged is not None:
-                    write_tagged(tagged, destination, tag_for(digest, suffix), options)
+                    write_tagged(tagged, destination, tag_for(digest, suffix), store)
                     out.copied.append(f"{tag_for(digest, suffix)} {tagged.digest}")
 
     if spec.sign_key is not None:
         for digest in [*targets, *attached_digests]:
             _add_layers(destination, tag_for(digest, "sig"),
-                        [signature_layer(subject_name, digest, spec.sign_key)], options)
+                        [signature_layer(subject_name, digest, spec.sign_key)], store)
             out.signed.append(digest)
         for digest in targets:
             # The provenance is a Statement already (its subjects include ``digest``);
@@ -270,13 +272,13 @@ def supply_chain(result: Any, source: Reference, destination: Reference,
                 predicate, spec.sign_key)
                 for kind, _mt, data, predicate in documents.get(digest, [])]
             if layers:
-                _add_layers(destination, tag_for(digest, "att"), layers, options)
+                _add_layers(destination, tag_for(digest, "att"), layers, store)
                 out.attestations.append(digest)
     return out
 
 
 def _copy_by_digest(source: Reference, digest: str, target: Reference,
-                    options: Options) -> None:
+                    store: Store) -> None:
     def at(ref: Reference) -> Reference:
         if ref.is_registry:
             return Reference("docker", ref.registry, ref.repository, None, digest)
@@ -284,14 +286,14 @@ def _copy_by_digest(source: Reference, digest: str, target: Reference,
 
     if at(source) == at(target):
         return
-    write_artifact(open_artifact(at(source), options), at(target), options)
+    store.write(store.open(at(source)), at(target))
 
 
-def _add_layers(target: Reference, tag: str, layers: list[Blob], options: Options) -> None:
+def _add_layers(target: Reference, tag: str, layers: list[Blob], store: Store) -> None:
     """Read-modify-write the cosign image at ``tag``: its layers kept, ``layers`` added."""
-    existing = read_tagged(target, tag, options)
+    existing = read_tagged(target, tag, store)
     write_tagged(signature_image(layers, existing if isinstance(existing, Image) else None),
-                 target, tag, options)
+                 target, tag, store)
 
 
 def _canonical(data: bytes) -> bytes:

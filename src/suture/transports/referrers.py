@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from suture.errors import ManifestError, NotFound, TransportError
 from suture.oci.artifact import artifact_type_of
@@ -34,14 +35,40 @@ class Attached:
     how: str  # referrers-api, fallback-tag or layout
 
 
-def _client(ref: Reference, options: Options):  # type: ignore[no-untyped-def]
-    from suture.transports.registry import RegistryClient
+class Store:
+    """Reads and writes for one run over registries and layouts, with one registry client
+    per registry (one ping, one token cache), however many artifacts go back and forth."""
 
-    assert ref.registry is not None
-    return RegistryClient(ref.registry, options.registry)
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._clients: dict[str, Any] = {}
+
+    def client(self, ref: Reference) -> Any:
+        """The :class:`~suture.transports.registry.RegistryClient` for ``ref``'s registry."""
+        from suture.transports.registry import RegistryClient
+
+        assert ref.registry is not None
+        if ref.registry not in self._clients:
+            self._clients[ref.registry] = RegistryClient(ref.registry, self.options.registry)
+        return self._clients[ref.registry]
+
+    def open(self, ref: Reference) -> Artifact:
+        if ref.is_registry:
+            from suture.transports.registry import open_registry_image
+
+            return open_registry_image(ref, self.options.registry, client=self.client(ref))
+        return open_artifact(ref, self.options)
+
+    def write(self, artifact: Artifact, ref: Reference) -> str:
+        if ref.is_registry:
+            from suture.transports.registry import push_artifact
+
+            return push_artifact(artifact, ref, self.options.registry,
+                                 client=self.client(ref)).digest
+        return write_artifact(artifact, ref, self.options)
 
 
-def attach(artifact: Image, target: Reference, options: Options) -> Attached:
+def attach(artifact: Image, target: Reference, store: Store) -> Attached:
     """Write ``artifact`` (with a ``subject``) beside the image at ``target``'s place."""
     subject = artifact.manifest.subject
     if subject is None:
@@ -50,12 +77,12 @@ def attach(artifact: Image, target: Reference, options: Options) -> Attached:
         from suture.transports.registry.referrers import push_referrer
 
         assert target.repository is not None
-        done = push_referrer(_client(target, options), target.repository, artifact)
+        done = push_referrer(store.client(target), target.repository, artifact)
         return Attached(done.digest, done.subject, done.how)
     if target.transport == "oci":
         from suture.transports.layout import write_layout_image
 
-        write_layout_image(artifact, Reference("oci", path=target.path))
+        write_layout_image(artifact, Reference("oci", path=target.path))  # (locked, merged)
         return Attached(artifact.digest, subject.digest, LAYOUT)
     raise TransportError(f"{target}: artifacts can be attached in a registry or an OCI "
                          "layout only", hint="write the image to a registry or oci:DIR")
@@ -78,7 +105,7 @@ def _layout_manifest(root: Path, digest: str) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def referrers(target: Reference, digest: str, options: Options,
+def referrers(target: Reference, digest: str, store: Store,
               artifact_type: str | None = None) -> tuple[list[Descriptor], str]:
     """The artifacts naming ``digest`` in ``target``'s repository or layout, and how
     they were found."""
@@ -86,7 +113,7 @@ def referrers(target: Reference, digest: str, options: Options,
         from suture.transports.registry.referrers import list_referrers
 
         assert target.repository is not None
-        return list_referrers(_client(target, options), target.repository, digest,
+        return list_referrers(store.client(target), target.repository, digest,
                               artifact_type)
     if target.transport != "oci":
         return [], LAYOUT
@@ -116,18 +143,18 @@ def referrers(target: Reference, digest: str, options: Options,
     return found, LAYOUT
 
 
-def open_referrer(target: Reference, desc: Descriptor, options: Options) -> Artifact:
+def open_referrer(target: Reference, desc: Descriptor, store: Store) -> Artifact:
     """The artifact ``desc`` names, in ``target``'s repository or layout."""
     if target.is_registry:
         ref = Reference("docker", target.registry, target.repository, None, desc.digest)
     else:
         ref = Reference("oci", path=target.path, digest=desc.digest)
-    return open_artifact(ref, options)
+    return store.open(ref)
 
 
-def read_document(target: Reference, desc: Descriptor, options: Options) -> bytes:
+def read_document(target: Reference, desc: Descriptor, store: Store) -> bytes:
     """The first layer of the artifact ``desc`` names (an SBOM, a VEX...)."""
-    artifact = open_referrer(target, desc, options)
+    artifact = open_referrer(target, desc, store)
     if not isinstance(artifact, Image) or not artifact.manifest.layers:
         raise NotFound(f"referrer {desc.digest} holds no document")
     layer = artifact.manifest.layers[0]
@@ -140,31 +167,31 @@ def read_document(target: Reference, desc: Descriptor, options: Options) -> byte
 
 
 def copy_referrer(source: Reference, desc: Descriptor, target: Reference,
-                  options: Options) -> Attached:
+                  store: Store) -> Attached:
     """Copy the artifact ``desc`` names from ``source``'s repository to ``target``'s,
     by digest, its subject (the source image) unchanged."""
-    artifact = open_referrer(source, desc, options)
+    artifact = open_referrer(source, desc, store)
     if not isinstance(artifact, Image) or artifact.manifest.subject is None:
         raise ManifestError(f"referrer {desc.digest} names no subject")
-    return attach(artifact, target, options)
+    return attach(artifact, target, store)
 
 
-def write_tagged(artifact: Artifact, target: Reference, tag: str, options: Options) -> str:
+def write_tagged(artifact: Artifact, target: Reference, tag: str, store: Store) -> str:
     """Write ``artifact`` under ``tag`` in ``target``'s repository or layout."""
     if target.is_registry:
         where = Reference("docker", target.registry, target.repository, tag, None)
     else:
         where = Reference("oci", path=target.path, tag=tag)
-    return write_artifact(artifact, where, options)
+    return store.write(artifact, where)
 
 
-def read_tagged(target: Reference, tag: str, options: Options) -> Artifact | None:
+def read_tagged(target: Reference, tag: str, store: Store) -> Artifact | None:
     """The artifact at ``tag`` of ``target``'s repository or layout; None when absent."""
     if target.is_registry:
         where = Reference("docker", target.registry, target.repository, tag, None)
     else:
         where = Reference("oci", path=target.path, tag=tag)
     try:
-        return open_artifact(where, options)
+        return store.open(where)
     except NotFound:
         return None
