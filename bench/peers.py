@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -135,6 +136,12 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
                                        *COPA_ARGS.get(name, ()), timeout=1800)
                         assert run.proc.returncode == 0, run.proc.stderr[-3000:]
                         peak = (run.peak_rss_kib + kit.peak_rss_kib()) / 1024
+                        if mode == "warm" and n == 0:
+                            # What BuildKit took from its cache instead of running again.
+                            cached = re.findall(r"^#\d+ (.*)\n#\d+ CACHED$", run.proc.stderr,
+                                                re.MULTILINE)
+                            print(f"{name}: copa warm, {len(cached)} steps from BuildKit's "
+                                  f"cache: {'; '.join(c[:60] for c in cached)}", flush=True)
                         results.setdefault((name, f"copa {mode}"), []).append(
                             Sample(run.seconds, peak))
                 finally:
