@@ -108,6 +108,12 @@ def test_cosign_verifies_signature_and_attestations(
     assert {c["name"]: c["version"] for c in bom["components"]
             if c["type"] == "library"} == {"a": "2.0-1", "b": "1.0-1", "c": "2.0-1"}
 
+    proc = _cosign("verify-attestation", "--key", str(pub), "--type", "openvex",
+                   *COSIGN_FLAGS, image)
+    [envelope] = _payloads(proc)
+    vex = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    assert vex["@context"] == "https://openvex.dev/ns/v0.2.0"
+
     # Each attached artifact is signed too.
     tree = subprocess.run([str(peer("oras")), "discover", "--plain-http", "--format", "json",
                            "--depth", "1", image], capture_output=True, text=True, check=True)

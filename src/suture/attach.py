@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 VEX_TYPE = "application/vnd.openvex+json"
 # predicateType of each document as a cosign attestation (cosign attest --type ...).
 PREDICATES = {CYCLONEDX: "https://cyclonedx.org/bom", SPDX: "https://spdx.dev/Document",
-              "openvex": "https://openvex.dev/ns/v0.2.0"}
+              "openvex": "https://openvex.dev/ns"}  # cosign --type openvex, ATTESTING.md
 COSIGN_TAGS = ("sig", "att", "sbom")
 
 
