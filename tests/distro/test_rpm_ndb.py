@@ -1,11 +1,15 @@
 """SUSE's ndb rpmdb (suture.distro.rpm.ndb).
 
-No rpm here has the ndb backend (Debian's has ``sqlite bdb_ro dummy``), so the oracles
-are: the real SLE 15 BCI ``Packages.db`` of ``shared/testdata/rpmdb`` (read, every
-package compared with what syft — go-rpmdb's independent ndb reader — reports for it;
-written back unchanged byte for byte), syft again on databases suture wrote, and the
-rules of rpm's ``rpmpkg.c`` checked step by step on the file (where a blob goes, when
-a slot page is added, what a delete moves and truncates, the generation counter).
+Debian's rpm has no ndb backend (``sqlite bdb_ro dummy``); the oracles are rpm 4.18
+built from Debian's source with ndb (:mod:`tests.fixtures.rpmndb`): it reads the
+databases suture writes (``-qa``, ``--verifydb``, ``-qf`` from the Index.db it
+regenerates) and its own ``rpm -U`` on an ndb root leaves, byte for byte, the file
+suture's writer produces for the same steps; the real SLE 15 BCI ``Packages.db`` of
+``shared/testdata/rpmdb`` (read, every package compared with what syft — go-rpmdb's
+independent ndb reader — reports for it; written back unchanged byte for byte); syft
+again on databases suture wrote; and the rules of rpm's ``rpmpkg.c`` checked step by
+step (where a blob goes, when a slot page is added, what a delete moves and
+truncates, the generation counter).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from suture.distro.rpm.package import read_rpm
 from suture.distro.rpm.rpmdb import InstalledPackage, installed_blob
 from suture.errors import PackageDBError
 from tests.fixtures.peers import peer
+from tests.fixtures.rpmndb import ENV, ndb_cmd, ndb_rpm
 from tests.fixtures.rpmrepo import RpmWorld
 
 RPMDB = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rpmdb"
@@ -263,3 +268,78 @@ def test_steps_replayed_in_the_order_given(tmp_path: Path) -> None:
     assert (tmp_path / "y" / PACKAGES_DB).read_bytes() != bytes(db.data)
     with pytest.raises(ValueError, match="steps"):
         write_ndb(SLE.parent, tmp_path / "z", remove=[a.hnum], add=add, steps=[("add", 0)])
+
+
+# ---------------------------------------------------------------- rpm with ndb as the oracle
+
+def _ndb(dbpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ndb_cmd(dbpath=dbpath), *args], capture_output=True, text=True,
+                          env=ENV)
+
+
+def test_rpm_reads_the_real_database_and_what_suture_writes(rpm_world: RpmWorld,
+                                                            tmp_path: Path) -> None:
+    """rpm built with ndb lists the real SLE database as suture reads it, and after a
+    transaction suture wrote (bash, coreutils, glibc out; libsut, sutprog in) lists
+    what should be there, verifies every blob (--verifydb) and answers -qf from the
+    Index.db it generates, since suture leaves none."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(SLE, src / PACKAGES_DB)
+    packages = read_ndb(src)
+    qa = _ndb(src, "-qa", "--qf", "%{DBINSTANCE} %{NEVRA}\\n")
+    assert qa.returncode == 0, qa.stderr
+    assert sorted(qa.stdout.splitlines()) == sorted(f"{p.hnum} {p.info.nevra}"
+                                                    for p in packages)
+    gone = [p for p in packages if p.info.name in ("bash", "coreutils", "glibc")]
+    add = []
+    for stem in ("libsut-2.0-1", "sutprog-2.0-1"):
+        archive = read_rpm(rpm_world.pkg(stem), what=stem)
+        add.append(installed_blob(archive.header, archive.signature, install_time=1,
+                                  tid=1, color=3,
+                                  file_states=bytes(len(archive.header.strings(1117)))))
+    out = tmp_path / "out"
+    write_ndb(src, out, remove=[p.hnum for p in gone], add=add)
+    assert not (out / "Index.db").exists()
+    qf = _ndb(out, "-qf", "/usr/bin/sutprog", "/usr/lib64/libsut.so.1")
+    assert qf.stdout.split() == ["sutprog-2.0-1.x86_64", "libsut-2.0-1.x86_64"], qf.stderr
+    assert "Generating 18 missing index(es)" in qf.stderr  # rpm rebuilds the index file
+    assert (out / "Index.db").is_file()
+    rpmdb = [str(ndb_rpm().parent / "rpmdb"), "--define", "_db_backend ndb", "--dbpath",
+             str(out), "--verifydb"]
+    verify = subprocess.run(rpmdb, capture_output=True, text=True, env=ENV)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    qa = _ndb(out, "-qa", "--qf", "%{NAME}-%{VERSION}\\n")
+    assert (qa.returncode, qa.stderr) == (0, "")
+    assert sorted(qa.stdout.split()) == sorted(
+        [f"{p.info.name}-{p.info.version}" for p in packages if p not in gone]
+        + ["libsut-2.0", "sutprog-2.0"])
+
+
+def test_rpm_U_on_an_ndb_root_leaves_the_file_suture_writes(rpm_world: RpmWorld,
+                                                           tmp_path: Path) -> None:
+    """The real rpm (ndb) installs the version 1 set into a root and upgrades libsut
+    and sutprog to 2.0; suture's writer, given the database from before and rpm's own
+    installed headers of the new packages, produces rpm's Packages.db byte for byte
+    (placement, slots, moves, generation counter, next index)."""
+    root = tmp_path / "root"
+    (root / "var/log").mkdir(parents=True)
+    rpm = [*ndb_cmd(root=root), "--nosignature"]
+    subprocess.run([*rpm, "--initdb"], check=True, capture_output=True, env=ENV)
+    v1 = [rpm_world.pkg(s) for s in ("sut-sh-1.0-1", "sut-release-9-1", "libsut-1.0-1",
+                                     "sutprog-1.0-1")]
+    subprocess.run([*rpm, "-i", *map(str, v1)], check=True, capture_output=True, env=ENV)
+    before = tmp_path / "before"
+    shutil.copytree(root / "var/lib/rpm", before)
+    v2 = [rpm_world.pkg(s) for s in ("libsut-2.0-1", "sutprog-2.0-1")]
+    subprocess.run([*rpm, "-U", *map(str, v2)], check=True, capture_output=True, env=ENV)
+    after = read_ndb(root / "var/lib/rpm")
+    old = {p.info.name: p.hnum for p in read_ndb(before)}
+    blobs = {p.info.name: p.header.blob for p in after}
+    assert [p.info.nevra for p in after if p.hnum > max(old.values())] == [
+        "libsut-2.0-1.x86_64", "sutprog-2.0-1.x86_64"]  # rpm's install order
+    out = tmp_path / "out"
+    new, _ = write_ndb(before, out, remove=[old["libsut"], old["sutprog"]],
+                       add=[blobs["libsut"], blobs["sutprog"]])
+    assert new == [p.hnum for p in after if p.info.name in ("libsut", "sutprog")]
+    assert (out / PACKAGES_DB).read_bytes() == (root / "var/lib/rpm" / PACKAGES_DB).read_bytes()
