@@ -234,3 +234,24 @@ def test_an_index_gets_attachments_for_itself_and_each_platform(
     provenance = _documents(host, "multi", on_child)[INTOTO][1]
     assert {s["digest"]["sha256"] for s in provenance["subject"]} == {
         digest.split(":")[1], child["digest"].split(":")[1]}
+
+
+def test_a_paged_referrers_list_is_read_whole(chain_scene: ChainScene,
+                                              referrers_registry: ReferrersRegistry) -> None:
+    """A registry that pages the referrers list (``Link: <...>; rel="next"``, one
+    descriptor a page): suture follows the links and reads all three pages."""
+    from suture.transports import RegistryOptions
+    from suture.transports.registry import RegistryClient
+    from suture.transports.registry.referrers import REFERRERS_API, list_referrers
+
+    host = referrers_registry.host
+    ref, _source_digest = _push_source(chain_scene, host)
+    digest, _lines = _patch(chain_scene, ref, "-t", f"docker://{host}/app:v1-patched")
+    referrers_registry.page_size = 1
+    client = RegistryClient(host, RegistryOptions())
+    found, how = list_referrers(client, "app", digest)
+    assert how == REFERRERS_API
+    assert {d.artifact_type for d in found} == {CDX, VEX, INTOTO} and len(found) == 3
+    pages = [p for m, p in referrers_registry.store.requests
+             if m == "GET" and p.startswith(f"/v2/app/referrers/{digest}")]
+    assert len(pages) == 3

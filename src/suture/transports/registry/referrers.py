@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 from suture.errors import ManifestError, NotFound, RegistryError
 from suture.oci import mediatypes as mt
@@ -79,8 +79,9 @@ def push_referrer(client: RegistryClient, repository: str, artifact: Image) -> A
 
 
 def _get_index(client: RegistryClient, repository: str, reference: str
-               ) -> tuple[list[Descriptor], dict[str, object]] | None:
-    """The descriptors and JSON of the index at ``reference``; None when there is none."""
+               ) -> tuple[list[Descriptor], dict[str, object], str] | None:
+    """The descriptors, JSON and digest of the index at ``reference``; None when there
+    is none."""
     try:
         raw, _content_type, _digest = client.fetch_manifest(
             repository, reference, (mt.OCI_INDEX,), MAX_MANIFEST)
@@ -89,60 +90,99 @@ def _get_index(client: RegistryClient, repository: str, reference: str
     parsed = parse_manifest(raw)
     if not isinstance(parsed, Index):
         raise ManifestError(f"{client.name(repository)}:{reference} is not an image index")
-    return list(parsed.manifests), dict(parsed.json)
+    return list(parsed.manifests), dict(parsed.json), parsed.digest
 
 
 def add_to_fallback(client: RegistryClient, repository: str, subject: str,
                     descriptors: list[Descriptor]) -> str:
     """Add ``descriptors`` to the fallback index of ``subject`` (made when missing),
-    keeping every descriptor already there; return the index's digest."""
+    keeping every descriptor already there; return the index's digest.
+
+    The tag is read, merged and written, then read again: when another writer's index
+    replaced ours in between (ours missing from it), the merge is done again over
+    theirs, at most three times."""
     tag = fallback_tag(subject)
-    found = _get_index(client, repository, tag)
-    existing, doc = found if found is not None else ([], {})
-    have = {d.digest for d in existing}
-    merged = existing + [d for d in descriptors if d.digest not in have]
-    annotations = doc.get("annotations")
-    index = build_index(merged, media_type=mt.OCI_INDEX,
-                        annotations=dict(annotations) if isinstance(annotations, dict)
-                        else None)
-    if found is not None and len(merged) == len(existing):
-        return index.digest
-    url = client.url(f"/v2/{repository}/manifests/{quote(tag)}")
-    resp = client.request("PUT", url, what=f"referrers index {client.name(repository)}:{tag}",
-                          scopes=repository_scopes(repository, "pull", "push"),
-                          ok=(201, 204), body=index.raw,
-                          headers={"Content-Type": mt.OCI_INDEX})
-    release(resp)
-    return index.digest
+    wanted = {d.digest for d in descriptors}
+    for _attempt in range(3):
+        found = _get_index(client, repository, tag)
+        existing, doc = (found[0], found[1]) if found is not None else ([], {})
+        have = {d.digest for d in existing}
+        if found is not None and wanted <= have:
+            return found[2]
+        merged = existing + [d for d in descriptors if d.digest not in have]
+        annotations = doc.get("annotations")
+        index = build_index(merged, media_type=mt.OCI_INDEX,
+                            annotations=dict(annotations) if isinstance(annotations, dict)
+                            else None)
+        url = client.url(f"/v2/{repository}/manifests/{quote(tag)}")
+        resp = client.request("PUT", url,
+                              what=f"referrers index {client.name(repository)}:{tag}",
+                              scopes=repository_scopes(repository, "pull", "push"),
+                              ok=(201, 204), body=index.raw,
+                              headers={"Content-Type": mt.OCI_INDEX})
+        release(resp)
+        again = _get_index(client, repository, tag)
+        if again is not None and wanted <= {d.digest for d in again[0]}:
+            return index.digest
+        log.debug("the fallback index %s changed while it was written; merging again", tag)
+    raise RegistryError(f"referrers index {client.name(repository)}:{tag} kept changing "
+                        "while it was written (another writer): try again")
 
 
 def list_referrers(client: RegistryClient, repository: str, digest: str,
                    artifact_type: str | None = None) -> tuple[list[Descriptor], str]:
     """The referrers of ``digest`` in ``repository`` and how they were found
     (:data:`REFERRERS_API` or :data:`FALLBACK_TAG`); filtered by ``artifact_type``."""
-    url = client.url(f"/v2/{repository}/referrers/{digest}")
+    url: str | None = client.url(f"/v2/{repository}/referrers/{digest}")
     if artifact_type:
-        url += "?artifactType=" + quote(artifact_type, safe="")
+        url = f"{url}?artifactType={quote(artifact_type, safe='')}"
     what = f"referrers of {client.name(repository)}@{digest}"
-    resp = client.request("GET", url, what=what, ok=(200, 400, 404, 405),
-                          scopes=repository_scopes(repository, "pull"),
-                          headers={"Accept": mt.OCI_INDEX})
-    content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-    if resp.status_code == 200 and content_type == mt.OCI_INDEX:
+    found: list[Descriptor] = []
+    how = REFERRERS_API
+    pages = 0
+    while url is not None:
+        resp = client.request("GET", url, what=what, ok=(200, 400, 404, 405),
+                              scopes=repository_scopes(repository, "pull"),
+                              headers={"Accept": mt.OCI_INDEX})
+        content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if resp.status_code != 200 or content_type != mt.OCI_INDEX:
+            release(resp)
+            if pages:
+                raise RegistryError(f"{what}: page {pages + 1} answered HTTP "
+                                    f"{resp.status_code}")
+            index = _get_index(client, repository, fallback_tag(digest))
+            found = index[0] if index is not None else []
+            how = FALLBACK_TAG
+            break
         raw = read_limited(resp, MAX_MANIFEST, what)
         parsed = parse_manifest(raw, mt.OCI_INDEX)
         if not isinstance(parsed, Index):
             raise ManifestError(f"{what}: the answer is not an image index")
-        found = list(parsed.manifests)
-        how = REFERRERS_API
-    else:
-        release(resp)
-        index = _get_index(client, repository, fallback_tag(digest))
-        found = index[0] if index is not None else []
-        how = FALLBACK_TAG
+        found.extend(parsed.manifests)
+        pages += 1
+        if pages >= _MAX_PAGES:
+            raise RegistryError(f"{what}: more than {_MAX_PAGES} pages")
+        url = _next_page(resp.headers.get("Link", ""), url)
     if artifact_type:
         found = [d for d in found if d.artifact_type == artifact_type]
     return found, how
+
+
+_MAX_PAGES = 64
+
+
+def _next_page(link: str, current: str) -> str | None:
+    """The ``rel="next"`` target of a ``Link`` header (RFC 8288), on the same origin."""
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        target = target.strip()
+        if target.startswith("<") and target.endswith(">") and any(
+                p.strip().replace(" ", "") in ('rel="next"', "rel=next")
+                for p in params.split(";")):
+            url = urljoin(current, target[1:-1])
+            same = urlsplit(url)[:2] == urlsplit(current)[:2]
+            return url if same else None
+    return None
 
 
 def fetch_blob(client: RegistryClient, repository: str, desc: Descriptor, limit: int
