@@ -5,12 +5,14 @@ Amazon Linux 2) or SUSE's ndb, against the signed repository of
 Debian's rpm writes neither backend, so the images are the rpm_world roots (populated
 by the real ``rpm -i``) with their sqlite rpmdb rewritten as Berkeley DB (``Packages``
 and the 18 btree indexes, by suture's writer, which tests/distro/test_rpm_bdb.py
-checks against libdb and rpm) or as ndb (``Packages.db``), plus the stale runtime
-files such images carry (``__db.001``, an ``Index.db``). Each is patched update-all
-next to the same root with its sqlite rpmdb, at the same SOURCE_DATE_EPOCH, and
-judged: rpm's ``bdb_ro`` answers from the patched Berkeley DB and ``rpmdb
+checks against libdb and rpm) or converted to ndb by rpm itself (``rpmdb --rebuilddb``
+of rpm 4.18 built with ndb, :mod:`tests.fixtures.rpmndb`: ``Packages.db`` and its
+``Index.db``), plus the stale runtime files such images carry (``__db.001``). Each
+is patched update-all next to the same root with its sqlite rpmdb, at the same
+SOURCE_DATE_EPOCH, and judged: rpm's ``bdb_ro`` answers from the patched Berkeley DB and ``rpmdb
 --rebuilddb`` converts it to the same headers suture's sqlite run wrote; the patched
-``Packages.db`` holds those headers too and syft (go-rpmdb) lists the new versions;
+``Packages.db`` holds those headers, is byte for byte the original after rpm's steps,
+and rpm (ndb) and syft (go-rpmdb) list the new versions;
 the stale files are whited out; the files and the scriptlet log equal the sqlite run's;
 ``suture inspect`` names the backend.
 """
@@ -33,6 +35,7 @@ from suture.oci.fs import read_files
 from suture.oci.image import Image
 from tests.fixtures.patchimages import open_image, suture, write_image
 from tests.fixtures.peers import peer
+from tests.fixtures.rpmndb import ndb_cmd, ndb_rpm
 from tests.fixtures.rpmrepo import LOG, RpmWorld
 
 ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C", "HOME": "/tmp"}
@@ -167,11 +170,19 @@ def test_ndb_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: None,
     deletes 1.0; in one transaction (dnf, rpm -U) both puts come first. The patched
     Packages.db is, byte for byte, the original after those steps."""
     root, reference = _reference(rpm_world, tmp_path, os_release)
-    copy, db, packages = _copy(root, "root-ndb")
-    assert [p.hnum for p in packages] == list(range(1, len(packages) + 1))
-    original = create_ndb([p.header.blob for p in packages])
-    (db / "Packages.db").write_bytes(original)
-    (db / "Index.db").write_bytes(b"RpmX" + bytes(4092))  # rpm's derived index, now stale
+    copy = root.parent / "root-ndb"
+    shutil.copytree(root, copy, symlinks=True)
+    packages = read_sqlite(copy / DB / "rpmdb.sqlite")
+    # rpm converts the database to ndb itself (Packages.db and its Index.db)
+    conv = subprocess.run([str(ndb_rpm().parent / "rpmdb"), "--root", str(copy),
+                           "--dbpath", "/" + DB, "--define", "_db_backend ndb", "--rebuilddb"],
+                          capture_output=True, text=True, env=ENV)
+    assert conv.returncode == 0, conv.stderr
+    db = copy / DB
+    assert sorted(p.name for p in db.iterdir() if not p.name.startswith(".")) == [
+        "Index.db", "Packages.db"]
+    original = (db / "Packages.db").read_bytes()
+    assert create_ndb([p.header.blob for p in packages]) == original  # as rpm fills one
     ref = write_image(copy, tmp_path, "ndb", layout="layout-ndb")
     assert _inspect_kind(ref) == ("rpm-ndb", len(packages))
     _patch(rpm_world, tmp_path, ref, "ndb-patched")
@@ -209,6 +220,18 @@ def test_ndb_image_patched(rpm_world: RpmWorld, tmp_path: Path, epoch: None,
     one = replay(puts + dels)
     assert per_package != one  # the order shows in the file
     assert (out / "Packages.db").read_bytes() == (per_package if os_release == SLES else one)
+    # rpm with ndb reads it, checks every blob, and answers -qf from a regenerated index
+    ndb = [*ndb_cmd(dbpath=out)]
+    qa = subprocess.run([*ndb, "-qa", "--qf", "%{NEVRA}\\n"], capture_output=True, text=True,
+                        env=ENV)
+    assert sorted(n for n in qa.stdout.split() if not n.startswith("gpg-pubkey-")) == NEW
+    qf = subprocess.run([*ndb, "-qf", "/usr/bin/sutprog"], capture_output=True, text=True,
+                        env=ENV)
+    assert qf.stdout.split() == ["sutprog-2.0-1.x86_64"], qf.stderr
+    verify = subprocess.run([str(ndb_rpm().parent / "rpmdb"), "--define", "_db_backend ndb",
+                             "--dbpath", str(out), "--verifydb"], capture_output=True,
+                            text=True, env=ENV)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
     syft_root = tmp_path / "syft-root"
     (syft_root / DB).mkdir(parents=True)
