@@ -273,6 +273,12 @@ def test_copa_skip_config_runs_unchanged_and_skips_by_digest(fleet_scene: FleetS
                             '  - name: "alpine-skip-test"\n    image: "__ALPINE_REPO__"\n'
                             '    tags:\n      strategy: "list"\n      list: ["3.19.1"]\n'
                             '    target:\n      tag: "{{ .SourceTag }}-skip-test"\n', scene))
+    dry = suture("patch", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{scene.host}/src/alpine:3.19.1-skip-test pending" in dry.stdout
+    assert scene.tag_files("src/alpine") == {"3.19.1"}
+    refused = suture("patch", "--config", str(config))
+    assert refused.returncode == 2 and "add --push" in refused.stderr
     first = suture("patch", "--config", str(config), "--push", *scene.run_args())
     assert first.returncode == 0, first.stderr
     assert "patched" in first.stdout and "3.19.1-skip-test" in first.stdout
