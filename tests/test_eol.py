@@ -183,7 +183,7 @@ def test_cli_warns_records_and_exits_on_eol(apt_repo: AptRepo, gpg_keys: GpgKeys
 
     proc, doc = _patch(archive, tmp_path, ref, "-t", "warned")
     assert proc.returncode == 0, proc.stderr
-    assert ("suture: warning: linux/amd64: debian 11 reached its end of life on 2024-08-14"
+    assert ("suture: linux/amd64: warning: debian 11 reached its end of life on 2024-08-14"
             in proc.stderr)
     [platform] = doc["platforms"]
     assert platform["status"] == "patched"

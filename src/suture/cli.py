@@ -183,7 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         if renderer is not None:
             renderer.close()
-    _eol_statuses(result, args)
+    _eol_statuses(result, args, renderer)
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
         _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
@@ -829,7 +829,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
             for script, reason in outcome.scripts_not_run:
                 _print_lines([f"warning: {outcome.platform}: not run: {script}: {reason}"],
                              file=sys.stderr)
-    eol = _eol_statuses(result, args)
+    eol = _eol_statuses(result, args, renderer)
     supply = None
     if chain and result.target_reference and not result.failed:
         supply = _supply_chain(args, result, source, destination, options)
@@ -869,17 +869,19 @@ def _exit_on_eol(source: Any, args: argparse.Namespace, options: Any) -> None:
                                    "supported release")
 
 
-def _eol_statuses(result: Any, args: argparse.Namespace) -> list[Any]:
-    """Each platform's end-of-life status (for the result JSON); a warning on stderr
-    for a release past its end of life (not with --progress quiet)."""
+def _eol_statuses(result: Any, args: argparse.Namespace, renderer: Any) -> list[Any]:
+    """Each platform's end-of-life status (for the result JSON); for a release past its
+    end of life, a warning through the progress renderer (a stage line, or a JSON
+    event; nothing with --progress quiet)."""
     from suture.eol import check_eol
 
     out = []
     for o in result.platforms:
         status = check_eol(o.os_family, o.os_version, api_url=args.eol_api_url)
-        if status is not None and status.is_eol and args.progress != "quiet":
-            _print_lines([f"suture: warning: {o.platform or 'image'}: {status.warning()}"],
-                         file=sys.stderr)
+        if status is not None and status.is_eol and renderer is not None:
+            renderer(Event(STAGE, message=f"warning: {status.warning()}",
+                           scope=str(o.platform or "")))
+            renderer.close()
         out.append(status)
     return out
 
