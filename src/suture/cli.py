@@ -257,9 +257,10 @@ def _add_supply_chain_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destination: Any,
-                  options: Any) -> dict[str, Any]:
+                  options: Any, vex: dict[str, object] | None) -> dict[str, Any]:
     """The SBOM, provenance, attachments and signatures of a written patch result; what
-    was attached and signed, for the result JSON."""
+    was attached and signed, for the result JSON. ``vex`` is the document -o writes, so
+    the attached one is the same bytes."""
     import hashlib
 
     from suture.attach import SupplyChainOptions, supply_chain
@@ -272,12 +273,11 @@ def _supply_chain(args: argparse.Namespace, result: Any, source: Any, destinatio
         for file in sorted(where.iterdir()) if where.is_dir() else [where]:
             if file.is_file() and not file.name.startswith("."):
                 reports[file.name] = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
-    author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
     spec = SupplyChainOptions(
         sbom=fmt or None,
         source_sbom=args.source_sbom.read_bytes() if args.source_sbom else None,
         attach=args.attach, copy_source_referrers=args.copy_source_referrers,
-        sign_key=args.signing_key, vex=_vex(result, author) if args.attach else None,
+        sign_key=args.signing_key, vex=vex if args.attach else None,
         options={"platforms": args.platform or "", "ignoreErrors": args.ignore_errors,
                  "mirrors": sorted(args.mirror), "compression": args.compression,
                  "updateAll": not args.report},
@@ -830,9 +830,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
                 _print_lines([f"warning: {outcome.platform}: not run: {script}: {reason}"],
                              file=sys.stderr)
     eol = _eol_statuses(result, args, renderer)
+    author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
+    vex = _vex(result, author) if result.target_reference and (
+        args.output or args.attach) else None  # one document (one timestamp) for both
     supply = None
     if chain and result.target_reference and not result.failed:
-        supply = _supply_chain(args, result, source, destination, options)
+        supply = _supply_chain(args, result, source, destination, options, vex)
     if args.result:
         doc = result.to_json()
         for entry, status in zip(doc["platforms"], eol, strict=True):
@@ -840,9 +843,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         if supply is not None:
             doc["supplyChain"] = supply
         _write_json_atomic(Path(args.result), doc)
-    if args.output and result.target_reference:
-        author = args.vex_author or os.environ.get("COPA_VEX_AUTHOR") or "suture"
-        _write_json_atomic(Path(args.output), _vex(result, author))
+    if args.output and vex is not None:
+        _write_json_atomic(Path(args.output), vex)
     if result.failed:
         first = next(o for o in result.platforms if o.status == "error")
         _print_lines([f"suture: error: {first.platform or 'image'}: {first.message}"],
