@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 from suture.distro.detect import OSRelease
 from suture.distro.fetch import Fetcher
 from suture.distro.rpm.header import Tag
-from suture.distro.rpm.model import SENSE_EQUAL, Dep, RepoPackage
+from suture.distro.rpm.model import SENSE_EQUAL, Dep, PackageInfo, RepoPackage
 from suture.distro.rpm.modules import (
     MODULES_D,
     ModularFilter,
@@ -64,6 +64,7 @@ from suture.patch.model import PatchOptions
 from suture.plan import Plan, Update
 
 if TYPE_CHECKING:
+    from suture.distro.rpm.apply import RpmUpdate
     from suture.reports.model import Finding
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ DNF_CONF = "etc/dnf/dnf.conf"
 OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 _DATA_PREFIXES = ("etc/yum.repos.d/", "etc/dnf/", "etc/yum/", "etc/pki/rpm-gpg/",
                   "etc/os-release", "usr/lib/os-release", "var/lib/rpm/",
-                  "usr/lib/sysimage/rpm/")
+                  "usr/lib/sysimage/rpm/", "etc/zypp/", "var/lib/rpmmanifest/")
 _MANIFEST = "var/lib/rpmmanifest/container-manifest-2"
 # The image platform's architecture (GOARCH) -> rpm's basearch.
 _BASEARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -184,6 +185,27 @@ def _modular_filter(state: RpmState) -> ModularFilter | None:
     return modular
 
 
+def _manifest_infos(state: RpmState) -> None:
+    """A manifest names packages but not what they provide or require: each installed
+    package takes its dependencies and files from the repositories' entry of the same
+    build (what dnf would know of it), when they have one."""
+    by_nevra = {c.nevra: c for c in state.candidates}
+    found = 0
+    for i, p in enumerate(state.installed):
+        c = by_nevra.get(p.info.nevra)
+        if c is None:
+            continue
+        found += 1
+        info = PackageInfo(p.info.name, p.info.epoch, p.info.version, p.info.release,
+                           p.info.arch, c.provides, c.requires, c.obsoletes, c.conflicts,
+                           c.files, c.sourcerpm or p.info.sourcerpm)
+        state.installed[i] = InstalledPackage(p.hnum, p.header, info)
+    missing = len(state.installed) - found
+    if missing:
+        state.notes.append(f"{missing} package(s) of the rpm manifest are not in the "
+                           "repositories: their dependencies are unknown")
+
+
 @dataclass
 class RpmState:
     image: Image
@@ -267,6 +289,9 @@ class RpmState:
             if old is not None:
                 taken.add(old.hnum)
             rpm_updates.append(RpmUpdate(old, archive, tuple(obsoleted)))
+        notes: list[str] = []
+        if self.backend == "manifest":
+            rpm_updates, notes = self._known_headers(rpm_updates)
         workdir = Path(tempfile.mkdtemp(prefix="suture-rpm-"))
         try:
             db_file = _db_copy(workdir / "rpmdb-source", self.db_files)
@@ -292,8 +317,40 @@ class RpmState:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-        return Build(result.entries, result.jobs, result.scratch, result.not_run,
-                     list(result.notes), cleanup=cleanup)
+        jobs, not_run = result.jobs, list(result.not_run)
+        if self.backend == "manifest":  # no database for scriptlets to see: none run
+            not_run += [(j.describe(), "a distroless image (an rpm manifest, no rpm "
+                         "database): scriptlets are not run, as its tooling does not")
+                        for j in jobs]
+            jobs = []
+        return Build(result.entries, jobs, result.scratch, not_run,
+                     [*notes, *result.notes], cleanup=cleanup)
+
+    def _known_headers(self, updates: list[RpmUpdate]) -> tuple[list[RpmUpdate], list[str]]:
+        """A manifest says nothing of a package's files. For each package an update
+        replaces, its own build is fetched from the repositories (they keep earlier
+        builds) so the files the new one drops are removed; one they no longer have
+        keeps its files, with a note."""
+        from suture.distro.rpm.apply import RpmUpdate
+
+        assert self.fetcher is not None
+        known: dict[int, InstalledPackage] = {}
+        notes = []
+        for u in updates:
+            for old in (u.old, *u.obsoleted):
+                if old is None:
+                    continue
+                pkg = next((c for c in self.candidates if c.nevra == old.info.nevra), None)
+                if pkg is None:
+                    notes.append(f"{old.info.nevra} is not in the repositories: files it "
+                                 "had that its update does not are left in place")
+                    continue
+                archive = self._read(pkg, self.fetcher.fetch_package(pkg))
+                known[old.hnum] = InstalledPackage(old.hnum, archive.header, old.info)
+        self.installed = [known.get(p.hnum, p) for p in self.installed]
+        return [RpmUpdate(known.get(u.old.hnum, u.old) if u.old is not None else None, u.new,
+                          tuple(known.get(o.hnum, o) for o in u.obsoleted))
+                for u in updates], notes
 
     def _current(self, path: str) -> bytes | None:
         """The contents of the image's file at ``path`` (root-relative), None when it
@@ -366,6 +423,8 @@ class RpmEngine:
             state.notes.append("Amazon Linux 2023: repositories read at releasever=latest")
         log.info("rpm: basearch %s, releasever %s, %d repositories", arch, rel, len(repos))
         self._load(state)
+        if backend == "manifest":
+            _manifest_infos(state)
         return state
 
     @staticmethod
@@ -400,10 +459,19 @@ class RpmEngine:
                     out[name] = data
                 log.info("rpm database: %s in /%s", _said, real)
                 return real, backend, out
-        if _MANIFEST in files:
-            raise PackageDBError("the image has only an rpm manifest (a distroless image "
-                                 "without an rpm database): not supported yet",
-                                 path="/" + _MANIFEST)
+        manifest = files.get(_MANIFEST)
+        if manifest is not None and manifest.kind == "file":
+            directory = _MANIFEST.rpartition("/")[0]
+            out = {}
+            for name in backend_files("manifest", [p.rpartition("/")[2] for p in files
+                                                   if p.startswith(directory + "/")]):
+                data = _data(files, links, f"{directory}/{name}")
+                if data is None:
+                    raise PackageDBError("cannot read the rpm manifest",
+                                         path=f"/{directory}/{name}")
+                out[name] = data
+            log.info("rpm manifest in /%s (a distroless image: no rpm database)", directory)
+            return directory, "manifest", out
         raise PackageDBError("no rpm database in the image",
                              path=f"/{DB_DIRS[1]}/{SQLITE}")
 

@@ -678,6 +678,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "sqlite": ("rpmdb.sqlite", "sqlite"),
     "ndb": ("Packages.db", "ndb"),
     "bdb": ("Packages", "Berkeley DB"),
+    # distroless Azure Linux / CBL-Mariner: no database, the package manifests in
+    # var/lib/rpmmanifest (suture.distro.rpm.manifest); found by the engine, not in DB_DIRS
+    "manifest": ("container-manifest-2", "rpm manifest"),
 }
 
 
@@ -687,6 +690,8 @@ def backend_files(backend: str, names: Iterable[str]) -> list[str]:
     files)."""
     main = BACKENDS[backend][0]
     keep = {main} | (set(INDEX_TABLES) if backend == "bdb" else set())
+    if backend == "manifest":
+        keep.add("container-manifest-1")
     return sorted(n for n in names if n in keep)
 
 
@@ -710,6 +715,8 @@ def read_db(backend: str, directory: Path) -> list[InstalledPackage]:
         from suture.distro.rpm.ndb import read_ndb
 
         return read_ndb(directory)
+    if backend == "manifest":
+        return _read_manifest(directory)
     return read_sqlite(directory / BACKENDS["sqlite"][0])
 
 
@@ -729,6 +736,43 @@ def write_db(backend: str, source: Path, dest: Path, *, remove: Sequence[int],
         from suture.distro.rpm.ndb import write_ndb
 
         return write_ndb(source, dest, remove=remove, add=add, steps=steps)
+    if backend == "manifest":
+        return _write_manifest(source, dest, remove=remove, add=add)
     name = BACKENDS["sqlite"][0]
     dest.mkdir(parents=True, exist_ok=True)
     return write_sqlite(source / name, dest / name, remove=remove, add=add), [name]
+
+
+def _read_manifest(directory: Path) -> list[InstalledPackage]:
+    """A distroless image's packages from its container-manifest-2, numbered from 1 in
+    the manifest's order; their headers hold only what the lines say (no files)."""
+    from suture.distro.rpm.manifest import parse_manifest2
+
+    path = directory / BACKENDS["manifest"][0]
+    entries = parse_manifest2(path.read_bytes(), path=str(path))
+    return [InstalledPackage(n, e.header(), e.info) for n, e in enumerate(entries, 1)]
+
+
+def _write_manifest(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[bytes]
+                    ) -> tuple[list[int], list[str]]:
+    """Both manifests with the entries numbered ``remove`` left out and the installed
+    headers ``add`` appended (their INSTALLTIME the install time), as rpm -qa lists a
+    database after the same transaction."""
+    from suture.distro.rpm.header import parse_header
+    from suture.distro.rpm.manifest import entry_of, parse_manifest2, write_manifests
+
+    path = source / BACKENDS["manifest"][0]
+    entries = parse_manifest2(path.read_bytes(), path=str(path))
+    gone = set(remove)
+    kept = [e for n, e in enumerate(entries, 1) if n not in gone]
+    added = []
+    for blob in add:
+        header = parse_header(blob, magic=False, what="installed header")[0]
+        added.append(entry_of(header, install_time=header.number(Tag.INSTALLTIME) or 0))
+    one, two = write_manifests(kept + added)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "container-manifest-1").write_bytes(one)
+    (dest / "container-manifest-2").write_bytes(two)
+    first = len(kept) + 1
+    return list(range(first, first + len(added))), ["container-manifest-1",
+                                                     "container-manifest-2"]
