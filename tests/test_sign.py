@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ COSIGN_FLAGS = ("--insecure-ignore-tlog=true", "--allow-insecure-registry",
 
 def _cosign(*args: str, cwd: Path | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
+    home = cwd or Path(tempfile.gettempdir()) / "suture-test-cosign-home"
+    home.mkdir(exist_ok=True)  # cosign keeps its TUF cache in $HOME/.sigstore
     env = {**os.environ, "COSIGN_PASSWORD": PASSWORD, "COSIGN_YES": "true",
-           "HOME": str(cwd or Path.cwd())}
+           "HOME": str(home)}
     proc = subprocess.run([str(peer("cosign")), *args], capture_output=True, text=True,
                           timeout=180, env=env, cwd=cwd)
     if check:
@@ -167,7 +170,8 @@ def test_wrong_password_is_one_line_and_nothing_is_signed(
                            str(chain_scene.tmp / "cache"), "--no-host-keyrings",
                            *chain_scene.archive.mirror_args(), "--progress", "quiet",
                            "--sign-key", str(key)],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=env,
+                          cwd=chain_scene.tmp)  # --sbom spdx writes sbom-*.json here
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "suture: error: cannot decrypt the cosign key: wrong password "
@@ -197,7 +201,8 @@ def test_source_signature_copied_and_spdx_attested(
                            *chain_scene.archive.mirror_args(), "--progress", "quiet",
                            "--sbom", "spdx", "--attach", "--copy-source-referrers",
                            "--sign-key", str(key)],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=env,
+                          cwd=chain_scene.tmp)  # --sbom spdx writes sbom-*.json here
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [wrote] = [line for line in proc.stdout.splitlines() if line.startswith("wrote ")]
     digest = wrote.split()[-1]
