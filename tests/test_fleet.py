@@ -449,3 +449,78 @@ def test_one_patch_per_base_gives_the_same_images(fleet_scene: FleetScene,
         image = open_artifact(reuse[job]["target"], scene.options)
         assert isinstance(image, Image)
         assert _versions(image) == {"musl": "1.2.5-r1", "liba": "1.0-r1"}
+
+
+# ----------------------------------------------------------------------- shared package cache
+
+
+def test_packages_are_shared_through_the_registry(registry: Any, apt_repo: Any,
+                                                  gpg_keys: Any, tmp_path: Path) -> None:
+    """Two Debian images of different bases need the same fixed .deb: the first shard
+    downloads it upstream and pushes it to the registry cache (keyed by the SHA256 of the
+    archive's Packages index), the second finds it there with a HEAD, fetches and checks it,
+    and never asks the archive."""
+    from suture.transports import Options, write_artifact
+    from tests.fixtures.patchimages import Archive, debian_os_release, make_root, write_image
+
+    archive = Archive.create(apt_repo, gpg_keys.good, tmp_path, "bookworm")
+    a1 = archive.add("bookworm", "a", "1.0-1")
+    b1 = archive.add("bookworm", "b", "1.0-1")
+    a2 = archive.add("bookworm-security", "a", "1.0-2",
+                     {"usr/share/a/data": bytes(range(256)) * 64})
+    archive.publish()
+    options = Options(registry=registry.options())
+    for name, debs in (("one", [a1]), ("two", [a1, b1])):
+        root = make_root(tmp_path / f"root-{name}", debs, debian_os_release(),
+                         sources={"etc/apt/sources.list":
+                                  "deb http://deb.debian.org/debian bookworm main\n"},
+                         keyring=archive.key_asc())
+        write_artifact(open_artifact(write_image(root, tmp_path, name)),
+                       f"{registry.host}/src/{name}:1.0.0", options)
+    images = "".join(f"  - name: {n}\n    image: {registry.host}/src/{n}\n"
+                     "    tags: {strategy: list, list: ['1.0.0']}\n" for n in ("one", "two"))
+    plan_path = _plan(tmp_path, "apiVersion: copa.sh/v1alpha1\nkind: PatchConfig\ntarget:\n"
+                      f"  registry: {registry.host}/patched\nimages:\n{images}")
+    plan = Plan.from_bytes(plan_path.read_bytes())
+    assert [[j.id for j in s] for s in assign_shards(plan, 2)] == [["one:1.0.0"],
+                                                                   ["two:1.0.0"]]
+    results = tmp_path / "results"
+    for shard in (0, 1):
+        proc = suture("fleet", "run", "--plan", str(plan_path), "--shard", f"{shard}/2",
+                      "--results", str(results), "--cache-dir", str(tmp_path / f"c{shard}"),
+                      "--package-cache", f"{registry.host}/cache", "--sandbox", "none",
+                      "--no-host-keyrings", *archive.mirror_args())
+        assert proc.returncode == 0, proc.stderr
+    import hashlib
+
+    digest = hashlib.sha256(a2.read_bytes()).hexdigest()
+    (first,) = json.loads((results / "0.json").read_text())["jobs"]
+    (second,) = json.loads((results / "1.json").read_text())["jobs"]
+    assert first["packageCache"] == {"hits": [], "pushed": [digest], "rejected": []}
+    assert second["packageCache"] == {"hits": [digest], "pushed": [], "rejected": []}
+    assert len(archive.fetched(a2.name)) == 1  # upstream once, for the whole fleet
+    manifest = open_artifact(f"{registry.host}/cache/dpkg:pkg-{digest}", options)
+    assert manifest.digest.startswith("sha256:")
+    assert json.loads(manifest.raw_manifest)["artifactType"] == \
+        "application/vnd.suture.cache.pkg.v1"
+    merged, summary = _merge(plan_path, results)
+    assert merged.returncode == 0, merged.stderr
+    from tests.fixtures.patchimages import versions
+
+    for job in summary["jobs"]:
+        image = open_artifact(job["target"], options)
+        assert isinstance(image, Image) and versions(image)["a"] == "1.0-2"
+    # A cached blob that no longer matches its digest is refused after the GET: the
+    # package comes from the archive again, verified as always.
+    blob = registry.blob_file(f"sha256:{digest}")
+    blob.write_bytes(bytes(b ^ 0xFF for b in blob.read_bytes()))
+    again = tmp_path / "again"
+    proc = suture("fleet", "run", "--plan", str(plan_path), "--shard", "1/2",
+                  "--results", str(again), "--cache-dir", str(tmp_path / "c3"),
+                  "--package-cache", f"{registry.host}/cache", "--sandbox", "none",
+                  "--no-host-keyrings", *archive.mirror_args())
+    assert proc.returncode == 0, proc.stderr
+    (third,) = json.loads((again / "1.json").read_text())["jobs"]
+    assert third["status"] == "patched"
+    assert third["packageCache"]["rejected"] == [digest] and not third["packageCache"]["hits"]
+    assert len(archive.fetched(a2.name)) == 2

@@ -89,6 +89,10 @@ def add_parser(sub: Any, patch_parser: argparse.ArgumentParser,
                      help="images patched at once on this machine (default: %(default)s)")
     run.add_argument("--timeout", default="30m", metavar="DURATION",
                      help="bound each image, e.g. 90s, 10m (default: 30m)")
+    run.add_argument("--package-cache", metavar="REGISTRY/NAMESPACE",
+                     help="share downloaded packages through this registry namespace "
+                          "(<NAMESPACE>/<family>, tagged pkg-<sha256>), HEAD before any "
+                          "upstream download")
     run.add_argument("--no-reuse", action="store_true",
                      help="patch every image on its own (default: images of one base "
                           "take the first one's patch layer when nothing forbids it)")
@@ -208,9 +212,17 @@ def _run_options(args: argparse.Namespace, cli: Any, out: Callable[[str], None]
             out(f"suture: {result.name} {result.source.rsplit(':', 1)[-1]}: {result.status} "
                 f"{where} {result.digest or ''} ({result.seconds:.1f} s) {result.message}")
 
+    package_cache = None
+    if getattr(args, "package_cache", None):
+        from suture.fleet.pkgcache import RegistryPackageCache
+        from suture.transports.reference import parse_docker
+
+        package_cache = RegistryPackageCache(parse_docker(args.package_cache),
+                                             popts.transport)
     options = RunOptions(popts, workers=max(1, args.jobs),
                          timeout=cli.parse_duration(args.timeout), on_event=event,
-                         reuse=not getattr(args, "no_reuse", False))
+                         reuse=not getattr(args, "no_reuse", False),
+                         package_cache=package_cache)
     return options, popts.cancel
 
 

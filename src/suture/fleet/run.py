@@ -54,6 +54,7 @@ class JobResult:
     updates: int = 0
     layers: list[str] = field(default_factory=list)
     reused_from: str | None = None  # the job whose patch layer this image took
+    package_cache: dict[str, list[str]] | None = None  # registry cache hits and pushes
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "source": self.source,
@@ -61,7 +62,7 @@ class JobResult:
                 "target": self.target, "tag": self.tag, "digest": self.digest,
                 "message": self.message, "seconds": round(self.seconds, 3),
                 "updates": self.updates, "layers": self.layers,
-                "reusedFrom": self.reused_from}
+                "reusedFrom": self.reused_from, "packageCache": self.package_cache}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JobResult:
@@ -69,7 +70,7 @@ class JobResult:
                    doc["status"], doc.get("target"), doc.get("tag"), doc.get("digest"),
                    doc.get("message", ""), float(doc.get("seconds", 0.0)),
                    int(doc.get("updates", 0)), list(doc.get("layers") or []),
-                   doc.get("reusedFrom"))
+                   doc.get("reusedFrom"), doc.get("packageCache"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class RunOptions:
     workers: int = 2  # jobs at once on this machine
     timeout: float = 1800.0  # per job, seconds
     reuse: bool = True  # one patch per base: others of a group take its layer (reuse.py)
+    package_cache: Any = None  # a pkgcache.RegistryPackageCache shared through the registry
     on_event: Callable[[str, Job, JobResult | None], None] | None = None  # start/finish
 
 
@@ -131,8 +133,13 @@ def run_job(job: Job, options: RunOptions, cancel: threading.Event) -> JobResult
                 return skipped
         assert job.source_digest is not None
         source = parse_docker(job.source).with_digest(job.source_digest)
-        outcome = patch(source, parse_docker(job.target), popts)
-        _fill(result, outcome)
+        target = parse_docker(job.target)
+        if options.package_cache is not None:
+            result.package_cache = _with_package_cache(
+                options.package_cache, popts, lambda: patch(source, target, popts),
+                lambda: patch(source, target, replace(popts, dry_run=True)), result)
+        else:
+            _fill(result, patch(source, target, popts))
     except SutureError as exc:
         result.status = ERROR
         result.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
@@ -142,6 +149,25 @@ def run_job(job: Job, options: RunOptions, cancel: threading.Event) -> JobResult
         result.target = result.tag = None
     result.seconds = time.monotonic() - started
     return result
+
+
+def _with_package_cache(cache: Any, popts: PatchOptions, run: Callable[[], PatchResult],
+                        dry: Callable[[], PatchResult], result: JobResult
+                        ) -> dict[str, list[str]]:
+    """Plan (a dry run), take what the registry cache has, patch, push what it lacks."""
+    from suture.fleet.pkgcache import CacheStats
+
+    stats = CacheStats()
+    planned = dry()
+    for o in planned.platforms:
+        if o.plan is not None:
+            cache.prefetch(o.plan.family, list(o.plan.updates), popts.cache_dir, stats)
+    outcome = run()
+    _fill(result, outcome)
+    for o in outcome.platforms:
+        if o.plan is not None and o.status == PATCHED:
+            cache.publish(o.plan.family, list(o.plan.updates), popts.cache_dir, stats)
+    return stats.to_json()
 
 
 def _fill(result: JobResult, outcome: PatchResult) -> None:
