@@ -2,8 +2,9 @@
 or without ``rpm`` or ``dnf`` in them.
 
 prepare: read the rpmdb (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``, symlinks
-followed; sqlite, SUSE's ndb or Berkeley DB, the first found in that order;
-distroless manifest-only images are refused), os-release, the basearch from the
+followed; sqlite, SUSE's ndb or Berkeley DB, the first found in that order; else the
+``var/lib/rpmmanifest`` manifests of a distroless Azure Linux or CBL-Mariner image, whose
+packages take their dependencies from the repositories), os-release, the basearch from the
 image platform, ``$releasever`` (as dnf: the installed
 ``system-release(releasever)``; ``latest`` on Amazon Linux 2023, as AWS documents
 for updates), the variables of ``etc/dnf/vars`` and ``etc/yum/vars``, the
@@ -431,8 +432,10 @@ class RpmEngine:
     def _database(image: Image, files: Mapping[str, FileEntry], links: Mapping[str, str]
                   ) -> tuple[str, str, dict[str, bytes]]:
         """(directory, backend, its files by name): the first of sqlite, ndb and
-        Berkeley DB found in :data:`DB_DIRS`."""
+        Berkeley DB found in :data:`DB_DIRS`, else a distroless image's manifests."""
         for backend, (main, _said) in BACKENDS.items():
+            if backend == "manifest":  # not a database: var/lib/rpmmanifest, below
+                continue
             for where in DB_DIRS:
                 real = resolve(where, links)
                 entry = files.get(f"{real}/{main}")
