@@ -23,7 +23,7 @@ from suture.distro.scripts import ScriptJob
 from suture.errors import LayerError
 from suture.oci import extract
 from suture.oci.image import Image
-from suture.oci.layer import DIR, FILE, Entry
+from suture.oci.layer import DIR, FILE, HARDLINK, Entry
 from suture.oci.model import Platform
 from suture.patch import sandbox
 from suture.patch.sandbox import Limits, ScriptError, host_architecture
@@ -157,6 +157,105 @@ exit 0
     assert "demo demo 640 /etc/demo.conf" in _file(outcome, "var/lib/dpkg/statoverride")
     far = entries["etc/far-ids"]
     assert (far.uid, far.gid) == (123456, 654321)
+
+
+MOUNTS_PROBE = """#!/bin/sh
+cat /proc/self/mountinfo > /etc/probe-self-mountinfo
+cat /proc/1/mountinfo > /etc/probe-1-mountinfo
+cat /proc/self/mounts > /etc/probe-self-mounts
+cat /proc/1/mounts > /etc/probe-1-mounts
+readlink /proc/self/root /proc/self/cwd /proc/1/root /proc/1/cwd > /etc/probe-links
+exit 0
+"""
+
+
+@pytest.mark.network
+def test_no_host_path_of_the_root_is_visible_in_the_sandbox(bookworm_image: Image,
+                                                            tmp_path: Path) -> None:
+    """The root is an overlay of its own in the sandbox, not a bind mount of a host
+    directory: /proc/*/mountinfo (whose 4th field is a bind mount's path in its file
+    system) and /proc/*/mounts name no directory of the host the root lives in."""
+    workdir = tmp_path / "work"
+    outcome = _run(bookworm_image, "mounts", MOUNTS_PROBE, workdir, sandbox="bwrap")
+    assert outcome.ran == ["mounts postinst configure"]
+    host_dirs = [str(p) for p in [workdir, *workdir.parents] if str(p) not in ("/", "/tmp")]
+    assert str(tmp_path) in host_dirs and len(host_dirs) >= 3
+    for name in ("self-mountinfo", "1-mountinfo", "self-mounts", "1-mounts", "links"):
+        text = _file(outcome, f"etc/probe-{name}")
+        assert text.strip(), name
+        for line in text.splitlines():
+            assert "suture-" not in line, (name, line)
+            for host_dir in host_dirs:
+                assert host_dir not in line, (name, line, host_dir)
+    # The sandbox's "/" is the root of a file system of its own, named by relative paths.
+    roots = [line.split() for line in _file(outcome, "etc/probe-self-mountinfo").splitlines()
+             if line.split()[4] == "/"]
+    assert len(roots) == 1
+    fields = roots[0]
+    assert fields[3] == "/"
+    assert fields[fields.index("-") + 1] == "overlay"
+    assert _file(outcome, "etc/probe-links").split() == ["/", "/", "/", "/"]
+
+
+CHANGES = """#!/bin/sh
+set -e
+rm -rf /usr/share/doc
+rm /etc/debian_version && mkdir /etc/debian_version && echo in-dir > /etc/debian_version/f
+rm -rf /etc/apt/apt.conf.d && echo now-a-file > /etc/apt/apt.conf.d
+rm -rf /var/lib/apt && mkdir -p /var/lib/apt/lists && echo only > /var/lib/apt/lists/only
+echo linked > /etc/hl-a && ln /etc/hl-a /etc/hl-b
+mv /etc/issue.net /etc/issue.moved
+echo appended >> /etc/issue
+chmod 0710 /var/cache && chown 12:34 /var/cache
+mkdir -p /opt/new/deep && echo deep > /opt/new/deep/file && ln -s ../new /opt/new/link
+touch -d @1000000000 /opt/new/deep/file
+echo first > /etc/first-job
+exit 0
+"""
+SECOND = """#!/bin/sh
+set -e
+# What the first job did is in the root the second one sees.
+test -d /etc/debian_version && test ! -e /usr/share/doc && test ! -e /etc/issue.net
+grep -q first /etc/first-job && echo second >> /etc/first-job
+test "$(stat -c %h /etc/hl-a)" = 2
+exit 0
+"""
+
+
+@pytest.mark.network
+def test_what_scripts_do_through_the_overlay_is_what_lands_in_the_root(
+        bookworm_image: Image, tmp_path: Path) -> None:
+    """Deletions (whiteouts), a file become a directory and back, a directory replaced
+    whole (opaque), hard links, renames, owners, modes and times: after each job the
+    root holds what the script did, as it did with the root bound directly."""
+    scripts = [Entry.file("var/lib/dpkg/info/one.postinst", CHANGES.encode(), mode=0o755),
+               Entry.file("var/lib/dpkg/info/two.postinst", SECOND.encode(), mode=0o755)]
+    outcome = run_scripts(bookworm_image, scripts, [_job("one"), _job("two")],
+                          workdir=tmp_path, sandbox="bwrap")
+    assert outcome.ran == ["one postinst configure", "two postinst configure"]
+    entries = {e.path: e for e in outcome.entries}
+    assert "usr/share/.wh.doc" in entries
+    assert not any(p.startswith("usr/share/doc/") for p in entries)
+    assert entries["etc/debian_version"].kind == DIR
+    assert _file(outcome, "etc/debian_version/f") == "in-dir\n"
+    assert _file(outcome, "etc/apt/apt.conf.d") == "now-a-file\n"
+    assert _file(outcome, "var/lib/apt/lists/only") == "only\n"
+    gone = [p for p in entries if p.startswith("var/lib/apt/") and ".wh." in p]
+    assert gone  # the old contents of /var/lib/apt are deleted, not merged
+    assert _file(outcome, "etc/hl-a") == "linked\n"
+    assert (entries["etc/hl-b"].kind, entries["etc/hl-b"].linkname) == (HARDLINK, "etc/hl-a")
+    assert "etc/.wh.issue.net" in entries and _file(outcome, "etc/issue.moved")
+    assert _file(outcome, "etc/issue").endswith("appended\n")
+    cache = entries["var/cache"]
+    assert (cache.kind, cache.mode, cache.uid, cache.gid) == (DIR, 0o710, 12, 34)
+    assert _file(outcome, "opt/new/deep/file") == "deep\n"
+    assert entries["opt/new/link"].linkname == "../new"
+    assert _file(outcome, "etc/first-job") == "first\nsecond\n"
+    # Nothing of the overlay's own is left in what the scripts changed.
+    for entry in outcome.entries:
+        assert not any(k.startswith(("trusted.overlay.", "user.overlay."))
+                       for k in entry.xattrs), entry.path
+    assert not [p for p in tmp_path.rglob("*") if ".suture-overlay-" in str(p)]
 
 
 # --------------------------------------------------------------------------- limits

@@ -8,7 +8,9 @@ caller's business. docs/security.md gives the threat model: the image (its
 scripts, its shell, its perl, its ldconfig) is hostile; the user's flags are not.
 
 Sandboxes
-    ``bwrap`` (bubblewrap): the root is bind-mounted read-write as ``/``, with a
+    ``bwrap`` (bubblewrap): the root is mounted read-write as ``/`` through an
+    overlay of its own for each run (:class:`_Overlay`: no mount in the sandbox names
+    a host directory; the run's changes are moved into the root when it ends), with a
     fresh ``/dev`` and ``/proc``, and size-bounded tmpfs ``/tmp``, ``/run`` and
     ``/dev/shm``; new user, mount, IPC, PID, UTS, network (no network at all) and
     cgroup namespaces; an empty environment. In ``/proc``, ``sys``, ``sysrq-trigger``,
@@ -62,8 +64,10 @@ import os
 import platform
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -313,11 +317,13 @@ def choose_sandbox(requested: str, *, quiet: bool = False) -> tuple[str | None, 
 
 def command(kind: str, root: Path, env: dict[str, str], argv: list[str]) -> list[str]:
     """The command that runs ``argv`` in sandbox ``kind`` over ``root`` (for
-    :func:`run_one`, which supplies the descriptors it names and the limits)."""
+    :func:`run_one`, which supplies the descriptors it names, the root's overlay and
+    the limits)."""
     if kind == "chroot":
         return [shutil.which("chroot") or "chroot", str(root), *argv]
     size = str(LIMITS.tmpfs)
-    cmd = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--bind", str(root), "/",
+    cmd = [shutil.which("bwrap") or "bwrap", *_namespace_args(),
+           "--bind", _ROOT + str(root), "/",
            *_proc_args(LIMITS), "--size", size, "--tmpfs", "/tmp", "--size", size,
            "--tmpfs", "/run", "--chdir", "/", "--clearenv"]
     for name, value in sorted(env.items()):
@@ -353,6 +359,307 @@ def _descriptors(cmd: list[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+# --------------------------------------------------------------------------- the root
+
+# In command(): the root given as the source of bwrap's `--bind ... /`, which run_one
+# replaces by the root's overlay.
+_ROOT = "@ROOT@"
+# The overlay's own xattrs in its upper directory (trusted.* when mounted as root,
+# user.* in a user namespace): never part of what the scripts wrote.
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+# The layers named relative to the overlay's directory (the mount's working
+# directory): the options /proc/self/mountinfo shows in the sandbox name no host path.
+# One lower layer, so no redirects, metacopy or index: the upper directory holds only
+# whole files, directories, symlinks, whiteouts and opaque directories.
+_OVERLAY_OPTIONS = "lowerdir=lower,upperdir=upper,workdir=work"
+_OVERLAY_AS_ROOT = _OVERLAY_OPTIONS + ",redirect_dir=nofollow,index=off,metacopy=off,volatile"
+_OVERLAY_IN_USERNS = _OVERLAY_OPTIONS + ",userxattr,volatile"
+_fallback_said = False
+
+
+class _Overlay:
+    """The scripts' root as one run sees it: an overlay file system with the root as
+    its lower layer and an empty upper directory, mounted by the run's first process
+    (:data:`_ENTER`) in a mount namespace of its own and bind-mounted as ``/`` by
+    bwrap. A bind mount of the root itself would show the root's path on the host in
+    the sandbox's ``/proc/self/mountinfo``; the overlay is a file system of its own,
+    whose mount shows ``/`` and these options.
+
+    :meth:`finish` (after every process of the run has ended) moves what the run
+    wrote from the upper directory into the root, so the root is what a bind mount
+    would have left: files, symlinks and directories the run made or changed replace
+    the root's (by rename: same owners, modes, times, xattrs and hard links), whiteouts
+    delete, opaque directories replace the whole directory, and the directories it
+    changed get its owner, mode, xattrs and times. One difference: a file of the root
+    with several names that the run changed through one of them is a file of its own
+    after the run (overlayfs copies it up alone), as in a container.
+
+    When the overlay cannot be mounted over the root's file system (overlayfs missing,
+    or an upper directory it does not support), the run binds the root itself, as
+    before, and a warning says that the sandbox sees the root's host path.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with _homes_lock:  # one run at a time over a root: its directory is taken
+            home = _homes.pop(str(root), None)
+        if home is None or not _reusable(home, root):
+            if home is not None:
+                _discard(home)
+            home = _new_home(root)
+        self.dir = home
+        try:
+            # "/" in the sandbox is the upper directory's inode: give it the root's looks.
+            _copy_meta(str(root), os.lstat(root), str(home / "upper"))
+        except BaseException:
+            _discard(home)
+            raise
+
+    @property
+    def merged(self) -> str:
+        return str(self.dir / "merged")
+
+    def spec(self) -> dict[str, object]:
+        """What :data:`_ENTER` needs to mount it."""
+        return {"dir": str(self.dir), "merged": self.merged, "root": str(self.root),
+                "userns": not _as_root(),
+                "options": _OVERLAY_AS_ROOT if _as_root() else _OVERLAY_IN_USERNS}
+
+    def finish(self) -> None:
+        """Apply the run's changes to the root; keep the overlay's directories, empty,
+        for the next run over the same root."""
+        global _fallback_said
+        try:
+            why = (self.dir / "fallback").read_text()
+        except OSError:
+            why = None
+        if why is not None and not _fallback_said:
+            _fallback_said = True
+            log.warning("maintainer scripts see where their root is on this host: cannot "
+                        "mount an overlay over %s (%s); its own bind mount is used",
+                        self.root, why.strip())
+        kept = False
+        try:
+            _merge(str(self.dir / "upper"), str(self.root))
+            # The next mount needs a work directory without the mark of a volatile mount.
+            _remove_tree(str(self.dir / "work" / "work"))
+            if why is not None:
+                (self.dir / "fallback").unlink()
+            kept = True
+        finally:
+            if kept:
+                with _homes_lock:
+                    _homes[str(self.root)] = self.dir
+            else:
+                _discard(self.dir)
+
+
+# root -> the directory of its overlay (beside it: upper, work, merged, and lower, a
+# symlink to the root), kept from one run to the next; it goes with the root's parent.
+_homes: dict[str, Path] = {}
+_homes_lock = threading.Lock()
+
+
+def _new_home(root: Path) -> Path:
+    home = Path(tempfile.mkdtemp(prefix=".suture-overlay-", dir=root.parent))
+    try:
+        for name in ("upper", "work", "merged"):
+            (home / name).mkdir()
+        (home / "lower").symlink_to(root)
+    except BaseException:
+        _discard(home)
+        raise
+    return home
+
+
+def _reusable(home: Path, root: Path) -> bool:
+    try:
+        return os.readlink(home / "lower") == str(root) and not os.listdir(home / "upper")
+    except OSError:
+        return False
+
+
+def _discard(home: Path) -> None:
+    try:
+        _remove_tree(str(home))
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", home, exc)
+
+
+def _with_overlay(cmd: list[str]) -> tuple[list[str], _Overlay | None]:
+    """``cmd`` with the root of bwrap's ``--bind @ROOT@... /`` replaced by the mount
+    point of a new :class:`_Overlay` over it (or by the root itself, if no overlay can
+    be prepared there), and that overlay."""
+    for i in range(len(cmd) - 2):
+        if cmd[i] == "--bind" and cmd[i + 1].startswith(_ROOT) and cmd[i + 2] == "/":
+            root = Path(cmd[i + 1][len(_ROOT):])
+            try:
+                overlay = _Overlay(root)
+            except OSError as exc:
+                log.warning("no overlay for maintainer scripts next to %s (%s): they see "
+                            "where their root is on this host", root, exc)
+                return [*cmd[:i + 1], str(root), *cmd[i + 2:]], None
+            return [*cmd[:i + 1], overlay.merged, *cmd[i + 2:]], overlay
+        if cmd[i] == "--":
+            break
+    return cmd, None
+
+
+def _overlay_xattrs(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith(_OVERLAY_XATTRS)]
+
+
+def _xattrs(target: str | int) -> dict[str, bytes]:
+    """The xattrs of a path (not followed) or descriptor, the overlay's own left out."""
+    if isinstance(target, int):
+        return {n: os.getxattr(target, n) for n in os.listxattr(target)
+                if not n.startswith(_OVERLAY_XATTRS)}
+    return {n: os.getxattr(target, n, follow_symlinks=False)
+            for n in os.listxattr(target, follow_symlinks=False)
+            if not n.startswith(_OVERLAY_XATTRS)}
+
+
+def _copy_meta(src: str | int, st: os.stat_result, dst: str) -> None:
+    """Give directory ``dst`` the owner, mode, xattrs (the overlay's own left out) and
+    times of ``src`` (a path or descriptor, whose ``lstat`` is ``st``); what is
+    already so is not written again."""
+    wanted = _xattrs(src)
+    present = set(os.listxattr(dst, follow_symlinks=False))
+    for name in present - wanted.keys():
+        if not name.startswith(_OVERLAY_XATTRS) and name != "security.selinux":
+            os.removexattr(dst, name, follow_symlinks=False)
+    for name, value in wanted.items():
+        if name not in present or os.getxattr(dst, name, follow_symlinks=False) != value:
+            os.setxattr(dst, name, value, follow_symlinks=False)
+    now = os.lstat(dst)
+    if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+        now = os.lstat(dst)
+    if now.st_mode != st.st_mode:
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if (now.st_atime_ns, now.st_mtime_ns) != (st.st_atime_ns, st.st_mtime_ns):
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove ``path`` (not followed if a symlink) and everything under it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    if st.st_mode & 0o700 != 0o700:  # overlayfs makes its work directory 000
+        os.chmod(path, 0o700)
+    stack = [path]
+    done: list[str] = []
+    while stack:  # iterative: a script may nest directories deeper than Python recurses
+        top = stack.pop()
+        done.append(top)
+        with os.scandir(top) as it:
+            for de in it:
+                if de.is_dir(follow_symlinks=False):
+                    if de.stat(follow_symlinks=False).st_mode & 0o700 != 0o700:
+                        os.chmod(de.path, 0o700)
+                    stack.append(de.path)
+                else:
+                    os.unlink(de.path)
+    for top in reversed(done):
+        os.rmdir(top)
+
+
+def _is_whiteout(st: os.stat_result, private: list[str]) -> bool:
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return True
+    return any(n.endswith(".overlay.whiteout") for n in private) and stat.S_ISREG(st.st_mode)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _merge(upper: str, root: str) -> None:
+    """Move what a run left in the overlay's ``upper`` directory into ``root`` (see
+    :class:`_Overlay`), leaving ``upper`` empty. The upper directory is walked by
+    descriptors opened without following symlinks; in the root (which only this
+    process writes), every directory merged into is checked to be one."""
+    top = os.open(upper, _DIR_FLAGS)
+    # (descriptor, names left, its stat, its place in the root, parent's descriptor, name)
+    frames: list[tuple[int, list[str], os.stat_result, str, int | None, str]] = [
+        (top, sorted(os.listdir(top), reverse=True), os.fstat(top), root, None, "")]
+    try:
+        while frames:
+            fd, names, st, target_dir, parent, name = frames[-1]
+            if not names:  # its children are done: its own metadata, times last
+                frames.pop()
+                try:
+                    _copy_meta(fd, st, target_dir)
+                finally:
+                    os.close(fd)
+                if parent is not None:
+                    os.rmdir(name, dir_fd=parent)
+                continue
+            child = names.pop()
+            opened = _merge_one(fd, child, f"{target_dir}/{child}")
+            if opened is not None:
+                frames.append((opened, sorted(os.listdir(opened), reverse=True),
+                               os.fstat(opened), f"{target_dir}/{child}", fd, child))
+    finally:
+        for fd, *_rest in frames:
+            os.close(fd)
+
+
+def _merge_one(up_fd: int, name: str, target: str) -> int | None:
+    """Merge entry ``name`` of upper directory ``up_fd`` into ``target``; a descriptor
+    of it if it is a directory to merge into ``target`` entry by entry."""
+    st = os.lstat(name, dir_fd=up_fd)
+    up = f"/proc/self/fd/{up_fd}/{name}"  # for the xattr calls, which take no dir_fd
+    private = _overlay_xattrs(os.listxattr(up, follow_symlinks=False))
+    try:
+        old: os.stat_result | None = os.lstat(target)
+    except FileNotFoundError:
+        old = None
+    if _is_whiteout(st, private):
+        if old is not None:
+            _remove_tree(target)
+        os.unlink(name, dir_fd=up_fd)
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        opaque = any(n.endswith(".overlay.opaque") and
+                     os.getxattr(up, n, follow_symlinks=False) == b"y" for n in private)
+        if old is not None and stat.S_ISDIR(old.st_mode) and not opaque:
+            return os.open(name, _DIR_FLAGS, dir_fd=up_fd)
+    if old is not None and (stat.S_ISDIR(old.st_mode) or stat.S_ISDIR(st.st_mode)):
+        _remove_tree(target)
+    for n in private:
+        os.removexattr(up, n, follow_symlinks=False)
+    os.rename(name, target, src_dir_fd=up_fd)
+    if stat.S_ISDIR(st.st_mode):
+        _scrub(target)
+    return None
+
+
+def _scrub(top: str) -> None:
+    """Remove the overlay's xattrs and whiteouts from a directory tree moved out of the
+    upper directory whole (one the run made, or an opaque one)."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        with os.scandir(here) as it:
+            for de in it:
+                st = de.stat(follow_symlinks=False)
+                private = _overlay_xattrs(os.listxattr(de.path, follow_symlinks=False))
+                if _is_whiteout(st, private):
+                    os.unlink(de.path)
+                    continue
+                for n in private:
+                    os.removexattr(de.path, n, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(de.path)
+    # Removing a whiteout changed the times of its directory: none, in practice (overlayfs
+    # makes no whiteouts where no lower layer has the name).
 
 
 # --------------------------------------------------------------------------- limits
@@ -545,40 +852,75 @@ class _Cgroups:
 
     def remove(self) -> None:
         for _, path in self.made:
-            for _attempt in range(50):
+            for attempt in range(60):
                 if self._rmdir(path):
                     break
                 self.kill()
-                time.sleep(0.1)
+                # Its last processes are usually gone within a millisecond or two: a
+                # fixed 0.1 s here cost a third of the script runs that much each.
+                time.sleep(min(0.1, 0.001 * 2 ** attempt))
             else:
                 log.warning("cannot remove cgroup %s", path)
         self.made = []
 
 
 # The first program of every script run: puts back the signals Python ignores, joins
-# the run's cgroups, sets the rlimits, then execs the sandbox. Exit 125 if it cannot.
+# the run's cgroups, mounts the root's overlay (see _Overlay: in a mount namespace of
+# its own, as root in the host's user namespace, else in a user namespace of its own
+# that maps the caller to itself; if it cannot, the run binds the root itself), sets
+# the rlimits, then execs the sandbox. Exit 125 if it cannot.
 _ENTER = ("import json,os,resource,signal,sys\n"
           "spec=json.loads(sys.argv[1])\n"
           "for s in ('SIGPIPE','SIGXFSZ','SIGXFZ'):\n"
           "    if hasattr(signal,s): signal.signal(getattr(signal,s),signal.SIG_DFL)\n"
+          "argv=sys.argv[2:]\n"
+          "def overlay(ov):\n"
+          "    import _ctypes as C\n"  # not ctypes: 10 times slower to import
+          "    class I(C._SimpleCData): _type_='i'\n"
+          "    class F(C.CFuncPtr): _flags_=C.FUNCFLAG_CDECL|C.FUNCFLAG_USE_ERRNO; _restype_=I\n"
+          "    class libc: _handle=C.dlopen(None,os.RTLD_NOW)\n"
+          "    def call(r,what):\n"
+          "        if r!=0:\n"
+          "            e=C.get_errno(); raise OSError(e,'%s: %s'%(what,os.strerror(e)))\n"
+          "    unshare,mount=F(('unshare',libc)),F(('mount',libc))\n"
+          "    if ov['userns']:\n"
+          "        uid,gid=os.getuid(),os.getgid()\n"
+          "        call(unshare(0x10020000),'unshare')\n"
+          "        for n,t in (('setgroups','deny'),('uid_map','%d %d 1'%(uid,uid)),\n"
+          "                    ('gid_map','%d %d 1'%(gid,gid))):\n"
+          "            with open('/proc/self/'+n,'w') as f: f.write(t)\n"
+          "    else:\n"
+          "        call(unshare(0x20000),'unshare')\n"
+          "    call(mount(b'none',b'/',None,0x44000,None),'private mounts')\n"
+          "    os.chdir(ov['dir'])\n"
+          "    call(mount(b'suture',b'merged',b'overlay',0,ov['options'].encode()),\n"
+          "         'mount overlay')\n"
+          "    os.chdir('/')\n"
           "try:\n"
           "    for p in spec['procs']:\n"
           "        with open(p,'w') as f: f.write(str(os.getpid()))\n"
+          "    if spec['overlay']:\n"
+          "        try: overlay(spec['overlay'])\n"
+          "        except OSError as e:\n"
+          "            ov=spec['overlay']\n"
+          "            argv=[ov['root'] if a==ov['merged'] else a for a in argv]\n"
+          "            with open(ov['dir']+'/fallback','w') as f: f.write(str(e))\n"
           "    for name,value in spec['rlimits']:\n"
           "        r=getattr(resource,name); hard=resource.getrlimit(r)[1]\n"
           "        if hard!=resource.RLIM_INFINITY: value=min(value,hard)\n"
           "        resource.setrlimit(r,(value,value))\n"
-          "    os.execv(sys.argv[2],sys.argv[2:])\n"
+          "    os.execv(argv[0],argv)\n"
           "except OSError as e:\n"
           "    sys.stderr.write('suture: cannot enter the sandbox: %s\\n' % e); sys.exit(125)\n")
 
 
-def _entry(cgroups: _Cgroups, limits: Limits) -> list[str]:
+def _entry(cgroups: _Cgroups, limits: Limits, overlay: _Overlay | None = None) -> list[str]:
     rlimits: list[tuple[str, int]] = [("RLIMIT_CORE", 0), ("RLIMIT_FSIZE", limits.file_size),
                                       ("RLIMIT_NOFILE", limits.open_files)]
     if "memory" not in cgroups.controllers:
         rlimits.append(("RLIMIT_AS", limits.memory))
-    spec = json.dumps({"procs": cgroups.procs, "rlimits": rlimits})
+    spec = json.dumps({"procs": cgroups.procs, "rlimits": rlimits,
+                       "overlay": overlay.spec() if overlay is not None else None})
     return [sys.executable, "-I", "-S", "-c", _ENTER, spec]
 
 
@@ -668,16 +1010,29 @@ def run_one(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float)
     limits = LIMITS
     cgroups = _Cgroups(limits)
     _say_unlimited(cgroups)
+    overlay: _Overlay | None = None
     try:
         with _descriptors(cmd) as (filled, fds):
-            _run(job, [*_entry(cgroups, limits), *filled], env, timeout, fds, cgroups,
-                 limits)
+            filled, overlay = _with_overlay(filled)
+            _run(job, [*_entry(cgroups, limits, overlay), *filled], env, timeout, fds,
+                 cgroups, limits)
     except SandboxUnavailable as exc:
         raise ScriptError(job, exit_code=None, detail=str(exc), how="could not start") \
             from None
     finally:
         cgroups.kill()
         cgroups.remove()
+        if overlay is not None:
+            _finish(job, overlay)
+
+
+def _finish(job: ScriptJob, overlay: _Overlay) -> None:
+    """Apply what the run wrote in its overlay to the root (its processes all gone)."""
+    try:
+        overlay.finish()
+    except (OSError, RecursionError) as exc:
+        raise ScriptError(job, exit_code=None, detail=str(exc),
+                          how="left changes that could not be applied to the root") from None
 
 
 def _run(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float,
