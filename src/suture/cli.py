@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="show platforms, layers, OS and package database")
     inspect.add_argument("image", metavar="IMAGE",
                          help="docker://REF, REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
-                              "docker-archive:FILE[:REF]")
+                              "docker-archive:FILE[:REF], docker-daemon:NAME[:TAG], "
+                              "podman:NAME[:TAG]")
     inspect.add_argument("--platform", metavar="OS/ARCH[/VARIANT][,...]",
                          help="only these platforms of an index")
     inspect.add_argument("--json", action="store_true", help="print JSON")

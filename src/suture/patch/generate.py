@@ -20,7 +20,9 @@ patched one (so re-patching an image suture patched before, whose earlier patch
 layer is replaced, is expressed too). Metadata compared: kind, mode, owner, link
 target, and the layer an entry comes from (a file from a new layer is copied even if
 its bytes did not change). The tar is deterministic: sorted, mtime 0, root-owned
-entries in the tar (ownership is in the Dockerfile).
+entries in the tar (ownership is in the Dockerfile). Extended attributes (file
+capabilities) of changed files are not carried: the merged-tree reader does not keep
+them, and Docker's COPY would need them in the context tar.
 """
 
 from __future__ import annotations
