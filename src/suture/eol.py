@@ -45,6 +45,10 @@ _PRODUCTS = {
     "fedora": "fedora",
     "azurelinux": "azure-linux", "azure-linux": "azure-linux",
     "mariner": "cbl-mariner", "cbl-mariner": "cbl-mariner",
+    "centos": "centos",
+    "sles": "sles", "suse linux enterprise server": "sles",
+    "opensuse-leap": "opensuse", "opensuse.leap": "opensuse", "opensuse leap": "opensuse",
+    "opensuse-tumbleweed": "opensuse-tumbleweed",
 }
 _DEBIAN_CODENAMES = {"wheezy": "7", "jessie": "8", "stretch": "9", "buster": "10",
                      "bullseye": "11", "bookworm": "12", "trixie": "13", "forky": "14"}
@@ -88,14 +92,14 @@ def release_of(family: str, version: str) -> tuple[str, str] | None:
     if product is None:
         return None
     v = version.strip().lower()
-    if product == "wolfi":
+    if product in ("wolfi", "opensuse-tumbleweed"):
         return product, "rolling"
     if product == "debian":
         v = _DEBIAN_CODENAMES.get(v, v)
     if not v:
         return None
     parts = v.split(".")
-    if product in ("ubuntu", "alpine-linux"):
+    if product in ("ubuntu", "alpine-linux", "sles", "opensuse"):  # service packs count
         return product, ".".join(parts[:2]).removesuffix(" lts")
     if product == "amazon-linux":
         return product, parts[0]
