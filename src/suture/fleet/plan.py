@@ -38,7 +38,7 @@ from suture.oci.image import Artifact, Image, Layer
 from suture.oci.layer import OPAQUE, WHITEOUT_PREFIX
 from suture.reports import parse_report
 from suture.reports.model import Report
-from suture.transports import Options, open_artifact
+from suture.transports import Options
 from suture.transports.reference import Reference, parse_docker
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,31 @@ class PlanOptions:
     jobs: int = 4  # registry work in parallel
     created: str | None = None
     list_tags: Callable[[Reference], list[str]] | None = None  # for tests; default: registry
+
+
+_CLIENTS = threading.local()
+
+
+def _client(registry: str, options: Options) -> Any:
+    """This thread's client for ``registry`` (a client is not thread-safe; one per
+    worker thread pings the registry once, not once per image)."""
+    from suture.transports.registry import RegistryClient
+
+    clients = getattr(_CLIENTS, "by_key", None)
+    if clients is None:
+        clients = _CLIENTS.by_key = {}
+    held = clients.get(registry)
+    if held is None or held[0] is not options.registry:  # the options it was made with
+        held = clients[registry] = (options.registry, RegistryClient(registry,
+                                                                     options.registry))
+    return held[1]
+
+
+def _open(ref: Reference, options: Options) -> Artifact:
+    from suture.transports.registry import open_registry_image
+
+    assert ref.registry is not None
+    return open_registry_image(ref, options.registry, client=_client(ref.registry, options))
 
 
 def list_registry_tags(repository: Reference, options: Options) -> list[str]:
@@ -337,7 +362,7 @@ def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
         if found is not None:
             job.report = str(found[0])
     try:
-        artifact = open_artifact(parse_docker(source), options.transport)
+        artifact = _open(parse_docker(source), options.transport)
     except SutureError as exc:
         job.status, job.message = ERROR, f"cannot resolve {source}: {exc}"
         return job
@@ -352,7 +377,7 @@ def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
             job.message = f"no fixable vulnerabilities ({copa_report[0].name})"
         elif spec.skip == "digest":
             try:
-                target = open_artifact(parse_docker(latest), options.transport)
+                target = _open(parse_docker(latest), options.transport)
             except SutureError:
                 target = None
             if target is not None and _same_source(target, artifact, job.platforms):
