@@ -20,9 +20,11 @@ patched one (so re-patching an image suture patched before, whose earlier patch
 layer is replaced, is expressed too). Metadata compared: kind, mode, owner, link
 target, and the layer an entry comes from (a file from a new layer is copied even if
 its bytes did not change). The tar is deterministic: sorted, mtime 0, root-owned
-entries in the tar (ownership is in the Dockerfile). Extended attributes (file
-capabilities) of changed files are not carried: the merged-tree reader does not keep
-them, and Docker's COPY would need them in the context tar.
+entries in the tar (ownership is in the Dockerfile). Extended attributes of changed
+files (file capabilities) are read from the layers they come from and written as the
+context tar's ``SCHILY.xattr`` records (GNU tar restores them); Docker 20.10's classic
+builder drops them on the way in, so a capability set by an upgrade is in the context
+but not in that builder's image.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import BinaryIO
 
 from suture.errors import SutureError, UsageError
 from suture.inspect import select_images
-from suture.oci.fs import FileEntry, read_tree
+from suture.oci.fs import FileEntry, normalize, read_tree
 from suture.oci.image import Image
 from suture.oci.model import Platform
 from suture.patch import patch_artifact
@@ -67,6 +69,7 @@ class BuildContext:
     files: dict[str, FileEntry] = field(default_factory=dict)  # context path -> entry
     deletions: tuple[str, ...] = ()
     copied: int = 0
+    xattrs: dict[str, dict[str, str]] = field(default_factory=dict)  # context path -> pax
 
     @property
     def empty(self) -> bool:
@@ -124,6 +127,7 @@ def build_context(source: Image, patched: Image, from_ref: str, *, created: str,
         if after_meta[p].kind == "hardlink":
             wanted.add(after_meta[p].linkname)
     after = read_tree(patched, lambda p: p in wanted)
+    xattrs = _xattrs(patched, {p: after[p].layer for p in changed})
 
     lines = [f"FROM {from_ref}"]
     if deletions:
@@ -155,17 +159,41 @@ def build_context(source: Image, patched: Image, from_ref: str, *, created: str,
                 bulk[ancestor] = after[ancestor]
     for path, entry in bulk.items():
         context.files[f"patch/{path}"] = _materialized(entry, after)
+    context.xattrs = {f"patch/{p}": xattrs[p] for p in bulk if p in xattrs}
     if bulk or not singles:
         lines.append("COPY patch/ /")
         context.files.setdefault("patch", _dir_entry("patch"))
     for n, (path, entry) in enumerate(singles):
         name = f"files/{n}"
         context.files[name] = _materialized(entry, after)
+        if path in xattrs:
+            context.xattrs[name] = xattrs[path]
         lines.append(f"COPY --chown={entry.uid}:{entry.gid} {name} /{path}")
     lines.append(f"LABEL {LABEL}={_dockerfile_string(created)}")
     context.dockerfile = "\n".join(lines) + "\n"
     context.copied = len(changed)
     return context
+
+
+def _xattrs(image: Image, layer_of: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The ``SCHILY.xattr.*`` pax records of each path in ``layer_of`` (path -> digest of
+    the layer its entry comes from), read from those layers only."""
+    wanted: dict[str, set[str]] = {}
+    for path, digest in layer_of.items():
+        wanted.setdefault(digest, set()).add(path)
+    found: dict[str, dict[str, str]] = {}
+    for layer in image.layers:
+        paths = wanted.get(layer.descriptor.digest)
+        if not paths:
+            continue
+        with layer.open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                path = normalize(member.name, layer=layer.descriptor.digest)
+                records = {k: v for k, v in member.pax_headers.items()
+                           if k.startswith("SCHILY.xattr.")}
+                if path in paths and records:
+                    found[path] = records
+    return found
 
 
 def _dir_entry(path: str) -> FileEntry:
@@ -197,6 +225,7 @@ def write_context(context: BuildContext, out: BinaryIO) -> None:
                     names.add(ancestor)
                     tar.addfile(_tarinfo(ancestor, _dir_entry(ancestor)))
             info = _tarinfo(name, entry)
+            info.pax_headers = dict(context.xattrs.get(name, {}))
             if entry.kind == "file":
                 data = entry.data
                 if data is None:
