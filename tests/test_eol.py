@@ -58,8 +58,11 @@ def test_release_names_as_endoflife_date_has_them() -> None:
     assert release_of("redhat", "8.10") == ("rhel", "8")
     assert release_of("amazon", "2") == ("amazon-linux", "2")
     assert release_of("cbl-mariner", "2.0.20240123") == ("cbl-mariner", "2")
-    assert release_of("sles", "15.5") is None
-    assert check_eol("sles", "15.5") is None
+    assert release_of("sles", "15.5") == ("sles", "15.5")  # service packs are releases
+    assert release_of("opensuse.leap", "15.6") == ("opensuse", "15.6")
+    assert release_of("opensuse-tumbleweed", "20241201") == ("opensuse-tumbleweed", "rolling")
+    assert release_of("photon", "5.0") is None
+    assert check_eol("photon", "5.0") is None
     assert check_eol("debian", "99") is None
 
 
