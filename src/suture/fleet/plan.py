@@ -151,7 +151,7 @@ class PlanOptions:
 _CLIENTS = threading.local()
 
 
-def _client(registry: str, options: Options) -> Any:
+def thread_client(registry: str, options: Options) -> Any:
     """This thread's client for ``registry`` (a client is not thread-safe; one per
     worker thread pings the registry once, not once per image)."""
     from suture.transports.registry import RegistryClient
@@ -166,11 +166,11 @@ def _client(registry: str, options: Options) -> Any:
     return held[1]
 
 
-def _open(ref: Reference, options: Options) -> Artifact:
+def open_registry(ref: Reference, options: Options) -> Artifact:
     from suture.transports.registry import open_registry_image
 
     assert ref.registry is not None
-    return open_registry_image(ref, options.registry, client=_client(ref.registry, options))
+    return open_registry_image(ref, options.registry, client=thread_client(ref.registry, options))
 
 
 def list_registry_tags(repository: Reference, options: Options) -> list[str]:
@@ -362,7 +362,7 @@ def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
         if found is not None:
             job.report = str(found[0])
     try:
-        artifact = _open(parse_docker(source), options.transport)
+        artifact = open_registry(parse_docker(source), options.transport)
     except SutureError as exc:
         job.status, job.message = ERROR, f"cannot resolve {source}: {exc}"
         return job
@@ -377,7 +377,7 @@ def _job_for(spec: ImageSpec, tag: str, target_tags: list[str],
             job.message = f"no fixable vulnerabilities ({copa_report[0].name})"
         elif spec.skip == "digest":
             try:
-                target = _open(parse_docker(latest), options.transport)
+                target = open_registry(parse_docker(latest), options.transport)
             except SutureError:
                 target = None
             if target is not None and _same_source(target, artifact, job.platforms):

@@ -195,7 +195,8 @@ def reused_image(donor: Donor, source: Image, source_ref: Reference,
     return with_annotations(with_labels(patched, marks), {**marks, **lineage})
 
 
-def mount_blob(digest: str, from_ref: Reference, to_ref: Reference, options: Options) -> str:
+def mount_blob(digest: str, from_ref: Reference, to_ref: Reference, options: Options,
+               *, client: Any = None) -> str:
     """Make ``digest`` available in ``to_ref``'s repository: ``present`` (it is the
     donor's own repository), ``mounted`` (a cross-repository mount on the same registry)
     or ``upload`` (the push will upload it)."""
@@ -208,7 +209,7 @@ def mount_blob(digest: str, from_ref: Reference, to_ref: Reference, options: Opt
     from suture.transports.registry.client import release
 
     assert to_ref.registry is not None and to_ref.repository and from_ref.repository
-    client = RegistryClient(to_ref.registry, options.registry)
+    client = client or RegistryClient(to_ref.registry, options.registry)
     url = client.url(f"/v2/{to_ref.repository}/blobs/uploads/?mount={quote(digest, safe='')}"
                      f"&from={quote(from_ref.repository)}")
     scopes = repository_scopes(to_ref.repository, "pull", "push") | \

@@ -233,9 +233,10 @@ def run_follower(job: Job, donor: Any, options: RunOptions, cancel: threading.Ev
                  ) -> JobResult:
     """Give ``job`` the donor's patch layer when nothing in its own layers forbids it;
     else patch it on its own (the result says why)."""
+    from suture.fleet.plan import open_registry, thread_client
     from suture.fleet.reuse import Donor, donor_opener, mount_blob, reused_image
     from suture.oci.image import Image
-    from suture.transports import write_artifact
+    from suture.transports.registry import push_artifact
 
     started = time.monotonic()
     why = donor if isinstance(donor, str) else ""
@@ -243,15 +244,19 @@ def run_follower(job: Job, donor: Any, options: RunOptions, cancel: threading.Ev
         transport = options.patch.transport
         try:
             named = parse_docker(job.source)
-            source = open_artifact(named.with_digest(job.source_digest), transport)
+            source = open_registry(named.with_digest(job.source_digest), transport)
             if isinstance(source, Image):
                 image = reused_image(donor, source, named, donor_opener(donor, transport))
             else:
                 image = "an image index is patched per image"
             if isinstance(image, Image):
                 target = parse_docker(job.target)
-                how = mount_blob(donor.layer.digest, donor.target, target, transport)
-                digest = write_artifact(image, target, transport)
+                assert target.registry is not None
+                client = thread_client(target.registry, transport)  # this thread's, kept alive
+                how = mount_blob(donor.layer.digest, donor.target, target, transport,
+                                 client=client)
+                digest = push_artifact(image, target, transport.registry,
+                                       client=client).digest
                 return JobResult(
                     job.id, job.name, job.source, job.source_digest, PATCHED,
                     target=job.target, tag=job.tag, digest=digest,
