@@ -267,6 +267,25 @@ def test_patch_podman_image_runs_from_podman_images(app: AppScene,
         podman.remove_images("suture-app:1", "suture-app:1-patched")
 
 
+def test_loader_prefers_the_engines_own_image(app: AppScene, docker_engine: Docker) -> None:
+    """copa's prefer-local: ``-i NAME --loader docker`` reads NAME from the engine when it
+    has it (here a registry that does not exist), and loads the result there."""
+    docker = docker_engine
+    name = "registry.invalid/suture/app:1"
+    _docker_import(docker, app.root_tar, name)
+    try:
+        proc, doc = app.patch("-i", name, "-t", "1-patched", "--loader", "docker",
+                              env=_docker_env(docker))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert doc is not None
+        assert doc["source"]["reference"] == f"docker-daemon:{name}"
+        assert doc["target"]["reference"] == "docker-daemon:registry.invalid/suture/app:1-patched"
+        run = docker.run("registry.invalid/suture/app:1-patched", "greet")
+        assert run.stdout == "greet 2.0-1\n", run.stderr
+    finally:
+        docker.remove_images(name, "registry.invalid/suture/app:1-patched")
+
+
 def test_engine_errors_are_one_line(app: AppScene, tmp_path: Path,
                                     docker_engine: Docker) -> None:
     env = _docker_env(docker_engine)

@@ -793,6 +793,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     dest = as_reference(args.dest) if args.dest else None
     tag = args.tag
     loader = {"docker": "docker-daemon", "podman": "podman", None: None}[args.loader]
+    if loader and source.is_registry and not args.image.startswith("docker://"):
+        source = _prefer_local(source, loader, options)
     if tag and ("/" in tag or ":" in tag or "@" in tag):
         if dest is not None:
             raise UsageError("give either --dest or a full reference in -t, not both")
@@ -852,6 +854,24 @@ def cmd_patch(args: argparse.Namespace) -> int:
                      file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _prefer_local(source: Any, engine: str, options: Any) -> Any:
+    """copa's prefer-local: with --loader, a plain reference the engine has is read from
+    the engine (``docker://REF`` always means the registry)."""
+    from suture.errors import NotFound
+    from suture.transports.daemon import EngineClient, _host_for
+
+    local = replace(source, transport=engine)
+    client = EngineClient(_host_for(options.transport.engines, engine), engine, timeout=10)
+    try:
+        client.get_json(f"/images/{local.familiar_name()}/json", "image")
+    except NotFound:
+        return source
+    except SutureError as exc:
+        logging.getLogger("suture.cli").info("%s: not asked (%s)", engine, exc)
+        return source
+    return local
 
 
 def _exit_on_eol(source: Any, args: argparse.Namespace, options: Any) -> None:
