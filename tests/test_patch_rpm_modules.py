@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,7 +146,7 @@ def _dnf_upgrade(world: ModWorld, root: Path, tmp: Path) -> str:
     return out.strip()
 
 
-def _suture_upgrade(world: ModWorld, root: Path, tmp: Path) -> tuple[str, dict[str, object]]:
+def _suture_upgrade(world: ModWorld, root: Path, tmp: Path) -> tuple[str, dict[str, Any]]:
     """The nodejs version ``suture patch`` writes into the image of ``root``; its result."""
     ref = write_image(root, tmp, "v1")
     result = tmp / "result.json"
@@ -174,7 +175,7 @@ def test_stream_kept_as_dnf(mod_world: ModWorld, tmp_path: Path, stream: str | N
     assert _dnf_upgrade(mod_world, root, tmp_path) == want
     got, result = _suture_upgrade(mod_world, root, tmp_path)
     assert got == want
-    (platform,) = result["platforms"]  # type: ignore[misc]
+    (platform,) = result["platforms"]
     updates = {u["name"]: u["to"] for u in platform["updates"]}
     assert updates["plain"] == "1.1-1"  # no module names it: updated as ever
 
