@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +63,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     registry = RegistryServer(work / "registry")
     registry.start()
     kit: Buildkitd | None = None
+    kit_root: Path | None = None
     try:
         push_tooling_images(work / "tooling", registry.host)
         source = push_image([debian_rootfs("bookworm"), [sources_entry()]], work / "image",
                             f"{registry.host}/debian:12")
+        # BuildKit's state on tmpfs when there is room: copa's dpkg fsyncs every file
+        # it unpacks, cheap on tmpfs (keeps the module's run short).
+        shm = Path("/dev/shm")
+        where = shm if shm.is_dir() and shutil.disk_usage(shm).free > 6 << 30 else work
+        kit_root = Path(tempfile.mkdtemp(prefix="copa-peer-buildkit-", dir=where))
         try:
-            kit = start_buildkitd(work / "buildkit", registry.host)
+            kit = start_buildkitd(kit_root, registry.host)
         except PeerUnavailable as exc:
             pytest.skip(str(exc))
         yield World(registry, kit, source, unpack_remote(source, work / "original"), work)
     finally:
         if kit is not None:
             kit.stop()
+        if kit_root is not None:
+            shutil.rmtree(kit_root, ignore_errors=True)
         registry.stop()
 
 
