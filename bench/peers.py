@@ -84,8 +84,8 @@ def main() -> int:
 def _bench(args: argparse.Namespace, work: Path) -> int:
     from tests.fixtures.buildkit import (
         BOOKWORM_30,
-        VERSIONS,
         distroless_like,
+        peer_binary,
         push_image,
         push_tooling_images,
         run_copa,
@@ -117,7 +117,8 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
                                                work / "img-distroless",
                                                f"{registry.host}/distroless:12")
         print(measured_suture())
-        print(f"copa {VERSIONS['copa']}, buildkitd {VERSIONS['buildkitd']} (runc worker); "
+        print(f"{peer_binary('copa').parent.name}, {peer_binary('buildkitd').parent.name} "
+              "(runc worker); "
               f"{args.runs} runs each")
         results: dict[tuple[str, str], list[Sample]] = {}
         for name, src in sources.items():
