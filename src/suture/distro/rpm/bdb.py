@@ -35,13 +35,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from suture.distro.rpm.header import HeaderError, parse_header
 from suture.distro.rpm.rpmdb import (
     INDEX_TABLES,
     InstalledPackage,
-    header_files,
     index_rows,
-    package_info,
+    installed_package,
 )
 from suture.errors import PackageDBError
 
@@ -581,15 +579,7 @@ def _packages(db: BdbFile, where: str) -> tuple[list[InstalledPackage], int]:
                 raise PackageDBError("bad header counter (key 0)", path=where)
             counter = struct.unpack(unpack, value)[0]
             continue
-        try:
-            header, end = parse_header(value, magic=False, what=f"package {hnum}")
-            if end != len(value):
-                raise HeaderError(f"package {hnum}: {len(value) - end} bytes after the header")
-            info = package_info(header)
-            header_files(header)
-        except HeaderError as exc:
-            raise PackageDBError(str(exc), path=where) from exc
-        out.append(InstalledPackage(hnum, header, info))
+        out.append(installed_package(hnum, value, where))
     out.sort(key=lambda p: p.hnum)
     return out, counter
 
@@ -676,16 +666,9 @@ def write_bdb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[
     counter = max([counter, *(p.hnum for p in installed)])
     new: list[int] = []
     for i, blob in enumerate(add):
-        try:
-            h, end = parse_header(blob, magic=False, what=f"added package {i}")
-            if end != len(blob):
-                raise HeaderError(f"added package {i}: bytes after the header")
-            info = package_info(h)
-            header_files(h)
-        except HeaderError as exc:
-            raise PackageDBError(str(exc), path=where) from exc
+        pkg = installed_package(i, blob, where, name="added package")
         counter += 1
-        by_hnum[counter] = InstalledPackage(counter, h, info)
+        by_hnum[counter] = InstalledPackage(counter, pkg.header, pkg.info)
         new.append(counter)
     present = [t for t in INDEX_TABLES if (source / t).is_file()]
     geometry: dict[str, tuple[int, int]] = {}

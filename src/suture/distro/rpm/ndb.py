@@ -33,8 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from suture.distro.rpm.header import HeaderError, parse_header
-from suture.distro.rpm.rpmdb import InstalledPackage, header_files, package_info
+from suture.distro.rpm.rpmdb import InstalledPackage, installed_package
 from suture.errors import PackageDBError
 
 __all__ = ["INDEX_DB", "PACKAGES_DB", "Pkgdb", "Slot", "create_ndb", "empty_ndb", "read_ndb",
@@ -328,18 +327,6 @@ def create_ndb(blobs: Sequence[bytes]) -> bytes:
     return bytes(db.data)
 
 
-def _installed(pkgidx: int, blob: bytes, where: str) -> InstalledPackage:
-    try:
-        header, end = parse_header(blob, magic=False, what=f"package {pkgidx}")
-        if end != len(blob):
-            raise HeaderError(f"package {pkgidx}: {len(blob) - end} bytes after the header")
-        info = package_info(header)
-        header_files(header)
-    except HeaderError as exc:
-        raise PackageDBError(str(exc), path=where) from exc
-    return InstalledPackage(pkgidx, header, info)
-
-
 def _load(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_DB_BYTES:
@@ -355,7 +342,7 @@ def read_ndb(directory: Path) -> list[InstalledPackage]:
     checksum does not match or a header does not parse."""
     path = directory / PACKAGES_DB
     db = Pkgdb(_load(path), str(path))
-    return [_installed(i, blob, str(path)) for i, blob in db.blobs()]
+    return [installed_package(i, blob, str(path)) for i, blob in db.blobs()]
 
 
 def write_ndb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[bytes],
@@ -377,7 +364,7 @@ def write_ndb(source: Path, dest: Path, *, remove: Sequence[int], add: Sequence[
         if hnum not in present:
             raise PackageDBError(f"no package {hnum} to remove", path=where)
     for blob in add:
-        _installed(0, blob, where)  # the header must parse
+        installed_package(0, blob, where)  # the header must parse
     if steps is None:
         steps = [("add", i) for i in range(len(add))] + [("del", n) for n in remove]
     if sorted(i for op, i in steps if op == "add") != list(range(len(add))) or \

@@ -58,6 +58,7 @@ __all__ = [
     "header_files",
     "index_rows",
     "installed_blob",
+    "installed_package",
     "package_info",
     "read_db",
     "read_sqlite",
@@ -568,16 +569,25 @@ def _read_rows(conn: sqlite3.Connection, where: str) -> list[InstalledPackage]:
     for hnum, blob in rows:
         if not isinstance(blob, bytes) or len(blob) > MAX_BLOB:
             raise PackageDBError(f"package {hnum}: not a header blob", path=where)
-        try:
-            header, end = parse_header(blob, magic=False, what=f"package {hnum}")
-            if end != len(blob):
-                raise HeaderError(f"package {hnum}: {len(blob) - end} bytes after the header")
-            info = package_info(header)
-            header_files(header)
-        except HeaderError as exc:
-            raise PackageDBError(str(exc), path=where) from exc
-        out.append(InstalledPackage(hnum, header, info))
+        out.append(installed_package(hnum, blob, where))
     return out
+
+
+def installed_package(hnum: int, blob: bytes, where: str, *, name: str = "package"
+                      ) -> InstalledPackage:
+    """The installed package numbered ``hnum`` whose header blob (an rpmdb value, no
+    magic) is ``blob``: the whole blob must be one header whose package info and file
+    arrays read. PackageDBError naming ``where`` (the database) otherwise; ``name``
+    says what the blob is in the message."""
+    try:
+        header, end = parse_header(blob, magic=False, what=f"{name} {hnum}")
+        if end != len(blob):
+            raise HeaderError(f"{name} {hnum}: {len(blob) - end} bytes after the header")
+        info = package_info(header)
+        header_files(header)
+    except HeaderError as exc:
+        raise PackageDBError(str(exc), path=where) from exc
+    return InstalledPackage(hnum, header, info)
 
 
 def read_sqlite(path: Path) -> list[InstalledPackage]:
