@@ -310,7 +310,8 @@ def _rpm_qa(image: Image, family: str, tmp: Path) -> Packages:
                           "%{NAME}\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n"],
                          check=True, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": str(tmp)}).stdout
-    pairs = [tuple(line.split("\t")) for line in out.splitlines()]
+    pairs = [(name, version) for name, version in
+             (line.split("\t", 1) for line in out.splitlines())]
     return _unique(pairs, "rpm -qa")
 
 
