@@ -122,7 +122,15 @@ def test_report_directory_is_matched_by_architecture(scene: Scene) -> None:
 def _run(args: list[str], tmpdir: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, TMPDIR=str(tmpdir))
     return subprocess.Popen([sys.executable, "-m", "suture", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """SIGINT back to its default in the child: a runner that started the suite in the
+    background (as a shell does ``cmd &``) has it ignored, and Python keeps an ignored
+    SIGINT ignored, so Ctrl-C could not reach suture."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _patch_args(scene: Scene, ref: str, tmp: Path) -> list[str]:

@@ -26,6 +26,7 @@ from suture.transports import open_artifact
 from tests.fixtures.fleet import FleetScene
 from tests.fixtures.images import make_image
 from tests.fixtures.patchimages import suture
+from tests.test_cli_run import _interruptible
 
 BASES = ("a", "b", "c")
 
@@ -66,7 +67,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "suture", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_interruptible)
 
 
 def _versions(image: Image) -> dict[str, str]:
