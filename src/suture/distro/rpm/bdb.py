@@ -394,7 +394,7 @@ def hash_bytes(records: Sequence[tuple[bytes, bytes]], *, order: str = "<",
         for i, (pgno, entries) in enumerate(zip(numbers, chain, strict=True)):
             prev = numbers[i - 1] if i else 0
             nxt = numbers[i + 1] if i + 1 < len(numbers) else 0
-            pages.set(pgno, _hash_page(order, pagesize, pgno, prev, nxt, entries))
+            pages.set(pgno, _page(order, pagesize, pgno, prev, nxt, 0, P_HASH, entries))
     last = len(pages.pages) - 1
     meta = _meta(order, pagesize, P_HASHMETA, HASH_MAGIC, last, flags, uid)
     spares = [0] * 32
@@ -410,23 +410,6 @@ def _hash_item(pages: _Pages, item: bytes, big: int) -> bytes:
         pgno = pages.overflow(item)
         return bytes([H_OFFPAGE, 0, 0, 0]) + struct.pack(pages.order + "II", pgno, len(item))
     return bytes([H_KEYDATA]) + item
-
-
-def _hash_page(order: str, pagesize: int, pgno: int, prev: int, nxt: int,
-               entries: list[bytes]) -> bytes:
-    # pairs are laid from the end of the page down, key above its data, in index order
-    body = bytearray(pagesize)
-    offsets = []
-    top = pagesize
-    for e in entries:
-        top -= len(e)
-        body[top:top + len(e)] = e
-        offsets.append(top)
-    head = _pageheader(order, pgno, prev, nxt, len(entries), top, 0, P_HASH)
-    index = struct.pack(f"{order}{len(offsets)}H", *offsets)
-    body[:len(head)] = head
-    body[PAGE_HEADER:PAGE_HEADER + len(index)] = index
-    return bytes(body)
 
 
 def _align4(n: int) -> int:
@@ -479,7 +462,7 @@ def btree_bytes(records: Sequence[tuple[bytes, bytes]], *, order: str = "<",
     for i, (entries, lo, hi) in enumerate(leaves):
         prev = numbers[i - 1] if i else 0
         nxt = numbers[i + 1] if i + 1 < len(numbers) else 0
-        pages.set(numbers[i], _btree_page(order, pagesize, numbers[i], prev, nxt, 1, P_LBTREE,
+        pages.set(numbers[i], _page(order, pagesize, numbers[i], prev, nxt, 1, P_LBTREE,
                                           entries))
         level.append((numbers[i], lo, hi))
     depth = 1
@@ -507,7 +490,7 @@ def btree_bytes(records: Sequence[tuple[bytes, bytes]], *, order: str = "<",
         numbers = [root] if len(groups) == 1 else [pages.reserve() for _ in groups]
         level = []
         for pgno, entries, (lo, hi) in zip(numbers, groups, bounds, strict=True):
-            pages.set(pgno, _btree_page(order, pagesize, pgno, 0, 0, depth, P_IBTREE, entries))
+            pages.set(pgno, _page(order, pagesize, pgno, 0, 0, depth, P_IBTREE, entries))
             level.append((pgno, lo, hi))
     last_pg = len(pages.pages) - 1
     meta = _meta(order, pagesize, P_BTREEMETA, BTREE_MAGIC, last_pg, flags, uid)
@@ -536,8 +519,10 @@ def _internal_item(pages: _Pages, order: str, key: bytes, child: int, ovfl: int)
     return raw.ljust(_align4(len(raw)), b"\0")
 
 
-def _btree_page(order: str, pagesize: int, pgno: int, prev: int, nxt: int, level: int,
-                typ: int, entries: list[bytes]) -> bytes:
+def _page(order: str, pagesize: int, pgno: int, prev: int, nxt: int, level: int,
+          typ: int, entries: list[bytes]) -> bytes:
+    """A hash or btree page: items laid from the end of the page down (a hash pair's key
+    above its data) in index order, their offsets after the page header."""
     body = bytearray(pagesize)
     offsets = []
     top = pagesize
@@ -548,7 +533,7 @@ def _btree_page(order: str, pagesize: int, pgno: int, prev: int, nxt: int, level
     head = _pageheader(order, pgno, prev, nxt, len(entries), top, level, typ)
     index = struct.pack(f"{order}{len(offsets)}H", *offsets)
     if PAGE_HEADER + len(index) > top:
-        raise AssertionError("btree page overfilled")
+        raise AssertionError("page overfilled")
     body[:len(head)] = head
     body[PAGE_HEADER:PAGE_HEADER + len(index)] = index
     return bytes(body)
