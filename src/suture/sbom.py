@@ -20,7 +20,7 @@ import re
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,20 +360,27 @@ def _matches(name: str, version: str, update: Update) -> bool:
     return name == update.name and version in (old, _bare(old))
 
 
+def _matched(entries: list[Any], version_key: str, update: Update
+             ) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """The entries of a source SBOM (CycloneDX components, SPDX packages, their version
+    under ``version_key``) that are ``update``'s old package, each with its version and
+    the one to write (the update's, without its epoch when the SBOM wrote none)."""
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        old = str(entry.get(version_key))
+        if _matches(str(entry.get("name")), old, update):
+            yield entry, old, (update.to_version if old == (update.from_version or "")
+                               else _bare(update.to_version))
+
+
 def _update_cyclonedx(doc: dict[str, Any], subject: Subject, new: Mapping[str, Package],
                       updates: Sequence[Update], timestamp: str, tool_version: str) -> None:
     components = doc.setdefault("components", [])
-    renamed: dict[str, str] = {}
     for update in updates:
         found = False
-        for c in components:
-            if not isinstance(c, dict) or not _matches(str(c.get("name")),
-                                                       str(c.get("version")), update):
-                continue
+        for c, old_version, new_version in _matched(components, "version", update):
             found = True
-            old_version = str(c.get("version"))
-            new_version = update.to_version if old_version == (update.from_version or "") \
-                else _bare(update.to_version)
             c["version"] = new_version
             if isinstance(c.get("purl"), str):
                 c["purl"] = _replace_version(c["purl"], old_version, new_version)
@@ -383,9 +390,6 @@ def _update_cyclonedx(doc: dict[str, Any], subject: Subject, new: Mapping[str, P
                 c.pop("hashes", None)
         if not found and update.from_version is None and update.name in new:
             components.append(_cdx_component(new[update.name]))
-    for c in components:
-        if isinstance(c, dict) and isinstance(c.get("bom-ref"), str):
-            renamed.setdefault(c["bom-ref"], c["bom-ref"])
     meta = doc.setdefault("metadata", {})
     old_ref = (meta.get("component") or {}).get("bom-ref") if isinstance(
         meta.get("component"), dict) else None
@@ -420,14 +424,8 @@ def _update_spdx(doc: dict[str, Any], subject: Subject, new: Mapping[str, Packag
     described |= set(doc.get("documentDescribes") or [])
     for update in updates:
         found = False
-        for p in packages:
-            if not isinstance(p, dict) or not _matches(str(p.get("name")),
-                                                       str(p.get("versionInfo")), update):
-                continue
+        for p, old_version, new_version in _matched(packages, "versionInfo", update):
             found = True
-            old_version = str(p.get("versionInfo"))
-            new_version = update.to_version if old_version == (update.from_version or "") \
-                else _bare(update.to_version)
             p["versionInfo"] = new_version
             for ref in p.get("externalRefs") or []:
                 if isinstance(ref, dict) and ref.get("referenceType") == "purl":
