@@ -36,3 +36,36 @@ def test_allow_private_repos_takes_hosts(spec: str) -> None:
 def test_allow_private_repos_refuses_what_is_no_host(spec: str) -> None:
     with pytest.raises(ValueError, match="is not HOST"):
         RepositoryHosts.parse_rule(spec)
+
+
+def test_each_host_is_resolved_once_per_run() -> None:
+    """One lookup per (host, port) however many packages are fetched, from however many
+    threads: a burst of lookups is what slow resolvers answer late. A failed lookup is
+    not remembered."""
+    import threading
+
+    from suture.distro.mirrors import RepositoryHosts
+
+    calls: list[tuple[str, int]] = []
+    failing = {"flaky.example": 1}
+
+    def resolve(host: str, port: int) -> list[str]:
+        calls.append((host, port))
+        if failing.get(host):
+            failing[host] -= 1
+            raise OSError("temporary failure in name resolution")
+        return ["198.51.100.7"]
+
+    hosts = RepositoryHosts(resolve=resolve)
+    workers = [threading.Thread(target=hosts.check, args=(f"http://deb.example/pool/{n}.deb",))
+               for n in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    hosts.check("https://deb.example/dists/x/InRelease")
+    assert calls == [("deb.example", 80), ("deb.example", 443)]
+    hosts.check("http://flaky.example/a")
+    hosts.check("http://flaky.example/b")
+    hosts.check("http://flaky.example/c")
+    assert calls[2:] == [("flaky.example", 80)] * 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -118,7 +119,12 @@ class RepositoryHosts:
     ``allow``: ``HOST``, ``HOST:PORT`` (``[v6]:PORT``) or ``all``, hosts whose
     private addresses the user accepts. ``trusted``: URL prefixes (the targets of
     the user's mirrors) that are fetched whatever they resolve to. ``resolve``
-    maps (host, port) to addresses (default: :func:`socket.getaddrinfo`).
+    maps (host, port) to addresses (default: :func:`socket.getaddrinfo`); each
+    (host, port) is resolved once per instance (one run), as apt resolves a host once:
+    a burst of lookups for the same name (one per package download) is what slow or
+    rate-limiting resolvers answer late (5 s timeouts were measured here), and a
+    name that changes address mid-run is still checked where the connection lands
+    (:meth:`check_peer`).
     """
 
     def __init__(self, allow: Iterable[str] = (), trusted: Iterable[str] = (), *,
@@ -127,9 +133,20 @@ class RepositoryHosts:
         self.allow_all = any(a.strip().lower() == "all" for a in specs)
         self.rules = tuple(_HostRule.parse(a) for a in specs if a.strip().lower() != "all")
         self.trusted = tuple(_norm(t) for t in trusted)
-        self._resolve = resolve or _getaddrinfo
+        self._resolver = resolve or _getaddrinfo
+        self._resolved: dict[tuple[str, int], list[str]] = {}
+        self._resolving = threading.Lock()
         # (host, port) pairs a checked URL was allowed to reach on a private address.
         self._private_ok: set[tuple[str, int]] = set()
+
+    def _resolve(self, host: str, port: int) -> list[str]:
+        """``host``'s addresses, looked up once; concurrent callers wait for the one
+        lookup. A failed lookup is not kept (the next URL tries again)."""
+        with self._resolving:
+            found = self._resolved.get((host, port))
+            if found is None:
+                found = self._resolved[(host, port)] = self._resolver(host, port)
+            return found
 
     @classmethod
     def parse_rule(cls, spec: str) -> None:
