@@ -535,8 +535,10 @@ def extract_image(image: Image, dest: Path, *, hashing: bool = False,
 #
 # The helper reads frames from stdin: a 4-byte big-endian length, then that many
 # bytes. The first frame is a JSON header ({"layers": [digest, ...], "max_bytes": N
-# or null}); then each layer's tar stream as frames, ended by an empty frame. It
-# answers with one JSON line on stdout ({"tree": mirror} or {"error": message}),
+# or null, "store": [cache directory, key] or null}); then each layer's tar stream as
+# frames, ended by an empty frame. With "store", the finished tree is kept in that
+# RootCache (suture.oci.rootcache) before answering. It answers with one JSON line
+# on stdout ({"tree": mirror, "stored": bool} or {"error": message}),
 # then waits for stdin to close and removes its ``cleanup`` directory (its caller is
 # gone, or never read the answer). A caller that has what it needs kills it instead.
 
@@ -600,7 +602,9 @@ def _serve(dest: Path, cleanup: Path) -> int:
                 frames = _Frames(stdin)
                 _apply_layer(writer, io.BufferedReader(frames, _CHUNK), digest)
                 frames.drain()
-            answer: dict[str, Any] = {"tree": writer.export()}
+            tree = writer.export()
+            stored, why = _store(header.get("store"), dest, tree)
+            answer: dict[str, Any] = {"tree": tree, "stored": stored, "not_stored": why}
         except SutureError as exc:
             answer = {"error": str(exc)}
         except OSError as exc:
@@ -617,14 +621,30 @@ def _serve(dest: Path, cleanup: Path) -> int:
     return 0 if answered else 1
 
 
+def _store(store: Any, dest: Path, tree: dict[str, Any]) -> tuple[bool, str | None]:
+    """Keep the tree at ``dest`` in the root cache ``store`` names ([directory, key]):
+    whether it was stored, and what went wrong (a cache that cannot be written is no
+    error of the extraction)."""
+    if not store:
+        return False, None
+    from suture.oci.rootcache import RootCache
+
+    try:
+        return RootCache(Path(store[0])).store(str(store[1]), dest, tree), None
+    except (OSError, ValueError) as exc:
+        return False, str(exc)
+
+
 class _Feed:
     """The caller's side of the pipe: a thread writes every layer into it. The thread
     closes the pipe if it fails or is cancelled; after a complete feed the pipe is
     handed over and :meth:`close` closes it."""
 
-    def __init__(self, layers: list[Layer], fd: int, max_bytes: int | None = None) -> None:
+    def __init__(self, layers: list[Layer], fd: int, max_bytes: int | None = None,
+                 store: tuple[Path, str] | None = None) -> None:
         self.fd = fd
         self.max_bytes = max_bytes
+        self.store = store
         self.error: BaseException | None = None
         self.cancelled = False
         self._closed = False
@@ -660,8 +680,9 @@ def _send(feed: _Feed, data: bytes | memoryview) -> None:
 def _feed(feed: _Feed, layers: list[Layer]) -> None:
     ok = False
     try:
+        store = [os.fspath(feed.store[0]), feed.store[1]] if feed.store else None
         _send(feed, json.dumps({"layers": [layer.digest for layer in layers],
-                                "max_bytes": feed.max_bytes}).encode())
+                                "max_bytes": feed.max_bytes, "store": store}).encode())
         for layer in layers:
             with layer.open_tar() as stream:
                 while chunk := stream.read(_CHUNK):
@@ -688,14 +709,20 @@ class Extraction:
     nothing is left when it returns. When no helper can be started, :meth:`wait`
     extracts in this process. The tree may take ``max_bytes`` (default:
     :func:`root_budget` of ``dest``'s directory); a layer that takes it further makes
-    :meth:`wait` raise :class:`LayerError` naming that layer.
+    :meth:`wait` raise :class:`LayerError` naming that layer. With ``store``
+    (a :class:`~suture.oci.rootcache.RootCache` directory and key), the complete tree
+    is also kept in that cache before :meth:`wait` returns (:attr:`stored` says
+    whether it was), so what the caller writes into it afterwards must never write a
+    file in place (see :mod:`suture.oci.rootcache`).
     """
 
     def __init__(self, image: Image, dest: Path, *, cleanup: Path | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, store: tuple[Path, str] | None = None) -> None:
         self.image = image
         self.dest = dest
         self.cleanup = cleanup or dest
+        self.store = store
+        self.stored = False
         self.max_bytes = root_budget(dest.parent) if max_bytes is None else max_bytes
         self._writer: RootWriter | None = None
         self._released = False
@@ -712,7 +739,7 @@ class Extraction:
         finally:
             os.close(read_fd)
         _grow_pipe(write_fd)
-        feed = _Feed(list(image.layers), write_fd, self.max_bytes)
+        feed = _Feed(list(image.layers), write_fd, self.max_bytes, store)
         try:
             feed.thread.start()
         except RuntimeError:  # no thread to be had: extract in wait() instead
@@ -731,6 +758,10 @@ class Extraction:
         if self._proc is None or self._feed is None:
             self._writer = extract_image(self.image, self.dest, hashing=True,
                                          max_bytes=self.max_bytes)
+            store = [self.store[0], self.store[1]] if self.store else None
+            self.stored, why = _store(store, self.dest, self._writer.export())
+            if why is not None:
+                log.warning("the root of this image is not kept in the cache: %s", why)
             return self._writer
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
@@ -749,6 +780,10 @@ class Extraction:
             code = self._proc.poll()
             raise LayerError(f"extracting the image into {self.dest} failed (helper "
                              f"{'exited with ' + str(code) if code is not None else 'stopped'})")
+        self.stored = bool(answer.get("stored"))
+        if answer.get("not_stored"):
+            log.warning("the root of this image is not kept in the cache: %s",
+                        answer["not_stored"])
         # What the caller's writes replace goes beside the root, to be removed with it.
         trash = self.cleanup if self.cleanup in self.dest.parents else None
         self._writer = RootWriter(self.dest, hashing=True, tree=answer["tree"], trash=trash)

@@ -69,16 +69,22 @@ Entries returned
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from suture.distro.scripts import FixedSequence, ScriptJob, ScriptSequence, Staged
 from suture.errors import LayerError, SutureError, UsageError
@@ -96,7 +102,9 @@ from suture.oci.layer import (
     Entry,
     sort_key,
 )
+from suture.oci.rootcache import RootCache
 from suture.patch.lua import run_lua
+from suture.patch.sandbox import _ENTER as SANDBOX_ENTER
 from suture.patch.sandbox import (
     SANDBOXES,
     SCRIPT_TIMEOUT,
@@ -104,6 +112,7 @@ from suture.patch.sandbox import (
     preflight,
     run_one,
 )
+from suture.patch.sandbox import _Overlay as sandbox_overlay
 
 log = logging.getLogger(__name__)
 
@@ -132,56 +141,197 @@ class ScriptOutcome:
     not_run: list[tuple[str, str]]
 
 
+class _RootState:
+    """What a :class:`ScriptRoot` must stop and remove when it is closed."""
+
+    def __init__(self, tmp: Path, lock: int | None) -> None:
+        self.tmp = tmp
+        self.lock = lock
+        self.extraction: Extraction | None = None
+        self.threads: list[threading.Thread] = []
+        self.error: BaseException | None = None
+
+    def link(self, cache: RootCache, key: str, entry: dict[str, Any], dest: Path) -> None:
+        try:
+            cache.link(key, entry, dest)
+        except BaseException as exc:  # handed to wait(), which extracts instead
+            self.error = exc
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join()
+        if self.extraction is not None:
+            self.extraction.close()
+        remove_tree(self.tmp)
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+
 class ScriptRoot:
-    """``image``'s root for maintainer scripts, being written in the background (by
-    :class:`~suture.oci.extract.Extraction`) into a temporary directory under
-    ``workdir`` (the system's temporary directory if ``None``).
+    """``image``'s root for maintainer scripts, being made in the background in a
+    temporary directory under ``workdir`` (the system's temporary directory if
+    ``None``): written by :class:`~suture.oci.extract.Extraction`, or, with a
+    ``cache`` (:class:`~suture.oci.rootcache.RootCache`) that holds the root of the
+    image's layers, linked from it; an extracted root is then kept in ``cache``. Its
+    run directory is then in the cache's directory (hard links need one file system).
+
+    With a cache, the root's files may be the cache's inodes (:attr:`shared`): what
+    writes into the root must only create, rename and remove names, never write a
+    file in place (:func:`start_root` gives a cache only when scripts run under an
+    overlay; :func:`run_scripts` copies the files before an in-process ``<lua>`` job).
 
     Hand it to :func:`run_scripts`, which waits for it, uses it and removes it; or
     :meth:`close` it. Dropping it closes it too (as soon as the last reference goes,
-    and at exit at the latest), and the helper removes the tree itself if this
-    process dies first, so no tree is left behind.
+    and at exit at the latest), and the helper removes an extracted tree itself if
+    this process dies first; a linked one is removed by a later eviction pass.
     """
 
-    def __init__(self, image: Image, workdir: Path | None = None) -> None:
+    def __init__(self, image: Image, workdir: Path | None = None,
+                 cache: RootCache | None = None) -> None:
         self.image_digest = image.digest
-        self.tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
+        self._image = image
+        self.cache = cache
+        self.key = cache.key([layer.diff_id for layer in image.layers]) if cache else None
+        self.from_cache = False  # linked from the cache (known after wait())
+        self.shared = False  # its files are (also) the cache's (known after wait())
+        lock = None
+        if cache is not None and self.key is not None:
+            tmp, lock = cache.new_run()
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
+        self.tmp = tmp
         self.path = self.tmp / "root"
+        state = _RootState(tmp, lock)
+        self._state = state
+        self._writer: RootWriter | None = None
+        self._close = weakref.finalize(self, state.close)
         try:
-            extraction = Extraction(image, self.path, cleanup=self.tmp)
+            entry = cache.load(self.key) if cache is not None and self.key else None
+            if entry is not None and cache is not None and self.key is not None:
+                self._entry: dict[str, Any] | None = entry
+                thread = threading.Thread(target=state.link, daemon=True,
+                                          args=(cache, self.key, entry, self.path),
+                                          name="suture-root-link")
+                state.threads.append(thread)
+                thread.start()
+            else:
+                self._entry = None
+                self._extract()
         except BaseException:
-            remove_tree(self.tmp)
+            self.close()
             raise
-        self._extraction = extraction
-        self._close = weakref.finalize(self, extraction.close)
+
+    def _extract(self) -> None:
+        store = (self.cache.directory, self.key) if self.cache and self.key else None
+        self._state.extraction = Extraction(self._image, self.path, cleanup=self.tmp,
+                                            store=store)
 
     def wait(self) -> RootWriter:
         """Block until the tree is complete; its writer (for the patch entries)."""
-        return self._extraction.wait()
+        if self._writer is not None:
+            return self._writer
+        state = self._state
+        if self._entry is not None:
+            for thread in state.threads:
+                thread.join()
+            if state.error is None:
+                assert self.key is not None
+                log.info("root for maintainer scripts linked from the cache (%s)",
+                         self.key[:12])
+                self.from_cache = self.shared = True
+                self._writer = RootWriter(self.path, hashing=True, tree=self._entry["tree"],
+                                          trash=self.tmp)
+                return self._writer
+            log.info("root for maintainer scripts not taken from the cache (%s): "
+                     "extracting it", state.error)
+            self._entry = None
+            remove_tree(self.path)
+            self._extract()
+        assert state.extraction is not None
+        self._writer = state.extraction.wait()
+        self.shared = state.extraction.stored
+        return self._writer
 
     def release(self) -> None:
         """Done with the tree: it is removed in the background; :meth:`close` (or
         dropping this) waits for that."""
-        self._extraction.release()
+        state = self._state
+        if state.extraction is not None:
+            state.extraction.release()
+        elif self._writer is not None:
+            thread = threading.Thread(target=remove_tree, args=(self.path,), daemon=True,
+                                      name="suture-root-remove")
+            state.threads.append(thread)
+            thread.start()
 
     def close(self) -> None:
         """Stop the background work and remove the tree (at once; idempotent)."""
         self._close()
 
 
-def start_root(image: Image, *, workdir: Path | None = None, sandbox: str = "auto"
-               ) -> ScriptRoot | None:
+def start_root(image: Image, *, workdir: Path | None = None, sandbox: str = "auto",
+               cache_dir: Path | None = None) -> ScriptRoot | None:
     """Start writing ``image``'s root for maintainer scripts in the background, when
     :func:`run_scripts` could run scripts over it (a known sandbox other than
     ``none`` that works here, the image's architecture the host's); else None.
     Nothing is raised here: :func:`run_scripts` reports what is wrong (or, when
-    no root can be made in ``workdir``, makes one itself)."""
+    no root can be made in ``workdir``, makes one itself).
+
+    With ``cache_dir``, the root is taken from (or kept in) its ``roots`` cache
+    (:mod:`suture.oci.rootcache`) when the scripts will run in ``bwrap`` under an
+    overlay there (checked once per file system and process): then nothing writes
+    the root's files in place. Otherwise it is extracted as without a cache."""
     try:
         kind, _why = preflight(image, sandbox, quiet=True)
-        return ScriptRoot(image, workdir) if kind is not None else None
+        if kind is None:
+            return None
+        cache = None
+        if cache_dir is not None and kind == "bwrap":
+            roots = cache_dir / "roots"
+            roots.mkdir(parents=True, exist_ok=True)
+            if overlay_works(roots):
+                cache = RootCache(roots)
+            else:
+                log.info("extracted roots are not cached: no overlay for scripts in %s", roots)
+        return ScriptRoot(image, workdir, cache)
     except (UsageError, OSError) as exc:
         log.debug("no root for maintainer scripts in the background: %s", exc)
         return None
+
+
+_overlay_seen: dict[int, bool] = {}
+_overlay_lock = threading.Lock()
+
+
+def overlay_works(where: Path) -> bool:
+    """Whether a script run's overlay (:mod:`suture.patch.sandbox`) mounts over a root
+    in directory ``where`` (probed once per file system and process, by mounting one
+    exactly as a run does and running ``true`` in it)."""
+    dev = os.stat(where).st_dev
+    with _overlay_lock:
+        if dev in _overlay_seen:
+            return _overlay_seen[dev]
+        probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=where))
+        try:
+            (probe / "root").mkdir()
+            overlay = sandbox_overlay(probe / "root")
+            spec = json.dumps({"procs": [], "rlimits": [], "overlay": overlay.spec()})
+            done = subprocess.run([sys.executable, "-I", "-S", "-c", SANDBOX_ENTER, spec,
+                                   shutil.which("true") or "/bin/true"],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                                  check=False)
+            works = done.returncode == 0 and not (overlay.dir / "fallback").exists()
+            if not works:
+                log.debug("overlay probe in %s: exit %d, %s", where, done.returncode,
+                          done.stderr[-300:].decode("utf-8", "replace"))
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("overlay probe in %s: %s", where, exc)
+            works = False
+        finally:
+            remove_tree(probe)
+        _overlay_seen[dev] = works
+        return works
 
 
 def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[ScriptJob], *,
@@ -219,7 +369,13 @@ def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[Scr
             root = ScriptRoot(image, workdir)
         writer = root.wait()
         _write_entries(writer, patch_entries)
-        return _run_in(root.path, writer, kind, sequence or FixedSequence(jobs), timeout)
+        outcome, kept_inodes = _run_in(root.path, writer, kind, sequence or FixedSequence(jobs),
+                                       timeout, shared=root.shared)
+        if kept_inodes and root.cache is not None and root.key is not None:
+            # Only a run that fell back to binding the root itself can do that.
+            root.cache.discard(root.key, "maintainer scripts changed files of the cached "
+                               f"root in place ({', '.join(kept_inodes[:3])})")
+        return outcome
     finally:
         if root is not None and root is given and writer is not None:
             root.release()
@@ -472,6 +628,8 @@ class RootDirectory:
             raise LayerError(f"cannot write /{normalize(path)} in the scripts' root: "
                              "not a regular file")
         tmp = target.with_name(f".{target.name}.suture-new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a new file, never one of the root's written over
         tmp.write_bytes(data)
         tmp.chmod(mode)
         os.replace(tmp, target)
@@ -542,9 +700,52 @@ def drive(sequence: ScriptSequence, root: Path, stash: Path,
     sequence.finish(files)
 
 
+def _unshare(root: Path) -> None:
+    """Give each regular file under ``root`` with several links an inode of its own
+    (a copy with its contents, owner, mode, xattrs as root, and times; names of the
+    root that shared an inode share the copy), so that writing one in place writes
+    no other tree's."""
+    as_root = os.geteuid() == 0
+    copies: dict[tuple[int, int], str] = {}
+    stack = [str(root)]
+    while stack:
+        here = stack.pop()
+        with os.scandir(here) as it:
+            found = list(it)
+        for de in found:
+            if de.is_dir(follow_symlinks=False):
+                stack.append(de.path)
+                continue
+            if not de.is_file(follow_symlinks=False):
+                continue
+            st = de.stat(follow_symlinks=False)
+            if st.st_nlink < 2:
+                continue
+            tmp = f"{here}/.suture-unshare"
+            inode = (st.st_dev, st.st_ino)
+            if inode in copies:
+                os.link(copies[inode], tmp, follow_symlinks=False)
+            else:
+                shutil.copyfile(de.path, tmp, follow_symlinks=False)
+                if as_root:
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                    for name in os.listxattr(de.path, follow_symlinks=False):
+                        os.setxattr(tmp, name, os.getxattr(de.path, name, follow_symlinks=False))
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.rename(tmp, de.path)
+            copies[inode] = de.path
+
+
 def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
-            timeout: float) -> ScriptOutcome:
+            timeout: float, *, shared: bool = False) -> tuple[ScriptOutcome, list[str]]:
+    """Run ``sequence`` over ``root``: the outcome, and the paths whose files the
+    scripts changed in place (same inode) although ``shared`` (the root's files are
+    also another tree's: they are copied before an in-process ``<lua>`` job, and
+    scripts in ``bwrap`` write through an overlay, so only a run that fell back to
+    binding the root itself leaves any)."""
     before = _snapshot(root)
+    unshared = not shared
     ran: list[str] = []
     not_run: list[tuple[str, str]] = []
 
@@ -556,6 +757,10 @@ def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
             return
         env = _job_env(job)
         if job.interpreter[:1] == ("<lua>",):
+            nonlocal unshared
+            if not unshared:  # it writes the root in place, from this process
+                _unshare(root)
+                unshared = True
             log.info("running %s (<lua>, programs in %s)", job.describe(), kind)
             run_lua(job, root, env, lambda argv, env2, left: run_one(
                 job, command(kind, root, dict(env2), list(argv)),
@@ -573,4 +778,12 @@ def _run_in(root: Path, writer: RootWriter, kind: str, sequence: ScriptSequence,
     finally:
         _remove_policy(policy)
     after = _snapshot(root)
-    return ScriptOutcome(_diff(root, before, after, writer), ran, not_run)
+    entries = _diff(root, before, after, writer)
+    in_place = []
+    if shared:
+        for entry in entries:
+            old, new = before.get(entry.path), after.get(entry.path)
+            if old is not None and new is not None and old.kind == FILE and \
+                    (old.dev, old.ino) == (new.dev, new.ino):
+                in_place.append(entry.path)
+    return ScriptOutcome(entries, ran, not_run), in_place
