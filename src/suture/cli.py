@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "$XDG_CACHE_HOME/suture or ~/.cache/suture)")
     patch.add_argument("--offline", action="store_true",
                        help="use only the cache; say what is missing")
+    patch.add_argument("--no-result-cache", action="store_true",
+                       help="build the patch layer again even when the cache holds one for "
+                            "this image and the same packages")
     patch.add_argument("--mirror", action="append", default=[], metavar="FROM=TO",
                        help="replace an archive URI prefix with a mirror (repeatable)")
     patch.add_argument("--allow-private-repos", action="append", default=[],
@@ -627,6 +630,7 @@ def _patch_options(args: argparse.Namespace, renderer: Progress | None) -> Any:
         platforms=tuple(_platforms(args.platform) or ()),
         cache_dir=cache,
         offline=args.offline,
+        result_cache=not args.no_result_cache,
         mirrors=mirrors,
         allow_private_repos=tuple(args.allow_private_repos),
         keyrings=tuple(keyrings),

@@ -30,9 +30,9 @@ from suture.inspect import (
     select_images,
     wants_detection_data,
 )
-from suture.oci.fs import read_tree
+from suture.oci.fs import FileEntry, read_tree
 from suture.oci.image import Artifact, Image, ImageIndex
-from suture.oci.layer import Entry, write_layer
+from suture.oci.layer import Entry, LayerInfo, write_layer
 from suture.oci.model import Platform
 from suture.oci.mutate import (
     AddedLayer,
@@ -53,6 +53,17 @@ from suture.patch.model import (
     PatchResult,
     PlatformOutcome,
 )
+from suture.patch.results import (
+    CachedResult,
+    load_result,
+    load_tree,
+    result_key,
+    seen_image,
+    store_result,
+    store_tree,
+    tree_key,
+)
+from suture.plan import Plan
 from suture.progress import STAGE, Event
 from suture.reports import normalize_os_family
 from suture.reports.model import Report, ReportError
@@ -143,7 +154,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     check_deadline(options, "inspection")
     # One pass over the layers serves inspection and the engine: every path's metadata,
     # and the contents of what either reads.
-    tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    tree = _read_tree(image, options)
     inspection = inspect_image(image, tree)
     if inspection.os is not None:
         outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
@@ -165,7 +176,11 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     # for a 1 GB image, beside suture's 0.2 GiB RSS; a decompression bomb could fill it).
     # On disk the files sit in the page cache, which the kernel reclaims as it needs
     # (docs/benchmarks.md: "Memory of the scripts' root").
-    script_root = None if options.dry_run else start_root(
+    # Not when a kept result of this image is likely to serve (patch.results): the
+    # helper's work would be thrown away, and it would take a core from the run.
+    expect_kept = options.result_cache and not options.inventory and seen_image(
+        options.cache_dir, image.digest)
+    script_root = None if options.dry_run or expect_kept else start_root(
         base, workdir=workdir.parent, sandbox=options.sandbox)
     if script_root is not None:
         cleanup.callback(script_root.close)
@@ -193,6 +208,29 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         outcome.status = SKIPPED
         outcome.message = "dry run: nothing written"
         return
+    key = None
+    if options.result_cache and not options.inventory:
+        key = result_key(image.digest, plan, report=report is not None,
+                         options=_layer_options(options, base))
+        kept = load_result(options.cache_dir, key)
+        if kept is not None:
+            if script_root is not None:
+                script_root.close()
+            _say(options, image, "the patch layer for this plan was made before: reused")
+            if report is None:
+                plan = plan.with_vulnerabilities(kept.vulnerabilities)
+            plan = replace(plan, notes=(*plan.notes, *kept.notes))
+            outcome.plan = plan
+            outcome.scripts_ran = list(kept.scripts_ran)
+            outcome.scripts_not_run = list(kept.scripts_not_run)
+            _check_scripts(options, outcome)
+            _finish(base, base_digest, options, outcome, plan, kept.info, kept.blob)
+            return
+    if script_root is None and expect_kept:
+        script_root = start_root(base, workdir=workdir.parent, sandbox=options.sandbox)
+        if script_root is not None:
+            cleanup.callback(script_root.close)
+    planned_notes = len(plan.notes)
     check_deadline(options, "downloads")
     total = sum(u.size for u in plan.updates)
     _say(options, image, f"fetching {len(plan.updates)} packages ({total / 1e6:.1f} MB, "
@@ -203,8 +241,10 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     build = work.build(plan, debs)
     if build.cleanup is not None:
         cleanup.callback(build.cleanup)
+    found: dict[str, tuple[str, ...]] = {}
     if report is None:
-        plan = plan.with_vulnerabilities(work.fixed_vulnerabilities(plan, debs, build))
+        found = work.fixed_vulnerabilities(plan, debs, build)
+        plan = plan.with_vulnerabilities(found)
     if build.notes:
         plan = replace(plan, notes=(*plan.notes, *build.notes))
     outcome.plan = plan
@@ -236,12 +276,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         entries = merge_entries(entries, scripts.entries)
     elif script_root is not None:
         script_root.close()
-    if options.scripts_required and outcome.scripts_not_run:
-        job, why = outcome.scripts_not_run[0]
-        raise SutureError(f"{len(outcome.scripts_not_run)} maintainer script(s) could not run "
-                          f"(first: {job}: {why}); nothing written (--scripts-required)",
-                          hint="without --scripts-required the image is patched and "
-                               "they are reported as not run")
+    _check_scripts(options, outcome)
     if options.inventory:
         from suture.patch.inventory import patched_inventory
 
@@ -254,6 +289,53 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     blob = workdir / f"layer-{image.digest.split(':')[1][:16]}.tar.{options.compression}"
     with blob.open("wb") as out:
         info = write_layer(entries, out, compression=options.compression)
+    if key is not None:
+        store_result(options.cache_dir, key, image.digest, blob, CachedResult(
+            blob, info, found, plan.notes[planned_notes:], outcome.scripts_ran,
+            outcome.scripts_not_run))
+    _finish(base, base_digest, options, outcome, plan, info, blob)
+
+
+def _read_tree(image: Image, options: PatchOptions) -> dict[str, FileEntry]:
+    """The merged view inspection and the engines read (one pass over the layers), or
+    the one kept for the same layers (patch.results)."""
+    if not options.result_cache:
+        return read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    key = tree_key([layer.digest for layer in image.layers])
+    tree = load_tree(options.cache_dir, key)
+    if tree is None:
+        tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+        store_tree(options.cache_dir, key, tree)
+    return tree
+
+
+def _layer_options(options: PatchOptions, base: Image) -> dict[str, object]:
+    """What besides the image and the plan decides the patch layer's bytes and what the
+    run reports about it: for the result key."""
+    from suture.patch.sandbox import host_architecture, preflight
+
+    try:
+        kind, why = preflight(base, options.sandbox, quiet=True)
+    except SutureError as exc:
+        kind, why = None, str(exc)
+    return {"compression": options.compression, "created": options.created,
+            "sandbox": options.sandbox, "scripts": kind or why,
+            "host": host_architecture(), "scriptsRequired": options.scripts_required}
+
+
+def _check_scripts(options: PatchOptions, outcome: PlatformOutcome) -> None:
+    if options.scripts_required and outcome.scripts_not_run:
+        job, why = outcome.scripts_not_run[0]
+        raise SutureError(f"{len(outcome.scripts_not_run)} maintainer script(s) could not run "
+                          f"(first: {job}: {why}); nothing written (--scripts-required)",
+                          hint="without --scripts-required the image is patched and "
+                               "they are reported as not run")
+
+
+def _finish(base: Image, base_digest: str, options: PatchOptions, outcome: PlatformOutcome,
+            plan: Plan, info: LayerInfo, blob: Path) -> None:
+    """The patched image: ``base`` plus the layer ``blob`` (``info``), with the patch
+    marks and lineage."""
     names = ", ".join(f"{u.name} {u.to_version}" for u in plan.updates)
     added = AddedLayer(info, lambda: blob.open("rb"),
                        history={"created_by": f"suture patch: {names}"[:4000],

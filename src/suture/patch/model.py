@@ -54,6 +54,9 @@ class PatchOptions:
     # List every installed package of each patched image (PlatformOutcome.packages),
     # for an SBOM.
     inventory: bool = False
+    # Keep and reuse the image's merged view and patch layers in cache_dir
+    # (suture.patch.results); off with --no-result-cache.
+    result_cache: bool = True
     deadline: float | None = None  # time.monotonic() value after which work stops
     progress: Progress | None = None  # stage, download and upload events
     # Set (by a front end's Ctrl-C or timer) to stop every platform at its next step.
