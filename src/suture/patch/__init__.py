@@ -181,7 +181,7 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     expect_kept = options.result_cache and not options.inventory and seen_image(
         options.cache_dir, image.digest)
     script_root = None if options.dry_run or expect_kept else start_root(
-        base, workdir=workdir.parent, sandbox=options.sandbox)
+        base, workdir=workdir.parent, sandbox=options.sandbox, cache_dir=options.cache_dir)
     if script_root is not None:
         cleanup.callback(script_root.close)
     if report is not None:
