@@ -227,7 +227,8 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
             _finish(base, base_digest, options, outcome, plan, kept.info, kept.blob)
             return
     if script_root is None and expect_kept:
-        script_root = start_root(base, workdir=workdir.parent, sandbox=options.sandbox)
+        script_root = start_root(base, workdir=workdir.parent, sandbox=options.sandbox,
+                                 cache_dir=options.cache_dir)
         if script_root is not None:
             cleanup.callback(script_root.close)
     planned_notes = len(plan.notes)
