@@ -9,14 +9,18 @@ to a ``docker-registry`` on 127.0.0.1. Needs root (a chroot), umoci, skopeo,
 docker-registry, mmdebstrap, dpkg-deb and the Debian archive.
 
 **suture**: ``suture patch -i R -t T --push --cache-dir C --progress json`` in a
-subprocess, *cold* (an empty cache) then *warm* (the same cache again). Stages come
+subprocess, three times on one cache: *cold* (an empty cache), *rebuild* (the same cache,
+``--no-result-cache``: .debs, indexes and the extracted root of the image cached, the
+patch layer built again) and *warm* (the same cache: the result cache's patch layer
+reused after a fresh plan). Stages come
 from the JSON events' ``elapsed`` (seconds since suture's progress began; the offset
 from process start is the smallest gap between an event's arrival and its
 ``elapsed``): *start, read image* (interpreter, the pass over the layers) up to
 "reading repositories"; *indexes, plan* up to "plan: ..."; *download* up to
 "unpacking packages"; *unpack, dpkg db* up to "running N maintainer scripts";
 *scripts* (writing the patch entries into the scripts' root, any wait for that root,
-the scripts) up to "writing the patch layer"; *layer, push* to the process's end. A
+the scripts) up to "writing the patch layer"; *layer, push* to the process's end (or
+from "the patch layer for this plan was made before: reused", when it is). A
 stage whose event never comes (no scripts, or a run answered from a cache) is folded
 into the stage before it and shown as absent.
 
@@ -45,9 +49,9 @@ d. *compress the layer*: suture's patch layer from the first cold run (read back
    ``CompressingWriter`` (ISA-L level 2) into a null sink.
 
 floor = a + c(unpack) + c(configure) + d. Printed: medians per stage and component,
-suture cold / floor and warm / floor, the load average before and after (the machine
-is shared), and ``measured_suture()``. Each repetition runs suture cold, suture warm,
-then the floor, so drift hits all three.
+each suture mode / floor, the load average before and after (the machine is shared),
+and ``measured_suture()``. Each repetition runs suture cold, rebuild and warm, then the
+floor, so drift hits all of them.
 """
 
 from __future__ import annotations
@@ -83,8 +87,13 @@ MANIFEST_TYPES = ", ".join(("application/vnd.oci.image.manifest.v1+json",
 # stage named by the value (the first stage, from process start, is "start, read image").
 STAGE_EVENTS = (("reading repositories", "indexes, plan"), ("plan:", "download"),
                 ("unpacking packages", "unpack, dpkg db"), ("running ", "scripts"),
-                ("writing the patch layer", "layer, push"))
-STAGES = ("start, read image", *(s for _, s in STAGE_EVENTS))
+                ("writing the patch layer", "layer, push"),
+                ("the patch layer for this plan was made before", "layer, push"))  # reused
+STAGES = tuple(dict.fromkeys(("start, read image", *(s for _, s in STAGE_EVENTS))))
+# Each repetition, one cache: cold (empty), rebuild (.debs, indexes and the image's
+# extracted root cached, the patch layer built again), warm (the result cache answers).
+MODES: dict[str, tuple[str, ...]] = {"cold": (), "rebuild": ("--no-result-cache",),
+                                     "warm": ()}
 FLOOR = ("download .debs", "read layers", "a: max(download, read)", "b: dpkg-deb -x (scale)",
          "c: dpkg --unpack", "c: dpkg --configure", "d: compress layer", "floor a+c+d")
 
@@ -136,9 +145,9 @@ def stage_times(events: list[tuple[float, dict[str, Any]]], total: float) -> dic
     return stages
 
 
-def run_suture(src: str, tag: str, cache: Path, tmp: Path) -> Run:
+def run_suture(src: str, tag: str, cache: Path, tmp: Path, *extra: str) -> Run:
     cmd = [sys.executable, "-m", "suture", "patch", "-i", src, "-t", tag, "--push",
-           "--cache-dir", str(cache), "--progress", "json"]
+           "--cache-dir", str(cache), "--progress", "json", *extra]
     events: list[tuple[float, dict[str, Any]]] = []
     other: list[str] = []
     start = time.monotonic()
@@ -409,7 +418,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
                   f"{args.runs} runs; work under {work}"]
         print("\n".join(header), flush=True)
         loads = {"before": load()}
-        runs: dict[str, list[Run]] = {"suture cold": [], "suture warm": []}
+        runs: dict[str, list[Run]] = {f"suture {mode}": [] for mode in MODES}
         floor: dict[str, list[float]] = {k: [] for k in FLOOR}
         notes: list[str] = []
         layer_tar: bytes | None = None
@@ -417,9 +426,10 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         tmp.mkdir()
         for n in range(args.runs):
             cache = work / f"cache-{n}"
-            for mode in ("cold", "warm"):
+            for mode, extra in MODES.items():
                 os.sync()  # no writeback of earlier work during a timed run
-                runs[f"suture {mode}"].append(run_suture(src, f"12-stages-{mode}-{n}", cache, tmp))
+                runs[f"suture {mode}"].append(run_suture(src, f"12-stages-{mode}-{n}", cache, tmp,
+                                                         *extra))
             shutil.rmtree(cache, ignore_errors=True)
             if layer_tar is None:  # suture's patch layer, as pushed by this cold run
                 top = _manifest(session, registry.url, "debian", f"12-stages-cold-{n}")
@@ -468,8 +478,8 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
                                         + floor["d: compress layer"][-1])
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(debs_dir, ignore_errors=True)
-            print(f"run {n + 1}/{args.runs}: suture cold {runs['suture cold'][-1].total:.1f} s, "
-                  f"warm {runs['suture warm'][-1].total:.1f} s, floor "
+            print(f"run {n + 1}/{args.runs}: suture " + ", ".join(
+                  f"{k.split()[1]} {v[-1].total:.1f} s" for k, v in runs.items()) + ", floor "
                   f"{floor['floor a+c+d'][-1]:.1f} s ({entries} layer entries read); "
                   f"load {load()}", flush=True)
         loads["after"] = load()
@@ -487,18 +497,18 @@ def _report(args: argparse.Namespace, header: list[str], runs: dict[str, list[Ru
     totals = {name: _median([r.total for r in rs]) for name, rs in runs.items()}
     fmed = {k: _median(v) for k, v in floor.items()}
     print()
-    print(f"{'stage (median s)':22}" + "".join(f"{n:>14}" for n in runs))
+    print(f"{'stage (median s)':22}" + "".join(f"{n:>16}" for n in runs))
     for s in STAGES:
         cells = []
         for name, rs in runs.items():
             present = sum(s in r.stages for r in rs)
             cell = "absent" if not present else f"{med[name][s]:.2f}" + (
                 f" ({present}/{len(rs)})" if present < len(rs) else "")
-            cells.append(f"{cell:>14}")
+            cells.append(f"{cell:>16}")
         print(f"{s:22}" + "".join(cells))
-    print(f"{'total':22}" + "".join(f"{totals[n]:>14.2f}" for n in runs))
+    print(f"{'total':22}" + "".join(f"{totals[n]:>16.2f}" for n in runs))
     print(f"{'runs':22}" + "".join(
-        f"{' '.join(f'{r.total:.1f}' for r in rs):>14}" for rs in runs.values()))
+        f"{' '.join(f'{r.total:.1f}' for r in rs):>16}" for rs in runs.values()))
     print()
     print("floor components (median s, runs):")
     for k, v in fmed.items():
