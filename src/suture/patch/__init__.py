@@ -130,13 +130,18 @@ def _check_report(report: Report, os_id: str, version: str, platform: Platform |
                           hint=_MISMATCH_HINT)
 
 
-def patch_image(image: Image, options: PatchOptions, workdir: Path) -> PlatformOutcome:
+def patch_image(image: Image, options: PatchOptions, workdir: Path,
+                later: ExitStack | None = None) -> PlatformOutcome:
     """Patch one single-platform image. Never raises for a per-image problem: the
-    outcome's status is ``error`` and its message says why."""
+    outcome's status is ``error`` and its message says why.
+
+    With ``later``, the maintainer scripts' root is closed (waiting for its removal,
+    which starts in the background once the scripts ran) when ``later`` is, instead
+    of before returning: the caller writes the image meanwhile."""
     outcome = PlatformOutcome(image.platform, ERROR, image.digest)
     try:
         with ExitStack() as cleanup:
-            _patch_image(image, options, workdir, outcome, cleanup)
+            _patch_image(image, options, workdir, outcome, later or cleanup)
     except SutureError as exc:
         outcome.status = ERROR
         outcome.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
@@ -354,12 +359,14 @@ def _finish(base: Image, base_digest: str, options: PatchOptions, outcome: Platf
     outcome.message = f"{len(plan.updates)} package(s) updated"
 
 
-def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
+def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path,
+                   later: ExitStack | None = None
                    ) -> tuple[Artifact | None, list[PlatformOutcome]]:
     """Patch every selected platform; return the new artifact (None if nothing changed).
 
-    Platforms are patched in parallel. With an index, platforms not selected and
-    non-image entries (attestations) are carried over byte for byte.
+    Platforms are patched in parallel (``later``: as for :func:`patch_image`). With an
+    index, platforms not selected and non-image entries (attestations) are carried
+    over byte for byte.
     """
     images = select_images(artifact, list(options.platforms) or None)
     if not images:
@@ -372,9 +379,9 @@ def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
                 raise ReportError(f"a report is for {key}, which the image does not have "
                                   f"(it has {have})")
     if len(images) == 1:
-        outcomes = [patch_image(images[0], options, workdir)]
+        outcomes = [patch_image(images[0], options, workdir, later)]
     else:
-        outcomes = _patch_parallel(images, options, workdir)
+        outcomes = _patch_parallel(images, options, workdir, later)
     failed = [o for o in outcomes if o.status == ERROR]
     if failed and not options.ignore_errors:
         return None, outcomes
@@ -388,14 +395,14 @@ def patch_artifact(artifact: Artifact, options: PatchOptions, workdir: Path
     return replace_children(artifact, changed, drop_stale_attestations=True), outcomes
 
 
-def _patch_parallel(images: list[Image], options: PatchOptions, workdir: Path
-                    ) -> list[PlatformOutcome]:
+def _patch_parallel(images: list[Image], options: PatchOptions, workdir: Path,
+                    later: ExitStack | None = None) -> list[PlatformOutcome]:
     """Patch ``images`` on worker threads; the calling thread only waits, so Ctrl-C and
     timers reach it. When it is interrupted every platform is told to stop and is
     waited for (each stops at its next step or transfer chunk) before re-raising."""
     pool = ThreadPoolExecutor(max_workers=min(4, len(images)))
     futures: list[Future[PlatformOutcome]] = [
-        pool.submit(patch_image, image, options, workdir) for image in images]
+        pool.submit(patch_image, image, options, workdir, later) for image in images]
     try:
         pending = set(futures)
         while pending:
@@ -461,8 +468,10 @@ def patch(source: Reference, destination: Reference, options: PatchOptions) -> P
     if source.is_registry and not options.base_name:
         options = replace(options, base_name=lineage_name(source))
     options.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="suture-", dir=options.workdir) as tmp:
-        new, outcomes = patch_artifact(artifact, options, Path(tmp))
+    # The scripts' roots are removed while the image is written (``later``).
+    with tempfile.TemporaryDirectory(prefix="suture-", dir=options.workdir) as tmp, \
+            ExitStack() as later:
+        new, outcomes = patch_artifact(artifact, options, Path(tmp), later)
         result = PatchResult(str(source), artifact.digest, None, None, outcomes)
         if new is None or options.dry_run:
             return result
