@@ -48,7 +48,10 @@ d. *compress the layer*: suture's patch layer from the first cold run (read back
    the registry and gunzipped, untimed), recompressed with suture's own
    ``CompressingWriter`` (ISA-L level 2) into a null sink.
 
-floor = a + c(unpack) + c(configure) + d. Printed: medians per stage and component,
+floor = a + c(unpack) + c(configure) + d. For the cold run only, a second figure adds
+what it must download before planning (``bench/patch_routes.py``'s index floor:
+InRelease and Packages.xz of the three suites, fetched and decompressed); the issue's
+floor has no indexes. Printed: medians per stage and component,
 each suture mode / floor, the load average before and after (the machine is shared),
 and ``measured_suture()``. Each repetition runs suture cold, rebuild and warm, then the
 floor, so drift hits all of them.
@@ -74,6 +77,7 @@ from typing import IO, Any, cast
 
 import requests
 from benchlib import measured_suture
+from patch_routes import run_index_floor
 
 from suture.distro.dpkg.control import parse_status
 from suture.oci.compression import CompressingWriter, open_decompressed
@@ -95,7 +99,8 @@ STAGES = tuple(dict.fromkeys(("start, read image", *(s for _, s in STAGE_EVENTS)
 MODES: dict[str, tuple[str, ...]] = {"cold": (), "rebuild": ("--no-result-cache",),
                                      "warm": ()}
 FLOOR = ("download .debs", "read layers", "a: max(download, read)", "b: dpkg-deb -x (scale)",
-         "c: dpkg --unpack", "c: dpkg --configure", "d: compress layer", "floor a+c+d")
+         "c: dpkg --unpack", "c: dpkg --configure", "d: compress layer", "floor a+c+d",
+         "indexes (cold only)", "cold floor a+c+d+indexes")
 
 
 @dataclass
@@ -476,8 +481,15 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
             floor["d: compress layer"].append(compress(layer_tar))
             floor["floor a+c+d"].append(floor["a: max(download, read)"][-1] + unpack + configure
                                         + floor["d: compress layer"][-1])
-            shutil.rmtree(root, ignore_errors=True)
-            shutil.rmtree(debs_dir, ignore_errors=True)
+            # Not in the issue's floor: what a cold run must also download before planning
+            # (bench/patch_routes.py's: InRelease and Packages.xz of the three suites,
+            # fetched 4 at a time and decompressed).
+            floor["indexes (cold only)"].append(run_index_floor("bookworm", work / f"idx-{n}")
+                                                .total)
+            floor["cold floor a+c+d+indexes"].append(floor["floor a+c+d"][-1]
+                                                     + floor["indexes (cold only)"][-1])
+            for path in (root, debs_dir, work / f"idx-{n}"):
+                shutil.rmtree(path, ignore_errors=True)
             print(f"run {n + 1}/{args.runs}: suture " + ", ".join(
                   f"{k.split()[1]} {v[-1].total:.1f} s" for k, v in runs.items()) + ", floor "
                   f"{floor['floor a+c+d'][-1]:.1f} s ({entries} layer entries read); "
@@ -518,6 +530,10 @@ def _report(args: argparse.Namespace, header: list[str], runs: dict[str, list[Ru
     for name in runs:
         print(f"{name}: {totals[name]:.2f} s = x{totals[name] / f:.2f} of the floor "
               f"({f:.2f} s; target x1.2)")
+    if "suture cold" in totals:
+        fc = fmed["cold floor a+c+d+indexes"]
+        print(f"suture cold: x{totals['suture cold'] / fc:.2f} of the floor with the indexes "
+              f"downloaded ({fc:.2f} s)")
     print(f"load average: before {loads['before']}, after {loads['after']}")
     for note in notes:
         print(note)
@@ -530,7 +546,9 @@ def _report(args: argparse.Namespace, header: list[str], runs: dict[str, list[Ru
                                      for k in runs},
                            "floor": fmed},
                "floor_runs": floor,
-               "ratios": {k: totals[k] / f for k in runs}}
+               "ratios": {**{k: totals[k] / f for k in runs},
+                          "suture cold (floor with indexes)":
+                              totals["suture cold"] / fmed["cold floor a+c+d+indexes"]}}
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         tmp.replace(args.json)
