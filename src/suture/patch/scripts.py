@@ -102,7 +102,7 @@ from suture.oci.layer import (
     Entry,
     sort_key,
 )
-from suture.oci.rootcache import RootCache
+from suture.oci.rootcache import CacheMismatch, RootCache
 from suture.patch.lua import run_lua
 from suture.patch.sandbox import _ENTER as SANDBOX_ENTER
 from suture.patch.sandbox import (
@@ -149,13 +149,6 @@ class _RootState:
         self.lock = lock
         self.extraction: Extraction | None = None
         self.threads: list[threading.Thread] = []
-        self.error: BaseException | None = None
-
-    def link(self, cache: RootCache, key: str, entry: dict[str, Any], dest: Path) -> None:
-        try:
-            cache.link(key, entry, dest)
-        except BaseException as exc:  # handed to wait(), which extracts instead
-            self.error = exc
 
     def close(self) -> None:
         for thread in self.threads:
@@ -173,8 +166,10 @@ class ScriptRoot:
     temporary directory under ``workdir`` (the system's temporary directory if
     ``None``): written by :class:`~suture.oci.extract.Extraction`, or, with a
     ``cache`` (:class:`~suture.oci.rootcache.RootCache`) that holds the root of the
-    image's layers, linked from it; an extracted root is then kept in ``cache``. Its
-    run directory is then in the cache's directory (hard links need one file system).
+    image's layers, linked from it; an extracted root is then kept in ``cache``. The
+    run's directory is then in the cache's (hard links need one file system). With
+    ``check``, the cache is used only if ``check(cache.directory)`` holds (asked in
+    the background, as :func:`start_root` asks :func:`overlay_works`).
 
     With a cache, the root's files may be the cache's inodes (:attr:`shared`): what
     writes into the root must only create, rename and remove names, never write a
@@ -188,16 +183,17 @@ class ScriptRoot:
     """
 
     def __init__(self, image: Image, workdir: Path | None = None,
-                 cache: RootCache | None = None) -> None:
+                 cache: RootCache | None = None,
+                 check: Callable[[Path], bool] | None = None) -> None:
         self.image_digest = image.digest
         self._image = image
-        self.cache = cache
         self.key = cache.key([layer.diff_id for layer in image.layers]) if cache else None
+        self.cache = cache if self.key is not None else None
         self.from_cache = False  # linked from the cache (known after wait())
         self.shared = False  # its files are (also) the cache's (known after wait())
         lock = None
-        if cache is not None and self.key is not None:
-            tmp, lock = cache.new_run()
+        if self.cache is not None:
+            tmp, lock = self.cache.new_run()
         else:
             tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
         self.tmp = tmp
@@ -205,19 +201,17 @@ class ScriptRoot:
         state = _RootState(tmp, lock)
         self._state = state
         self._writer: RootWriter | None = None
+        self._entry: dict[str, Any] | None = None
+        self._error: BaseException | None = None
         self._close = weakref.finalize(self, state.close)
         try:
-            entry = cache.load(self.key) if cache is not None and self.key else None
-            if entry is not None and cache is not None and self.key is not None:
-                self._entry: dict[str, Any] | None = entry
-                thread = threading.Thread(target=state.link, daemon=True,
-                                          args=(cache, self.key, entry, self.path),
-                                          name="suture-root-link")
+            if self.cache is None:
+                self._extract()
+            else:
+                thread = threading.Thread(target=self._prepare, args=(check,), daemon=True,
+                                          name="suture-root-prepare")
                 state.threads.append(thread)
                 thread.start()
-            else:
-                self._entry = None
-                self._extract()
         except BaseException:
             self.close()
             raise
@@ -227,25 +221,47 @@ class ScriptRoot:
         self._state.extraction = Extraction(self._image, self.path, cleanup=self.tmp,
                                             store=store)
 
+    def _prepare(self, check: Callable[[Path], bool] | None) -> None:
+        """In the background: link the root from the cache, or start extracting it."""
+        try:
+            cache, key = self.cache, self.key
+            assert cache is not None and key is not None
+            if check is not None and not check(cache.directory):
+                log.info("extracted roots are not cached: no overlay for scripts in %s",
+                         cache.directory)
+                self.cache = None
+            else:
+                entry = cache.load(key)
+                if entry is not None:
+                    try:
+                        cache.link(key, entry, self.path)
+                        self._entry = entry
+                        return
+                    except (CacheMismatch, OSError) as exc:
+                        log.info("root for maintainer scripts not taken from the cache "
+                                 "(%s): extracting it", exc)
+                        remove_tree(self.path)
+            self._extract()
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
     def wait(self) -> RootWriter:
         """Block until the tree is complete; its writer (for the patch entries)."""
         if self._writer is not None:
             return self._writer
         state = self._state
+        for thread in state.threads:
+            thread.join()
         if self._entry is not None:
-            for thread in state.threads:
-                thread.join()
-            if state.error is None:
-                assert self.key is not None
-                log.info("root for maintainer scripts linked from the cache (%s)",
-                         self.key[:12])
-                self.from_cache = self.shared = True
-                self._writer = RootWriter(self.path, hashing=True, tree=self._entry["tree"],
-                                          trash=self.tmp)
-                return self._writer
-            log.info("root for maintainer scripts not taken from the cache (%s): "
-                     "extracting it", state.error)
-            self._entry = None
+            assert self.key is not None
+            log.info("root for maintainer scripts linked from the cache (%s)", self.key[:12])
+            self.from_cache = self.shared = True
+            self._writer = RootWriter(self.path, hashing=True, tree=self._entry["tree"],
+                                      trash=self.tmp)
+            return self._writer
+        if state.extraction is None:
+            log.info("root for maintainer scripts: %s; extracting it here", self._error)
+            self.cache = None
             remove_tree(self.path)
             self._extract()
         assert state.extraction is not None
@@ -288,13 +304,8 @@ def start_root(image: Image, *, workdir: Path | None = None, sandbox: str = "aut
             return None
         cache = None
         if cache_dir is not None and kind == "bwrap":
-            roots = cache_dir / "roots"
-            roots.mkdir(parents=True, exist_ok=True)
-            if overlay_works(roots):
-                cache = RootCache(roots)
-            else:
-                log.info("extracted roots are not cached: no overlay for scripts in %s", roots)
-        return ScriptRoot(image, workdir, cache)
+            cache = RootCache(cache_dir / "roots")
+        return ScriptRoot(image, workdir, cache, overlay_works)
     except (UsageError, OSError) as exc:
         log.debug("no root for maintainer scripts in the background: %s", exc)
         return None
@@ -308,6 +319,7 @@ def overlay_works(where: Path) -> bool:
     """Whether a script run's overlay (:mod:`suture.patch.sandbox`) mounts over a root
     in directory ``where`` (probed once per file system and process, by mounting one
     exactly as a run does and running ``true`` in it)."""
+    where.mkdir(parents=True, exist_ok=True)
     dev = os.stat(where).st_dev
     with _overlay_lock:
         if dev in _overlay_seen:
