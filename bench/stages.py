@@ -519,8 +519,8 @@ def _report(args: argparse.Namespace, header: list[str], runs: dict[str, list[Ru
             cells.append(f"{cell:>16}")
         print(f"{s:22}" + "".join(cells))
     print(f"{'total':22}" + "".join(f"{totals[n]:>16.2f}" for n in runs))
-    print(f"{'runs':22}" + "".join(
-        f"{' '.join(f'{r.total:.1f}' for r in rs):>16}" for rs in runs.values()))
+    for name, rs in runs.items():
+        print(f"  {name} runs: " + " ".join(f"{r.total:.1f}" for r in rs))
     print()
     print("floor components (median s, runs):")
     for k, v in fmed.items():
