@@ -443,8 +443,13 @@ class _Overlay:
         kept = False
         try:
             _merge(str(self.dir / "upper"), str(self.root))
-            # The next mount needs a work directory without the mark of a volatile mount.
-            _remove_tree(str(self.dir / "work" / "work"))
+            # The next mount needs a work directory without the mark of a volatile mount:
+            # moved aside (removing it took ~18 ms a run on this disk: rmdir of
+            # directories an overlay used is slow), removed with the overlay's directory.
+            spent = self.dir / "spent"
+            spent.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.dir / "work" / "work", spent / str(len(os.listdir(spent))))
             if why is not None:
                 (self.dir / "fallback").unlink()
             kept = True
