@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suture.errors import UsageError
 from suture.fleet.config import parse_config
@@ -28,16 +28,9 @@ from suture.fleet.plan import (
     parse_shard,
     shard_from_env,
 )
-from suture.fleet.run import (
-    JobResult,
-    RunOptions,
-    Summary,
-    merge_results,
-    read_results,
-    run_jobs,
-    shard_document,
-    write_json_atomic,
-)
+
+if TYPE_CHECKING:  # the run module imports every engine: only the commands that run load it
+    from suture.fleet.run import JobResult, RunOptions
 
 #: ``suture patch`` flags that make no sense for a fleet run (each job has its own).
 _NOT_FOR_RUN = frozenset({"-i", "--image", "-r", "--report", "--scanner", "-t", "--tag",
@@ -195,6 +188,8 @@ def _shard(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[int, int]:
 
 def _run_options(args: argparse.Namespace, cli: Any, out: Callable[[str], None]
                  ) -> tuple[RunOptions, threading.Event]:
+    from suture.fleet.run import RunOptions
+
     # Reports and platforms are per job (from the plan); the rest applies to every job.
     flags = argparse.Namespace(**vars(args))
     flags.report = flags.scanner = flags.platform = None
@@ -228,12 +223,16 @@ def _run_options(args: argparse.Namespace, cli: Any, out: Callable[[str], None]
 
 def _run(plan: Plan, jobs: list[Job], options: RunOptions, cancel: threading.Event
          ) -> tuple[list[JobResult], float]:
+    from suture.fleet.run import run_jobs
+
     started = time.monotonic()
     results = run_jobs(jobs, options, cancel)
     return results, time.monotonic() - started
 
 
 def cmd_run(args: argparse.Namespace, cli: Any, env: Mapping[str, str]) -> int:
+    from suture.fleet.run import Summary, shard_document, write_json_atomic
+
     if args.config is not None:
         plan = make_plan(_load_config(args.config),
                          _plan_options(args, cli._options(args), args.config.parent))
@@ -258,6 +257,8 @@ def cmd_run(args: argparse.Namespace, cli: Any, env: Mapping[str, str]) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, cli: Any) -> int:
+    from suture.fleet.run import merge_results, read_results, write_json_atomic
+
     plan = _read_plan(args.plan)
     summary = merge_results(plan, read_results(args.results))
     cli._print_lines(list(summary.lines()))
@@ -306,6 +307,8 @@ def cmd_fleet(args: argparse.Namespace, cli: Any, env: Mapping[str, str]) -> int
 def cmd_patch_config(args: argparse.Namespace, cli: Any) -> int:
     """``suture patch --config FILE``: copa's bulk mode in one process (plan, run every
     job on this machine, summary)."""
+    from suture.fleet.run import Summary, write_json_atomic
+
     if args.image or args.tag or args.dest:
         raise UsageError("--config cannot be used with --image, --tag or --dest")
     if not args.push and not args.dry_run:
