@@ -10,6 +10,9 @@ Writing the image out takes a while (a full pass over the layers), so a caller
 that knows early that scripts may run starts it in the background with
 :func:`start_root` (a helper process writes the tree while the caller plans,
 fetches and builds) and hands the :class:`ScriptRoot` to :func:`run_scripts`.
+Given the cache directory, :func:`start_root` keeps extracted roots there by layer
+chain (:mod:`suture.oci.rootcache`) and links a kept one instead of extracting it,
+when the scripts run under an overlay (see :class:`ScriptRoot`).
 
 The sandbox is :mod:`suture.patch.sandbox`'s (``bwrap``, ``chroot`` or ``none``).
 
