@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from suture.devtools.debian_image import image_from_layers
 from suture.devtools.rootfs import diff_entries
 from suture.distro.scripts import ScriptJob
 from suture.oci.image import Image
-from suture.oci.layer import Entry
+from suture.oci.layer import DIR, HARDLINK, Entry
 from suture.oci.model import Platform
 from suture.oci.mutate import with_labels
 from suture.oci.rootcache import CacheMismatch, RootCache
@@ -102,6 +103,38 @@ def test_a_second_root_is_linked_and_removing_it_leaves_the_cache(tmp_path: Path
     assert not root.tmp.exists()
     assert os.lstat(sample).st_nlink == 1
     assert _check_entry(where) >= 1
+
+
+# Another image on the same base: its own layer replaces, removes, hard-links, empties.
+APP_LAYER = [Entry.file("etc/a", b"app", 0o644), Entry.whiteout("bin/dash"),
+             Entry("bin/sh2", HARDLINK, 0o755, linkname="bin/sh"), Entry.opaque("var/x"),
+             Entry.file("var/x/4", b"4"), Entry("etc", DIR, 0o700),
+             Entry.file("srv/app/run", b"#!/bin/sh\n", 0o755)]
+
+
+def test_another_image_on_the_same_base_starts_from_the_kept_root(tmp_path: Path) -> None:
+    cache, _image, base_key, base = _stored(tmp_path)
+    app = make_image(*IMAGE_LAYERS, APP_LAYER)
+    (tmp_path / "plain").mkdir()
+    fresh = ScriptRoot(app, tmp_path / "plain")
+    expected = fresh.wait()
+    root = ScriptRoot(app, None, cache)
+    writer = root.wait()
+    assert not root.from_cache and root.shared
+    assert _tree(root.path) == _tree(fresh.path)
+    assert writer.export() == expected.export()
+    # The base's files that the app layer left are the kept ones, not copies.
+    assert os.path.samefile(root.path / "bin" / "sh", base / "tree" / "bin" / "sh")
+    assert (base / "tree" / "etc" / "a").read_bytes() == b"new"
+    root.close()
+    fresh.close()
+    assert {p.name for p in _entries(tmp_path / "roots")} == {base_key, str(root.key)}
+    for where in _entries(tmp_path / "roots"):
+        _check_entry(where)
+    again = ScriptRoot(app, None, cache)
+    again.wait()
+    assert again.from_cache
+    again.close()
 
 
 def test_a_damaged_entry_is_ignored_removed_and_stored_again(tmp_path: Path) -> None:
@@ -277,8 +310,12 @@ def test_patches_over_a_kept_root_give_the_same_layer(
     image = image_from_layers([bookworm_rootfs, upper], AMD64, tmp_path / "work")
     one = f"oci:{tmp_path}/layout:one"
     other = f"oci:{tmp_path}/layout:other"  # the same layers, another image
+    app = f"oci:{tmp_path}/layout:app"  # the same base and a layer of its own
     write_artifact(image, one)
     write_artifact(with_labels(image, {"org.example.app": "other"}), other)
+    write_artifact(image_from_layers([bookworm_rootfs, upper, [
+        Entry.file("srv/app/run", b"#!/bin/sh\necho app\n", 0o755),
+        Entry.file("etc/hostname", b"app\n")]], AMD64, tmp_path / "work"), app)
     cache = tmp_path / "cache"
 
     first, platform, log = _patch(one, f"oci:{tmp_path}/out:1", cache)
@@ -301,6 +338,15 @@ def test_patches_over_a_kept_root_give_the_same_layer(
     fresh, _platform, log = _patch(other, f"oci:{tmp_path}/out:4", tmp_path / "fresh")
     assert LINKED not in log
     assert linked == fresh == first
+
+    over, _platform, log = _patch(app, f"oci:{tmp_path}/out:app1", cache)
+    assert "2 of its 3 layers linked from the cache" in log
+    fresh, _platform, log = _patch(app, f"oci:{tmp_path}/out:app2", tmp_path / "fresh2")
+    assert "linked from the cache" not in log
+    assert over == fresh
+    [app_entry] = [p for p in _entries(cache) if p != where]
+    _check_entry(app_entry)
+    shutil.rmtree(app_entry)
     # ca-certificates' and tzdata's scripts rewrote files of the kept root in their runs.
     assert _entries(cache) == [where]
     assert _check_entry(where) == files

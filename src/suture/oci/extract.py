@@ -517,15 +517,18 @@ def _apply_layer(writer: RootWriter, stream: IO[bytes], layer: str) -> None:
 
 
 def extract_image(image: Image, dest: Path, *, hashing: bool = False,
-                  max_bytes: int | None = None) -> RootWriter:
+                  max_bytes: int | None = None, skip: int = 0,
+                  tree: dict[str, Any] | None = None) -> RootWriter:
     """Write ``image``'s merged root filesystem into ``dest`` (created if missing) and
     return the writer (its mirror of the tree).
 
-    ``dest`` must be empty or absent. Directory times are not preserved. With
+    ``dest`` must be empty or absent, unless it holds the root of the first ``skip``
+    layers already and ``tree`` is its mirror (:meth:`RootWriter.export`): then only
+    the layers above are applied. Directory times are not preserved. With
     ``max_bytes``, a layer that takes the tree past it raises :class:`LayerError`.
     """
-    writer = RootWriter(dest, hashing=hashing, max_bytes=max_bytes)
-    for layer in image.layers:
+    writer = RootWriter(dest, hashing=hashing, max_bytes=max_bytes, tree=tree)
+    for layer in image.layers[skip:]:
         with layer.open_tar() as stream:
             _apply_layer(writer, stream, layer.digest)
     return writer
@@ -535,7 +538,8 @@ def extract_image(image: Image, dest: Path, *, hashing: bool = False,
 #
 # The helper reads frames from stdin: a 4-byte big-endian length, then that many
 # bytes. The first frame is a JSON header ({"layers": [digest, ...], "max_bytes": N
-# or null, "store": [cache directory, key] or null}); then each layer's tar stream as
+# or null, "store": [cache directory, key] or null, "tree": the mirror of what dest
+# holds already, or null}); then each layer's tar stream as
 # frames, ended by an empty frame. With "store", the finished tree is kept in that
 # RootCache (suture.oci.rootcache) before answering. It answers with one JSON line
 # on stdout ({"tree": mirror, "stored": bool} or {"error": message}),
@@ -597,7 +601,8 @@ def _serve(dest: Path, cleanup: Path) -> int:
         header = json.loads(_read_exact(stdin, int.from_bytes(_read_exact(stdin, _HEADER),
                                                               "big")))
         try:
-            writer = RootWriter(dest, hashing=True, max_bytes=header.get("max_bytes"))
+            writer = RootWriter(dest, hashing=True, max_bytes=header.get("max_bytes"),
+                                tree=header.get("tree"))
             for digest in header["layers"]:
                 frames = _Frames(stdin)
                 _apply_layer(writer, io.BufferedReader(frames, _CHUNK), digest)
@@ -641,10 +646,12 @@ class _Feed:
     handed over and :meth:`close` closes it."""
 
     def __init__(self, layers: list[Layer], fd: int, max_bytes: int | None = None,
-                 store: tuple[Path, str] | None = None) -> None:
+                 store: tuple[Path, str] | None = None,
+                 tree: dict[str, Any] | None = None) -> None:
         self.fd = fd
         self.max_bytes = max_bytes
         self.store = store
+        self.tree = tree
         self.error: BaseException | None = None
         self.cancelled = False
         self._closed = False
@@ -682,7 +689,8 @@ def _feed(feed: _Feed, layers: list[Layer]) -> None:
     try:
         store = [os.fspath(feed.store[0]), feed.store[1]] if feed.store else None
         _send(feed, json.dumps({"layers": [layer.digest for layer in layers],
-                                "max_bytes": feed.max_bytes, "store": store}).encode())
+                                "max_bytes": feed.max_bytes, "store": store,
+                                "tree": feed.tree}, separators=(",", ":")).encode())
         for layer in layers:
             with layer.open_tar() as stream:
                 while chunk := stream.read(_CHUNK):
@@ -713,15 +721,21 @@ class Extraction:
     (a :class:`~suture.oci.rootcache.RootCache` directory and key), the complete tree
     is also kept in that cache before :meth:`wait` returns (:attr:`stored` says
     whether it was), so what the caller writes into it afterwards must never write a
-    file in place (see :mod:`suture.oci.rootcache`).
+    file in place (see :mod:`suture.oci.rootcache`). With ``skip`` and ``tree``,
+    ``dest`` holds the root of the first ``skip`` layers already (``tree``: its
+    mirror) and only the layers above are applied to it (never writing a file of it
+    in place: what they replace is renamed or unlinked).
     """
 
     def __init__(self, image: Image, dest: Path, *, cleanup: Path | None = None,
-                 max_bytes: int | None = None, store: tuple[Path, str] | None = None) -> None:
+                 max_bytes: int | None = None, store: tuple[Path, str] | None = None,
+                 skip: int = 0, tree: dict[str, Any] | None = None) -> None:
         self.image = image
         self.dest = dest
         self.cleanup = cleanup or dest
         self.store = store
+        self.skip = skip
+        self.tree = tree
         self.stored = False
         self.max_bytes = root_budget(dest.parent) if max_bytes is None else max_bytes
         self._writer: RootWriter | None = None
@@ -739,7 +753,7 @@ class Extraction:
         finally:
             os.close(read_fd)
         _grow_pipe(write_fd)
-        feed = _Feed(list(image.layers), write_fd, self.max_bytes, store)
+        feed = _Feed(list(image.layers)[skip:], write_fd, self.max_bytes, store, tree)
         try:
             feed.thread.start()
         except RuntimeError:  # no thread to be had: extract in wait() instead
@@ -757,7 +771,8 @@ class Extraction:
             return self._writer
         if self._proc is None or self._feed is None:
             self._writer = extract_image(self.image, self.dest, hashing=True,
-                                         max_bytes=self.max_bytes)
+                                         max_bytes=self.max_bytes, skip=self.skip,
+                                         tree=self.tree)
             store = [self.store[0], self.store[1]] if self.store else None
             self.stored, why = _store(store, self.dest, self._writer.export())
             if why is not None:

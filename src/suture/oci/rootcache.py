@@ -3,7 +3,9 @@ extracting again.
 
 An image's root filesystem depends only on its layers' uncompressed contents, so a
 root is stored under a key made of the OCI ChainID of the layers' diff_ids (and of
-whether it was written as root, which decides owners). Layout of the cache
+whether it was written as root, which decides owners). An image whose lower layers
+are those of a stored root (another image on the same base) starts from a link farm
+of that root and applies only its own layers above (suture.patch.scripts). Layout of the cache
 directory (``<cache_dir>/roots``):
 
 ``<key>/tree/``
@@ -34,7 +36,8 @@ directory (``<cache_dir>/roots``):
 
 Bounded: after each store, least recently used entries are removed until the entries
 take at most :data:`MAX_CACHE_BYTES` and at most a quarter of the space the file system
-has free plus what the entries already hold. A root larger than that is not stored.
+has free plus what the entries already hold (an entry made over another's shares its
+unchanged files with it, and they are counted in both). A root larger than that is not stored.
 Processes share the directory without a lock: every change is a rename or a creation.
 """
 
@@ -66,14 +69,18 @@ class CacheMismatch(Exception):
     """A stored tree is not what its entry says (or went away while being linked)."""
 
 
-def chain_key(diff_ids: Sequence[str], *, as_root: bool) -> str:
-    """The cache key of the root made of layers with these ``diff_ids`` (bottom first):
-    the OCI ChainID of the layers, with :data:`FORMAT` and whether owners were applied."""
+def chain_keys(diff_ids: Sequence[str], *, as_root: bool) -> list[str]:
+    """The cache keys of the roots made of the first 1, 2, ... layers with these
+    ``diff_ids`` (bottom first): each the OCI ChainID of those layers, with
+    :data:`FORMAT` and whether owners were applied."""
     chain = ""
+    keys = []
     for diff_id in diff_ids:
         chain = diff_id if not chain else \
             "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
-    return hashlib.sha256(f"suture-root {FORMAT} {int(as_root)} {chain}".encode()).hexdigest()
+        keys.append(hashlib.sha256(f"suture-root {FORMAT} {int(as_root)} {chain}".encode())
+                    .hexdigest())
+    return keys
 
 
 def _walk(src: str, dst: str | None, as_root: bool) -> tuple[dict[str, list[Any]], int]:
@@ -150,11 +157,21 @@ class RootCache:
         self.max_bytes = max_bytes
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
 
-    def key(self, diff_ids: Sequence[str | None]) -> str | None:
-        """The key of a root made of layers with these diff_ids; None if one is unknown."""
+    def keys(self, diff_ids: Sequence[str | None]) -> list[str] | None:
+        """The keys of the roots of the first 1, 2, ... layers with these diff_ids
+        (:func:`chain_keys`); None if one is unknown."""
         if not diff_ids or any(d is None for d in diff_ids):
             return None
-        return chain_key([d for d in diff_ids if d is not None], as_root=self.as_root)
+        return chain_keys([d for d in diff_ids if d is not None], as_root=self.as_root)
+
+    def longest(self, keys: Sequence[str]) -> tuple[int, dict[str, Any]] | None:
+        """How many layers the longest stored root of ``keys`` (from :meth:`keys`) is
+        made of, and its entry; None if none is stored."""
+        for n in range(len(keys), 0, -1):
+            entry = self.load(keys[n - 1])
+            if entry is not None:
+                return n, entry
+        return None
 
     # ------------------------------------------------------------------ runs
     def new_run(self) -> tuple[Path, int]:

@@ -190,7 +190,9 @@ class ScriptRoot:
                  check: Callable[[Path], bool] | None = None) -> None:
         self.image_digest = image.digest
         self._image = image
-        self.key = cache.key([layer.diff_id for layer in image.layers]) if cache else None
+        keys = cache.keys([layer.diff_id for layer in image.layers]) if cache else None
+        self._keys = keys or []
+        self.key = keys[-1] if keys else None
         self.cache = cache if self.key is not None else None
         self.from_cache = False  # linked from the cache (known after wait())
         self.shared = False  # its files are (also) the cache's (known after wait())
@@ -219,10 +221,10 @@ class ScriptRoot:
             self.close()
             raise
 
-    def _extract(self) -> None:
+    def _extract(self, skip: int = 0, tree: dict[str, Any] | None = None) -> None:
         store = (self.cache.directory, self.key) if self.cache and self.key else None
         self._state.extraction = Extraction(self._image, self.path, cleanup=self.tmp,
-                                            store=store)
+                                            store=store, skip=skip, tree=tree)
 
     def _prepare(self, check: Callable[[Path], bool] | None) -> None:
         """In the background: link the root from the cache, or start extracting it."""
@@ -234,16 +236,25 @@ class ScriptRoot:
                          cache.directory)
                 self.cache = None
             else:
-                entry = cache.load(key)
-                if entry is not None:
+                found = cache.longest(self._keys)
+                if found is not None:
+                    layers, entry = found
                     try:
-                        cache.link(key, entry, self.path)
-                        self._entry = entry
-                        return
+                        cache.link(self._keys[layers - 1], entry, self.path)
                     except (CacheMismatch, OSError) as exc:
                         log.info("root for maintainer scripts not taken from the cache "
                                  "(%s): extracting it", exc)
                         remove_tree(self.path)
+                    else:
+                        if layers == len(self._keys):
+                            self._entry = entry
+                            return
+                        # Another image on the same base: its own layers go on top.
+                        log.info("root for maintainer scripts: %d of its %d layers linked "
+                                 "from the cache (%s), the rest extracted over them", layers,
+                                 len(self._keys), self._keys[layers - 1][:12])
+                        self._extract(layers, entry["tree"])
+                        return
             self._extract()
         except BaseException as exc:  # handed to wait()
             self._error = exc
@@ -269,8 +280,15 @@ class ScriptRoot:
             self._extract()
         assert state.extraction is not None
         self._writer = state.extraction.wait()
-        self.shared = state.extraction.stored
+        self.shared = state.extraction.stored or state.extraction.skip > 0
         return self._writer
+
+    def forget(self, why: str) -> None:
+        """Remove from the cache every root this one's files may be shared with."""
+        if self.cache is not None:
+            for key in self._keys:
+                if (self.cache.directory / key).exists():
+                    self.cache.discard(key, why)
 
     def release(self) -> None:
         """Done with the tree: it is removed in the background; :meth:`close` (or
@@ -386,10 +404,10 @@ def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[Scr
         _write_entries(writer, patch_entries)
         outcome, kept_inodes = _run_in(root.path, writer, kind, sequence or FixedSequence(jobs),
                                        timeout, shared=root.shared)
-        if kept_inodes and root.cache is not None and root.key is not None:
+        if kept_inodes:
             # Only a run that fell back to binding the root itself can do that.
-            root.cache.discard(root.key, "maintainer scripts changed files of the cached "
-                               f"root in place ({', '.join(kept_inodes[:3])})")
+            root.forget("maintainer scripts changed files of the cached root in place "
+                        f"({', '.join(kept_inodes[:3])})")
         return outcome
     finally:
         if root is not None and root is given and writer is not None:
