@@ -83,21 +83,18 @@ def chain_keys(diff_ids: Sequence[str], *, as_root: bool) -> list[str]:
     return keys
 
 
-def _walk(src: str, dst: str | None, as_root: bool) -> tuple[dict[str, list[Any]], int]:
-    """The kind, mode, uid, gid, size and mtime of every path under ``src``, and the
-    disk space its regular files take (each inode once); with ``dst`` (a directory
-    that does not exist yet) also made there as a link farm: directories (mode and,
-    as root, owner), symlinks and FIFOs anew, files linked."""
+def _walk(src: str, dst: str, as_root: bool) -> tuple[dict[str, list[Any]], int]:
+    """Make ``dst`` (absent) a link farm of ``src``: directories (mode and, as root,
+    owner), symlinks and FIFOs anew, regular files hard links. The kind, mode, uid,
+    gid, size and mtime of every path under ``src``, and the disk space its regular
+    files take (each inode once)."""
     paths: dict[str, list[Any]] = {}
     inodes: set[int] = set()
     used = 0
-    # (host path in src, in dst, rel, lstat); directories finished after their contents
-    pending: list[tuple[str, str | None, str, os.stat_result]] = []
-    top = os.lstat(src)
-    if dst is not None:
-        os.mkdir(dst, 0o700)
-    stack: list[tuple[str, str | None, str]] = [(src, dst, "")]
-    pending.append((src, dst, "", top))
+    # (directory in dst, its lstat in src): finished after their contents
+    pending: list[tuple[str, os.stat_result]] = [(dst, os.lstat(src))]
+    os.mkdir(dst, 0o700)
+    stack: list[tuple[str, str, str]] = [(src, dst, "")]
     while stack:
         here, there, rel_dir = stack.pop()
         with os.scandir(here) as it:
@@ -113,14 +110,11 @@ def _walk(src: str, dst: str | None, as_root: bool) -> tuple[dict[str, list[Any]
                 if kind == "f" and st.st_ino not in inodes:
                     inodes.add(st.st_ino)
                     used += st.st_blocks * 512
-                target = f"{there}/{de.name}" if there is not None else None
+                target = f"{there}/{de.name}"
                 if kind == "d":
-                    if target is not None:
-                        os.mkdir(target, 0o700)
+                    os.mkdir(target, 0o700)
                     stack.append((de.path, target, rel))
-                    pending.append((de.path, target, rel, st))
-                elif target is None:
-                    continue
+                    pending.append((target, st))
                 elif kind == "f":
                     os.link(de.path, target, follow_symlinks=False)
                 elif kind == "l":
@@ -133,12 +127,10 @@ def _walk(src: str, dst: str | None, as_root: bool) -> tuple[dict[str, list[Any]
                         os.chown(target, st.st_uid, st.st_gid)
                     os.chmod(target, stat.S_IMODE(st.st_mode))
                     os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
-    if dst is not None:
-        for _here, there, _rel, st in reversed(pending):
-            assert there is not None
-            if as_root:
-                os.chown(there, st.st_uid, st.st_gid)
-            os.chmod(there, stat.S_IMODE(st.st_mode))
+    for there, st in reversed(pending):
+        if as_root:
+            os.chown(there, st.st_uid, st.st_gid)
+        os.chmod(there, stat.S_IMODE(st.st_mode))
     return paths, used
 
 
