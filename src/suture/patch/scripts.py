@@ -197,9 +197,14 @@ class ScriptRoot:
         self.from_cache = False  # linked from the cache (known after wait())
         self.shared = False  # its files are (also) the cache's (known after wait())
         lock = None
+        tmp = None
         if self.cache is not None:
-            tmp, lock = self.cache.new_run()
-        else:
+            try:
+                tmp, lock = self.cache.new_run()
+            except OSError as exc:
+                log.info("extracted roots are not cached: %s", exc)
+                self.cache = None
+        if tmp is None:
             tmp = Path(tempfile.mkdtemp(prefix="suture-scripts-", dir=workdir))
         self.tmp = tmp
         self.path = self.tmp / "root"
