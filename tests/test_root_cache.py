@@ -170,6 +170,29 @@ def test_a_damaged_entry_is_ignored_removed_and_stored_again(tmp_path: Path) -> 
     root.close()
 
 
+def test_a_linked_root_is_copied_before_writing_in_place(tmp_path: Path) -> None:
+    """What rpm's <lua> scriptlets need (they write the root from suture's process)."""
+    from suture.patch.scripts import _unshare
+
+    cache, image, _key, where = _stored(tmp_path)
+    root = ScriptRoot(image, None, cache)
+    root.wait()
+    before = _tree(root.path)
+    _unshare(root.path)
+    assert _tree(root.path) == before  # contents, modes, symlinks as they were
+    sh, dash = root.path / "bin" / "sh", root.path / "bin" / "dash"
+    assert os.path.samefile(sh, dash) and sh.stat().st_nlink == 2  # still one file
+    kept = where / "tree" / "bin" / "sh"
+    assert not os.path.samefile(sh, kept)
+    assert sh.stat().st_mtime_ns == kept.stat().st_mtime_ns
+    with sh.open("ab") as fh:  # in place, as io.open(path, "a") does
+        fh.write(b"lua was here")
+    os.chmod(root.path / "etc" / "a", 0o640)
+    root.close()
+    assert (where / "tree" / "bin" / "sh").read_bytes() == b"#!"
+    _check_entry(where)
+
+
 def test_racing_stores_keep_one_entry(tmp_path: Path) -> None:
     cache, image, key, where = _stored(tmp_path)
     (tmp_path / "x").mkdir()
