@@ -304,9 +304,8 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
 
 def _read_tree(image: Image, options: PatchOptions) -> dict[str, FileEntry]:
     """The merged view inspection and the engines read (one pass over the layers), or
-    the one kept for the same layers (patch.results)."""
-    if not options.result_cache:
-        return read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    the one kept for the same layers (patch.results; derived from the layers alone, so
+    kept even with ``--no-result-cache``, which is about patch layers)."""
     key = tree_key([layer.digest for layer in image.layers])
     tree = load_tree(options.cache_dir, key)
     if tree is None:

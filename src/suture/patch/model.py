@@ -54,8 +54,8 @@ class PatchOptions:
     # List every installed package of each patched image (PlatformOutcome.packages),
     # for an SBOM.
     inventory: bool = False
-    # Keep and reuse the image's merged view and patch layers in cache_dir
-    # (suture.patch.results); off with --no-result-cache.
+    # Keep and reuse patch layers in cache_dir (suture.patch.results); off with
+    # --no-result-cache. (Merged views are kept either way.)
     result_cache: bool = True
     deadline: float | None = None  # time.monotonic() value after which work stops
     progress: Progress | None = None  # stage, download and upload events
