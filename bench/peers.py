@@ -1,6 +1,6 @@
 """suture against copa v0.11.0 itself (with buildkitd v0.34.2), same images, same run.
 
-    .venv/bin/python bench/peers.py [--runs 3] [--images debian,distroless]
+    .venv/bin/python bench/peers.py [--runs 3] [--images debian,distroless,index]
 
 Needs root, runc, skopeo, umoci, docker-registry, mmdebstrap, the Debian archive, and
 the peers built by ``scripts/peers`` (copa, buildkitd, buildctl; built here if missing
@@ -22,6 +22,14 @@ Images (amd64):
   listing a few packages, as gcr.io/distroless/base-debian12; no apt, no dpkg): copa's
   tooling-image route, run with ``--ignore-errors`` (without it copa fails on this
   image, see docs/copa-comparison.md).
+- ``index`` (not by default: one copa run takes minutes): a two-platform index of
+  bookworm minbase roots, linux/amd64 and linux/arm64/v8 (the arm64 root made by
+  mmdebstrap through QEMU), each with the three suites; the arm64 platform's scripts
+  run through the host's binfmt_misc QEMU for both tools; copa's tooling image is an
+  index of both platforms too; copa gets ``--timeout 60m``.
+
+Suture's warm run reuses the patch layers it kept (``patch.results``) after planning
+afresh against the repositories; ``--no-result-cache`` is not used.
 
 Each repetition runs, in this order: copa cold (a new buildkitd with an empty
 ``--root``), copa warm (the same buildkitd again: its image, layer and exec caches
@@ -50,7 +58,9 @@ from benchlib import measured_suture
 
 # copa's distroless route fails on this image without --ignore-errors (ca-certificates'
 # postinst runs outside the image: docs/copa-comparison.md); with it copa writes an image.
-COPA_ARGS = {"distroless": ("--ignore-errors",)}
+COPA_ARGS = {"distroless": ("--ignore-errors",),
+             # copa's default 5m is too short for the emulated platform here.
+             "index": ("--timeout", "60m")}
 
 
 @dataclass
@@ -68,7 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images", default="debian,distroless",
-                        help="comma-separated: debian, distroless")
+                        help="comma-separated: debian, distroless, index")
     parser.add_argument("--workdir", type=Path, help="default: the system's temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -87,6 +97,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         distroless_like,
         peer_binary,
         push_image,
+        push_index,
         push_tooling_images,
         run_copa,
         sources_entry,
@@ -99,7 +110,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     from suture.devtools.rootfs import diff_entries
 
     names = [n for n in args.images.split(",") if n]
-    unknown = set(names) - {"debian", "distroless"}
+    unknown = set(names) - {"debian", "distroless", "index"}
     if unknown:
         raise SystemExit(f"peers: unknown image(s): {', '.join(sorted(unknown))}")
     base = debian_rootfs("bookworm")
@@ -107,7 +118,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     registry = RegistryServer(work / "registry")
     registry.start()
     try:
-        push_tooling_images(work / "tooling", registry.host)
+        push_tooling_images(work / "tooling", registry.host, arm64="index" in names)
         sources: dict[str, str] = {}
         if "debian" in names:
             sources["debian"] = push_image([base, [*diff_entries(base, full), sources_entry()]],
@@ -116,6 +127,13 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
             sources["distroless"] = push_image([distroless_like(full)],
                                                work / "img-distroless",
                                                f"{registry.host}/distroless:12")
+        if "index" in names:
+            # Two platforms, arm64 run through the host's binfmt_misc QEMU by both tools.
+            sources["index"] = push_index(
+                {"linux/amd64": [base, [sources_entry()]],
+                 "linux/arm64/v8": [debian_rootfs("bookworm", arch="arm64"),
+                                    [sources_entry()]]},
+                work / "img-index", f"{registry.host}/multi:12")
         print(measured_suture())
         print(f"{peer_binary('copa').parent.name}, {peer_binary('buildkitd').parent.name} "
               "(runc worker); "

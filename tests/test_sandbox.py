@@ -493,3 +493,33 @@ def test_scripts_required_fails_when_a_script_cannot_run(
     assert platform["status"] == "patched"
     assert platform["scripts"] == {"ran": [], "notRun": [
         {"script": "a postinst configure 1.0-1", "reason": "no /bin/sh in the image"}]}
+
+
+def test_a_root_that_requires_its_overlay_never_falls_back_to_a_bind_mount(
+        bookworm_image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the overlay cannot be mounted, scripts over an ordinary root run on a bind
+    mount of it (with a warning); over a root that requires its overlay (a kept root's
+    hard links, which a script must never write in place) the script fails instead,
+    before it runs."""
+    broken = "lowerdir=lower,upperdir=upper,workdir=work,no_such_option"
+    monkeypatch.setattr(sandbox, "_OVERLAY_AS_ROOT", broken)
+    monkeypatch.setattr(sandbox, "_OVERLAY_IN_USERNS", broken)
+    body = "#!/bin/sh\necho ran > /etc/ran\n"
+    plain = _run(bookworm_image, "plain", body, tmp_path / "a", sandbox="bwrap")
+    assert _file(plain, "etc/ran") == "ran\n"  # fell back to binding the root itself
+
+    real = sandbox.run_one
+    seen: list[str] = []
+
+    def required(job: ScriptJob, cmd: list[str], env: dict[str, str], timeout: float
+                 ) -> None:
+        root = cmd[cmd.index("--bind") + 1].removeprefix("@ROOT@")
+        sandbox.require_overlay(Path(root))
+        seen.append(root)
+        real(job, cmd, env, timeout)
+
+    monkeypatch.setattr("suture.patch.scripts.run_one", required)
+    with pytest.raises(ScriptError,
+                       match=r"exited with code 125: .*cannot enter the sandbox: .*mount overlay"):
+        _run(bookworm_image, "required", body, tmp_path / "b", sandbox="bwrap")
+    assert len(seen) == 1

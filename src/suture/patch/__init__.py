@@ -57,6 +57,7 @@ from suture.patch.results import (
     CachedResult,
     load_result,
     load_tree,
+    package_digests,
     result_key,
     seen_image,
     store_result,
@@ -213,10 +214,18 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         outcome.status = SKIPPED
         outcome.message = "dry run: nothing written"
         return
+    planned_notes = len(plan.notes)
+    check_deadline(options, "downloads")
+    total = sum(u.size for u in plan.updates)
+    _say(options, image, f"fetching {len(plan.updates)} packages ({total / 1e6:.1f} MB, "
+         "cached ones are not downloaded again)")
+    debs = work.fetch(plan)
     key = None
     if options.result_cache and not options.inventory:
-        key = result_key(image.digest, plan, report=report is not None,
-                         options=_layer_options(options, base))
+        # The packages' own bytes are in the key: not every index gives a SHA-256 (an
+        # APKINDEX has none), and a rebuild may keep its name, version and size.
+        key = result_key(image.digest, plan, packages=package_digests(debs),
+                         report=report is not None, options=_layer_options(options, base))
         kept = load_result(options.cache_dir, key)
         if kept is not None:
             if script_root is not None:
@@ -236,12 +245,6 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
                                  cache_dir=options.cache_dir)
         if script_root is not None:
             cleanup.callback(script_root.close)
-    planned_notes = len(plan.notes)
-    check_deadline(options, "downloads")
-    total = sum(u.size for u in plan.updates)
-    _say(options, image, f"fetching {len(plan.updates)} packages ({total / 1e6:.1f} MB, "
-         "cached ones are not downloaded again)")
-    debs = work.fetch(plan)
     check_deadline(options, "building the layer")
     _say(options, image, "unpacking packages and updating the package database")
     build = work.build(plan, debs)

@@ -33,7 +33,7 @@ from suture.distro.dpkg.repo import (
     parse_packages_index,
     redact,
 )
-from suture.distro.dpkg.repoerrors import IndexNotListed, SignatureError
+from suture.distro.dpkg.repoerrors import SignatureError
 from suture.distro.dpkg.sources import (
     SOURCES_DIR,
     SOURCES_LIST,
@@ -49,6 +49,7 @@ from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
 from suture.patch.engine import Build, fetch_parallel, package_fetcher
 from suture.patch.model import PatchOptions
+from suture.patch.results import derived_key, load_blobs, store_blobs
 from suture.plan import Plan, Update
 from suture.reports.model import Finding
 
@@ -324,7 +325,7 @@ class DpkgEngine:
         options = state.options
         state.fetcher = package_fetcher(options, "apt", AptFetcher)
         arches = (state.architecture, *state.foreign)
-        indexes: list[tuple[str, str, bytes]] = []
+        wanted_indexes: list[tuple[AptRepository, str, str, str, str]] = []
         # One Release per repository, suite and trust, and one fetch per index, however
         # many entries name them (a suite's components may be spread over lines).
         releases: dict[tuple[object, ...], AptRepository] = {}
@@ -351,15 +352,24 @@ class DpkgEngine:
                     if arch not in arches or (repo.url, component, arch) in loaded:
                         continue
                     loaded.add((repo.url, component, arch))
-                    try:
-                        data = repo.fetch_packages(component, arch)
-                    except IndexNotListed as exc:
-                        log.info("%s %s: %s", entry.suite, component, exc)
+                    listed = repo.packages_id(component, arch)
+                    if listed is None:
+                        log.info("%s %s: the Release lists no Packages for %s",
+                                 entry.suite, component, arch)
                         continue
-                    indexes.append((repo.uri, f"{redact(repo.url)} {component}/{arch}", data))
+                    where = f"{redact(repo.url)} {component}/{arch}"
+                    wanted_indexes.append((repo, component, arch, where, listed))
         # Only what a resolution can reach from the installed packages is parsed: memory
-        # and time follow the image's size, not the archive's.
-        relevant = relevant_stanzas([data for _, _, data in indexes],
-                                    {p.name for p in state.installed})
-        for (uri, where, _), data in zip(indexes, relevant, strict=True):
-            state.candidates.extend(parse_packages_index(data, base_uri=uri, source=where))
+        # and time follow the image's size, not the archive's. That cut is kept for the
+        # same indexes (by the Release's SHA-256) and installed names (patch.results).
+        roots = {p.name for p in state.installed}
+        key = derived_key("relevant-stanzas", [w[4] for w in wanted_indexes], sorted(roots))
+        relevant = load_blobs(options.cache_dir, key)
+        if relevant is None or len(relevant) != len(wanted_indexes):
+            full = [repo.fetch_packages(component, arch)
+                    for repo, component, arch, _, _ in wanted_indexes]
+            relevant = relevant_stanzas(full, roots)
+            store_blobs(options.cache_dir, key, relevant)
+        indexes = [(repo.uri, where) for repo, _, _, where, _ in wanted_indexes]
+        for (uri, where), cut in zip(indexes, relevant, strict=True):
+            state.candidates.extend(parse_packages_index(cut, base_uri=uri, source=where))

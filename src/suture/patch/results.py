@@ -1,6 +1,8 @@
 """What a patch run keeps in its cache directory besides packages and indexes, so
 that patching the same image again is cheap: the image's merged view (``trees/``)
-and each patch layer with what went into it (``results/``).
+and each patch layer with what went into it (``results/``), and what engines derive
+from verified inputs (``derived/``: the stanzas of the Packages indexes an image's
+packages can reach, by the indexes' SHA-256 and the installed names).
 
 **Trees.** :func:`read_tree` over an image's layers is a full pass over them
 (decompressing and parsing every layer: ~0.8 s for a 75 MB bookworm image). Its
@@ -9,13 +11,15 @@ kept by the layers' digests and suture's version; the next run of any image with
 the same layers loads it (a few milliseconds) instead.
 
 **Results.** A patch layer is a function of the source image (its manifest digest
-names every layer and the config), the plan (each update's name, versions and the
-SHA-256 of the package the repository publishes), and the few options that change
+names every layer and the config), the plan (each update's name and versions), the
+packages' own bytes (the SHA-256 of each file fetched, verified as the repository
+publishes it), and the few options that change
 what is written (compression, timestamps, the sandbox and whether scripts could
 run, whether a report drove the plan). For a key over exactly those, the layer
 blob and what the run reported about it (vulnerabilities named by changelogs, the
 scripts that ran or did not, notes) are kept. A run that finds its key reuses them
-and skips downloading, unpacking, the maintainer scripts and compressing; the plan
+and skips unpacking, the maintainer scripts and compressing (the packages are
+fetched first, from the cache when they are there); the plan
 itself is always made afresh from the repositories, so a fix published since the
 cached run gives another key and a real patch. (BuildKit keys copa's upgrade step
 on the command line alone, so a warm copa keeps the old result.)
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 RESULT_CACHE_BYTES = 2 << 30  # patch layers kept, in all (least recently used evicted)
 TREE_CACHE_BYTES = 256 << 20  # merged views kept, in all
+DERIVED_CACHE_BYTES = 64 << 20  # other derived data (index cuts), in all
 
 
 @functools.cache
@@ -166,13 +171,23 @@ def store_tree(cache_dir: Path, key: str, tree: dict[str, FileEntry]) -> None:
 
 # ---------------------------------------------------------------------- results
 
-def result_key(image_digest: str, plan: Plan, *, report: bool, options: dict[str, Any]
-               ) -> str:
-    """The key of the patch layer of ``image_digest`` for ``plan`` (every update with
-    its package's SHA-256), ``report`` (whether a report drove the plan) and
-    ``options`` (what else decides the layer's bytes)."""
+def package_digests(packages: dict[str, Path]) -> dict[str, str]:
+    """The SHA-256 of each fetched package file (by the engine's key)."""
+    out = {}
+    for name, path in sorted(packages.items()):
+        with path.open("rb") as fh:
+            out[name] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def result_key(image_digest: str, plan: Plan, *, packages: dict[str, str], report: bool,
+               options: dict[str, Any]) -> str:
+    """The key of the patch layer of ``image_digest`` for ``plan`` (every update),
+    ``packages`` (the SHA-256 of each package file fetched for it), ``report``
+    (whether a report drove the plan) and ``options`` (what else decides the layer's
+    bytes)."""
     return _key("result", image_digest, plan.family, plan.architecture,
-                [u.to_json() for u in plan.updates], report, options)
+                [u.to_json() for u in plan.updates], packages, report, options)
 
 
 @dataclass
@@ -246,3 +261,64 @@ def store_result(cache_dir: Path, key: str, image_digest: str, blob: Path,
         _evict(top, RESULT_CACHE_BYTES, keep=top / key)
     except OSError as exc:
         log.debug("cannot keep the result %s: %s", key, exc)
+
+
+# ------------------------------------------------------------ other derived data
+
+def derived_key(kind: str, *parts: Any) -> str:
+    """A key for data an engine derives from verified inputs named in ``parts``."""
+    return _key("derived", kind, parts)
+
+
+def load_blobs(cache_dir: Path, key: str) -> list[bytes] | None:
+    """The byte strings kept under ``key``, or None."""
+    where = cache_dir / "derived" / key
+    try:
+        raw = where.read_bytes()
+        blobs, at = [], 0
+        while at < len(raw):
+            size = int.from_bytes(raw[at:at + 8], "big")
+            if at + 8 + size > len(raw):
+                raise ValueError("truncated")
+            blobs.append(raw[at + 8:at + 8 + size])
+            at += 8 + size
+    except (OSError, ValueError) as exc:
+        if where.exists():
+            log.debug("dropping the derived entry %s: %s", key, exc)
+            with contextlib.suppress(OSError):
+                where.unlink()
+        return None
+    _touch(where)
+    return blobs
+
+
+def store_blobs(cache_dir: Path, key: str, blobs: list[bytes]) -> None:
+    """Keep ``blobs`` under ``key`` (best effort)."""
+    top = cache_dir / "derived"
+    try:
+        top.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".new-", dir=top)
+        with os.fdopen(fd, "wb") as out:
+            for blob in blobs:
+                out.write(len(blob).to_bytes(8, "big"))
+                out.write(blob)
+        os.replace(name, top / key)
+        _evict_files(top, DERIVED_CACHE_BYTES, keep=top / key)
+    except OSError as exc:
+        log.debug("cannot keep the derived entry %s: %s", key, exc)
+
+
+def _evict_files(top: Path, limit: int, keep: Path) -> None:
+    try:
+        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in top.iterdir()
+                 if not f.name.startswith(".")]
+    except OSError:
+        return
+    total = sum(size for _, size, _ in files)
+    for _mtime, size, path in sorted(files):
+        if total <= limit:
+            break
+        if path != keep:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            total -= size

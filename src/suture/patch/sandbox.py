@@ -424,7 +424,7 @@ class _Overlay:
     def spec(self) -> dict[str, object]:
         """What :data:`_ENTER` needs to mount it."""
         return {"dir": str(self.dir), "merged": self.merged, "root": str(self.root),
-                "userns": not _as_root(),
+                "userns": not _as_root(), "required": str(self.root) in _required,
                 "options": _OVERLAY_AS_ROOT if _as_root() else _OVERLAY_IN_USERNS}
 
     def finish(self) -> None:
@@ -459,6 +459,18 @@ class _Overlay:
                     _homes[str(self.root)] = self.dir
             else:
                 _discard(self.dir)
+
+
+# Roots whose scripts must run through the overlay or not at all (require_overlay).
+_required: set[str] = set()
+
+
+def require_overlay(root: Path) -> None:
+    """Scripts over ``root`` run through its overlay or fail (exit 125, "cannot enter the
+    sandbox"): no fallback to binding the root itself. For a root whose files are
+    shared with another tree (hard links of a kept root, :mod:`suture.oci.rootcache`),
+    which a script must never write in place."""
+    _required.add(str(root))
 
 
 # root -> the directory of its overlay (beside it: upper, work, merged, and lower, a
@@ -907,6 +919,7 @@ _ENTER = ("import json,os,resource,signal,sys\n"
           "    if spec['overlay']:\n"
           "        try: overlay(spec['overlay'])\n"
           "        except OSError as e:\n"
+          "            if spec['overlay'].get('required'): raise\n"
           "            ov=spec['overlay']\n"
           "            argv=[ov['root'] if a==ov['merged'] else a for a in argv]\n"
           "            with open(ov['dir']+'/fallback','w') as f: f.write(str(e))\n"

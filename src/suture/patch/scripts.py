@@ -113,6 +113,7 @@ from suture.patch.sandbox import (
     SCRIPT_TIMEOUT,
     command,
     preflight,
+    require_overlay,
     run_one,
 )
 from suture.patch.sandbox import _Overlay as sandbox_overlay
@@ -406,6 +407,8 @@ def run_scripts(image: Image, patch_entries: Sequence[Entry], jobs: Sequence[Scr
                 root.close()
             root = ScriptRoot(image, workdir)
         writer = root.wait()
+        if root.shared:
+            require_overlay(root.path)
         _write_entries(writer, patch_entries)
         outcome, kept_inodes = _run_in(root.path, writer, kind, sequence or FixedSequence(jobs),
                                        timeout, shared=root.shared)

@@ -371,6 +371,13 @@ class AptRepository:
                 log.info("%s: no by-hash copy, using %s", what, redact(url))
         return self.fetcher.fetch_verified(url, entry.sha256, entry.size, what)
 
+    def packages_id(self, component: str, architecture: str) -> str | None:
+        """What names the contents of ``<component>/binary-<arch>/Packages`` without
+        fetching it: the SHA-256 the verified Release gives its best variant (None when
+        the Release lists none)."""
+        variants = self.index_variants(self._packages_name(component, architecture))
+        return variants[0][0].sha256 if variants else None
+
     def fetch_packages(self, component: str, architecture: str) -> bytes:
         """The verified, decompressed ``<component>/binary-<arch>/Packages``.
 
