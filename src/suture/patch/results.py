@@ -85,6 +85,13 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _drop(where: Path, what: str, why: Exception) -> None:
+    """Remove an entry that could not be read back (a miss, never an error)."""
+    if where.exists():
+        log.debug("dropping the cached %s %s: %s", what, where.name, why)
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def _touch(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
@@ -136,9 +143,7 @@ def load_tree(cache_dir: Path, key: str) -> dict[str, FileEntry] | None:
             tree[path] = FileEntry(path, kind, mode, uid, gid, size, mtime, linkname, layer,
                                    data[at:at + length] if at >= 0 else None)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        if where.exists():
-            log.debug("dropping the cached tree %s: %s", key, exc)
-            shutil.rmtree(where, ignore_errors=True)
+        _drop(where, "tree", exc)
         return None
     _touch(where)
     return tree
@@ -228,9 +233,7 @@ def load_result(cache_dir: Path, key: str) -> CachedResult | None:
             tuple(meta["notes"]), list(meta["scriptsRan"]),
             [(s, r) for s, r in meta["scriptsNotRun"]])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        if where.exists():
-            log.debug("dropping the cached result %s: %s", key, exc)
-            shutil.rmtree(where, ignore_errors=True)
+        _drop(where, "result", exc)
         return None
     _touch(where)
     return found
