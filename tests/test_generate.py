@@ -256,3 +256,18 @@ def _exported(docker: Docker, image: str) -> dict[str, str]:
         docker.cli("rm", "-f", cid, check=False)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return dict(tar.getmember("usr/bin/ping").pax_headers)
+
+
+def test_generate_takes_every_option_the_patch_options_read(tmp_path: Path) -> None:
+    """generate builds its PatchOptions from patch's reader: each flag it reads must be on
+    generate's parser too (--no-result-cache was not, and every generate failed)."""
+    from suture import cli
+
+    args = cli.build_parser().parse_args(
+        ["generate", "-i", f"oci:{tmp_path}/img:v1", "--no-result-cache",
+         "--cache-dir", str(tmp_path / "cache")])
+    options = cli._patch_options(args, None)
+    assert options.result_cache is False
+    assert options.cache_dir == tmp_path / "cache"
+    args = cli.build_parser().parse_args(["generate", "-i", f"oci:{tmp_path}/img:v1"])
+    assert cli._patch_options(args, None).result_cache is True

@@ -118,8 +118,8 @@ def _add_copa_options(patch: argparse.ArgumentParser) -> None:
 # repository and sandbox options the patch itself needs).
 _GENERATE_OPTIONS = (
     "report", "scanner", "tag", "tag_suffix", "platform", "output", "format", "vex_author",
-    "ignore_errors", "timeout", "cache_dir", "offline", "mirror", "allow_private_repos",
-    "keyring", "no_host_keyrings", "sandbox", "scripts_required", "progress",
+    "ignore_errors", "timeout", "cache_dir", "offline", "no_result_cache", "mirror",
+    "allow_private_repos", "keyring", "no_host_keyrings", "sandbox", "scripts_required", "progress",
     "working_folder", "debug", "addr", "cacert", "cert", "key", "pkg_types",
     "library_patch_level", "exit_on_eol", "eol_api_url", "loader", "creds", "authfile",
     "insecure_registry", "ca_file")
