@@ -12,6 +12,7 @@ import hashlib
 import random
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -721,3 +722,25 @@ def test_weak_and_unknown_algorithms_refused_as_gpgv_does(keys: dict[str, GpgKey
     with pytest.raises(RpmSignatureError, match="unusable signature: signature algorithm 99"):
         keyring.verify(DATA, bytes(unknown), what="x")
     assert not _gpgv(tmp_path / "99", _export(key), DATA, bytes(unknown))
+
+
+def test_dsa_signature_verifies_without_a_warning(packages: dict[str, tuple[Path, GpgKey]],
+                                                  tmp_path: Path) -> None:
+    """cryptography 51 deprecated DSA and warns on each use; suture must verify a DSA
+    package signature and print nothing but its own lines. Run with every warning an
+    error, in a fresh interpreter (pytest's own filters would hide it here)."""
+    path, key = packages["dsa"]
+    (tmp_path / "key.asc").write_bytes(key.armored)
+    code = f"""
+from pathlib import Path
+from suture.distro.rpm.header import pad8, parse_header
+from suture.distro.rpm.sign import Keyring, header_signature, signed_header_bytes
+data = Path({str(path)!r}).read_bytes()
+sig, end = parse_header(data, 96, what="signature header")
+main, _ = parse_header(data, end + pad8(end), what="main header")
+keyring = Keyring.load([("key", Path({str(tmp_path / "key.asc")!r}).read_bytes())])
+print(keyring.verify(signed_header_bytes(main), header_signature(sig), what="p").keyid)
+"""
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, key.keyid, "")

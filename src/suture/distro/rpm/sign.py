@@ -54,6 +54,7 @@ import hashlib
 import logging
 import struct
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -61,6 +62,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
 
 from suture.distro.errors import SignatureError
 from suture.distro.rpm.header import MAGIC, Header, Tag
@@ -231,6 +233,12 @@ class _Reader:
 
 # ---------------------------------------------------------------- keys
 
+# cryptography 51 deprecated DSA and warns at each use of its names. Old rpm keys
+# still sign with DSA, the user can do nothing about the warning, and it was a stray
+# non-suture line on stderr before every error and progress line: it is quieted for
+# uses in this module only (the filter matches warnings attributed to it).
+warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning,
+                        module=r"suture\.distro\.rpm\.sign\Z")
 
 _PublicKey = (rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey
               | ed25519.Ed25519PublicKey)
