@@ -27,6 +27,7 @@ from suture.inspect import (
     OCI_BASE_NAME,
     PATCHED_KEY,
     inspect_image,
+    read_patch_mark,
     select_images,
     wants_detection_data,
 )
@@ -158,22 +159,15 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         outcome.message = "no report for this platform: left as it is"
         return
     check_deadline(options, "inspection")
-    # One pass over the layers serves inspection and the engine: every path's metadata,
-    # and the contents of what either reads.
-    tree = _read_tree(image, options)
-    inspection = inspect_image(image, tree)
-    if inspection.os is not None:
-        outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
-    if inspection.package_db is None:
-        raise SutureError("no package database found in the image (nothing suture can patch)")
-    engine = engine_for(inspection.package_db.family)
-    outcome.package_type = engine.purl_type
-    mark = inspection.patched
+    # A re-patch of suture's own output starts again from the image it patched (the
+    # mark is in the labels and annotations: known before any layer is read).
+    mark = read_patch_mark(image)
     base = drop_layers(image, mark.base_layers) if mark else image
     base_digest = mark.base_digest if mark else image.digest
     # The root for maintainer scripts is written out in the background from here on,
-    # beside the planning, fetching and building below; it is closed below when unused,
-    # and by ``cleanup`` however this function is left. Not inside workdir: on an error
+    # beside the pass over the layers and the planning, fetching and building below (on
+    # the other core: the pass is one thread); it is closed below when unused, and by
+    # ``cleanup`` however this function is left. Not inside workdir: on an error
     # that directory may be removed while the root is still being written.
     from suture.patch.scripts import start_root
 
@@ -190,6 +184,16 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
         base, workdir=workdir.parent, sandbox=options.sandbox, cache_dir=options.cache_dir)
     if script_root is not None:
         cleanup.callback(script_root.close)
+    # One pass over the layers serves inspection and the engine: every path's metadata,
+    # and the contents of what either reads.
+    tree = _read_tree(image, options)
+    inspection = inspect_image(image, tree)
+    if inspection.os is not None:
+        outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
+    if inspection.package_db is None:
+        raise SutureError("no package database found in the image (nothing suture can patch)")
+    engine = engine_for(inspection.package_db.family)
+    outcome.package_type = engine.purl_type
     if report is not None:
         _check_report(report, outcome.os_family, outcome.os_version, image.platform)
     check_deadline(options, "planning")
