@@ -98,7 +98,8 @@ def test_apko_installs_what_suture_wrote(tmp_path: Path, apk_repo_server: ApkRep
     env = {**os.environ, "HOME": str(tmp_path)}
     run = subprocess.run([str(peer("apko")), "build", str(config), "suture.test/apko:latest",
                           str(out), "--arch", "x86_64", "--cache-dir", str(tmp_path / "apko")],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600,
+                         cwd=tmp_path)  # apko writes its SBOMs into the working directory
     assert run.returncode == 0, run.stdout + run.stderr
     built = open_artifact(f"docker-archive:{out}")
     if isinstance(built, ImageIndex):
