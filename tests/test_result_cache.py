@@ -9,6 +9,7 @@ Images and the signed apk repository on 127.0.0.1 are test_patch_apk.py's.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,26 @@ def test_the_kept_index_cut_follows_the_archive(apt_repo: AptRepo, gpg_keys: Gpg
     _doc, damaged = _ok_cli(*scene.patch(ref, "--dest", f"oci:{scene.layout}:p4",
                                      "--no-result-cache"))
     assert damaged["digest"] == newer["digest"]
+
+
+def test_eviction_drops_the_least_recently_used_entries_never_the_new_one(tmp_path: Path) -> None:
+    """The kept trees and results are directories, the derived cuts files: one
+    eviction drops the oldest of either until the limit holds, and never the entry
+    just stored, even when it alone is over the limit."""
+    from suture.patch.results import _evict
+
+    top = tmp_path / "cache"
+    top.mkdir()
+    for age, name in enumerate(["old-dir", "mid-file", "new-dir"]):
+        path = top / name
+        if name.endswith("dir"):
+            path.mkdir()
+            (path / "blob").write_bytes(b"x" * 100)
+        else:
+            path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + age, 1000 + age))
+    (top / ".tmp-in-progress").write_bytes(b"x" * 1000)  # a store under way: not counted
+    _evict(top, 200, keep=top / "new-dir")
+    assert sorted(p.name for p in top.iterdir()) == [".tmp-in-progress", "mid-file", "new-dir"]
+    _evict(top, 50, keep=top / "new-dir")
+    assert sorted(p.name for p in top.iterdir()) == [".tmp-in-progress", "new-dir"]

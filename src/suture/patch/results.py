@@ -98,18 +98,19 @@ def _touch(path: Path) -> None:
 
 
 def _evict(top: Path, limit: int, keep: Path | None = None) -> None:
-    """Remove the least recently used entries of ``top`` until it holds ``limit``
-    bytes or less (never ``keep``)."""
+    """Remove the least recently used entries of ``top`` (directories of files, or files)
+    until it holds ``limit`` bytes or less (never ``keep``)."""
     entries: list[tuple[float, int, Path]] = []
     try:
         children = list(top.iterdir())
     except OSError:
         return
     for child in children:
-        if child.name.startswith(".") or not child.is_dir():
+        if child.name.startswith("."):
             continue
         try:
-            size = sum(f.stat().st_size for f in child.iterdir())
+            size = (sum(f.stat().st_size for f in child.iterdir()) if child.is_dir()
+                    else child.stat().st_size)
             entries.append((child.stat().st_mtime, size, child))
         except OSError:
             continue
@@ -119,7 +120,11 @@ def _evict(top: Path, limit: int, keep: Path | None = None) -> None:
             break
         if child == keep:
             continue
-        shutil.rmtree(child, ignore_errors=True)
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                child.unlink()
         total -= size
 
 
@@ -306,22 +311,7 @@ def store_blobs(cache_dir: Path, key: str, blobs: list[bytes]) -> None:
                 out.write(len(blob).to_bytes(8, "big"))
                 out.write(blob)
         os.replace(name, top / key)
-        _evict_files(top, DERIVED_CACHE_BYTES, keep=top / key)
+        _evict(top, DERIVED_CACHE_BYTES, keep=top / key)
     except OSError as exc:
         log.debug("cannot keep the derived entry %s: %s", key, exc)
 
-
-def _evict_files(top: Path, limit: int, keep: Path) -> None:
-    try:
-        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in top.iterdir()
-                 if not f.name.startswith(".")]
-    except OSError:
-        return
-    total = sum(size for _, size, _ in files)
-    for _mtime, size, path in sorted(files):
-        if total <= limit:
-            break
-        if path != keep:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            total -= size
