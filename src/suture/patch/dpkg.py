@@ -47,7 +47,7 @@ from suture.errors import PackageDBError, SutureError
 from suture.inspect import Inspection
 from suture.oci.fs import FileEntry, read_files
 from suture.oci.image import Image
-from suture.patch.engine import Build, fetch_parallel, package_fetcher
+from suture.patch.engine import Build, fetch_parallel, map_parallel, package_fetcher
 from suture.patch.model import PatchOptions
 from suture.patch.results import derived_key, load_blobs, store_blobs
 from suture.plan import Plan, Update
@@ -328,24 +328,28 @@ class DpkgEngine:
         wanted_indexes: list[tuple[AptRepository, str, str, str, str]] = []
         # One Release per repository, suite and trust, and one fetch per index, however
         # many entries name them (a suite's components may be spread over lines).
-        releases: dict[tuple[object, ...], AptRepository] = {}
+        # The Releases are fetched at once (each a round trip), in the entries' order.
+        entries = self._source_entries(state)
+        trusts = [(entry.uri.rstrip("/"), entry.suite, entry.signed_by, entry.signed_by_key,
+                   entry.check_valid_until) for entry in entries]
+        first: dict[tuple[object, ...], tuple[SourceEntry, Keyring]] = {}
+        for trust, entry in zip(trusts, entries, strict=True):
+            if trust not in first:
+                first[trust] = (entry, self._keyring(state, entry))
+        fetcher = state.fetcher
+        try:
+            fetched = map_parallel(lambda job: fetcher.fetch_source(*job), first.values())
+        except SignatureError as exc:
+            if any("this host's" in note for note in state.notes):
+                raise SignatureError(
+                    f"{exc} (the image has no apt keyring; this host's archive "
+                    "keyring was tried)", hint="pass --keyring FILE with the "
+                    "archive's signing keys") from None
+            raise
+        releases = dict(zip(first, fetched, strict=True))
         loaded: set[tuple[str, str, str]] = set()
-        for entry in self._source_entries(state):
-            trust = (entry.uri.rstrip("/"), entry.suite, entry.signed_by, entry.signed_by_key,
-                     entry.check_valid_until)
-            repo = releases.get(trust)
-            if repo is None:
-                keyring = self._keyring(state, entry)
-                try:
-                    repo = state.fetcher.fetch_source(entry, keyring)
-                except SignatureError as exc:
-                    if any("this host's" in note for note in state.notes):
-                        raise SignatureError(
-                            f"{exc} (the image has no apt keyring; this host's archive "
-                            "keyring was tried)", hint="pass --keyring FILE with the "
-                            "archive's signing keys") from None
-                    raise
-                releases[trust] = repo
+        for trust, entry in zip(trusts, entries, strict=True):
+            repo = releases[trust]
             wanted = entry.architectures or arches
             for component in entry.components or ("main",):
                 for arch in wanted:
@@ -366,8 +370,7 @@ class DpkgEngine:
         key = derived_key("relevant-stanzas", [w[4] for w in wanted_indexes], sorted(roots))
         relevant = load_blobs(options.cache_dir, key)
         if relevant is None or len(relevant) != len(wanted_indexes):
-            full = [repo.fetch_packages(component, arch)
-                    for repo, component, arch, _, _ in wanted_indexes]
+            full = map_parallel(lambda w: w[0].fetch_packages(w[1], w[2]), wanted_indexes)
             relevant = relevant_stanzas(full, roots)
             store_blobs(options.cache_dir, key, relevant)
         indexes = [(repo.uri, where) for repo, _, _, where, _ in wanted_indexes]

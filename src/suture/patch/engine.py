@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from suture.distro.fetch import Fetcher
 
 T = TypeVar("T")
+R = TypeVar("R")
 F = TypeVar("F", bound="Fetcher")
 
 
@@ -95,18 +96,24 @@ class Engine(Protocol):
         ...
 
 
-def fetch_parallel(fetch_one: Callable[[T], tuple[str, Path]], items: Iterable[T],
-                   workers: int = 4) -> dict[str, Path]:
-    """``dict(map(fetch_one, items))`` on ``workers`` threads. On an error, a timeout or
-    Ctrl-C the caller is not kept waiting for a download stalled in a read."""
+def map_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int = 4) -> list[R]:
+    """``list(map(fn, items))`` on ``workers`` threads, in the items' order; the first
+    error in that order is raised. On an error, a timeout or Ctrl-C the caller is not
+    kept waiting for a download stalled in a read."""
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        found = dict(pool.map(fetch_one, items))
+        found = list(pool.map(fn, items))
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     return found
+
+
+def fetch_parallel(fetch_one: Callable[[T], tuple[str, Path]], items: Iterable[T],
+                   workers: int = 4) -> dict[str, Path]:
+    """``dict(map(fetch_one, items))`` on ``workers`` threads (:func:`map_parallel`)."""
+    return dict(map_parallel(fetch_one, items, workers))
 
 
 def package_fetcher(options: PatchOptions, cache: str, kind: type[F]) -> F:
