@@ -53,15 +53,36 @@ class FakePrepared:
         return {"tool": ("CVE-2026-0001",)}
 
 
+class FakePrefetch:
+    def __init__(self, heard: list[str]) -> None:
+        self.heard = heard
+
+    def offer(self, path: str, data: bytes) -> None:
+        self.heard.append(path)
+
+    def close(self) -> None:
+        pass
+
+
 class FakeEngine:
     family: ClassVar[str] = "dpkg"  # takes the images detection calls dpkg
     data_prefixes: ClassVar[tuple[str, ...]] = ("var/lib/dpkg/",)
     purl_type: ClassVar[str] = "fake"
     fail_on: ClassVar[str | None] = None  # an architecture whose build fails
+    prepared_after: ClassVar[list[list[str]]] = []  # what each prepared engine had heard
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def prefetch(self, image: Image, options: PatchOptions) -> FakePrefetch:
+        return FakePrefetch(self.heard)
 
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
                 tree: Mapping[str, FileEntry]) -> Prepared:
         assert "var/lib/dpkg/status" in tree
+        # The instance prepared is the one whose prefetch heard the pass over the layers
+        # (none when the pass was answered from the cache of merged views).
+        FakeEngine.prepared_after.append(list(self.heard))
         failing = image.platform is not None and image.platform.architecture == self.fail_on
         return FakePrepared(image, failing)
 
@@ -72,6 +93,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeEngine]]:
     assert engine.family == "dpkg"  # FakeEngine is an Engine to the type checker too
     monkeypatch.setattr(registry, "ENGINES", (FakeEngine,))
     FakeEngine.fail_on = None
+    FakeEngine.prepared_after = []
     yield FakeEngine
 
 
@@ -94,6 +116,16 @@ def test_patch_appends_one_layer_and_records_the_update(fake: type[FakeEngine],
     assert outcome.to_json()["updates"][0]["type"] == "fake"  # the engine's purl type
     assert outcome.plan is not None and outcome.plan.updates[0].vulnerabilities == (
         "CVE-2026-0001",)
+
+
+def test_the_engine_prepared_is_the_one_that_heard_the_layers(fake: type[FakeEngine],
+                                                              tmp_path: Path) -> None:
+    """Its prefetch heard every file the engines read, with data, as the pass read
+    them; a second run over the same layers takes the kept merged view: nothing heard."""
+    base = _image()
+    patch_artifact(base, _options(tmp_path, dry_run=True), tmp_path)
+    patch_artifact(base, _options(tmp_path, dry_run=True), tmp_path)
+    assert fake.prepared_after == [["etc/os-release", "var/lib/dpkg/status"], []]
 
 
 def test_repatching_replaces_the_patch_layer(fake: type[FakeEngine], tmp_path: Path) -> None:

@@ -376,6 +376,49 @@ def test_not_a_trivy_report_fails(scene: Scene, tmp_path: Path, document: object
 # ---------------------------------------------------------------- verification
 
 
+def test_the_sources_start_the_index_downloads_before_the_pass_ends(scene: Scene) -> None:
+    """DpkgEngine.prefetch, offered the image's sources.list as the pass over the layers
+    reads it, downloads that suite's InRelease and native Packages and nothing else (a
+    file apt does not read, nested in sources.list.d/, is ignored); prepare, given the
+    whole tree, verifies those and fetches only what the prefetch could not know (the
+    suites os-release adds): every index once, and then the same plan as a run
+    without a prefetch."""
+    from suture.inspect import inspect_image, wants_detection_data
+    from suture.oci.fs import read_tree
+    from suture.patch.dpkg import DpkgEngine
+    from suture.patch.engines import wants_data
+    from suture.patch.model import PatchOptions
+
+    image = open_image(scene.image("v1"))
+    args = scene.archive.mirror_args()
+    options = PatchOptions(cache_dir=scene.tmp / "cache", host_keyrings=False,
+                           mirrors=dict(a.split("=", 1) for a in args[1::2]))
+    engine = DpkgEngine()
+    prefetch = engine.prefetch(image, options)
+    assert prefetch is not None
+    prefetch.offer("etc/apt/sources.list.d/nested/more.list",
+                   f"deb http://deb.debian.org/debian {UPDATES} main\n".encode())
+    prefetch.offer("etc/apt/sources.list", DEBIAN_ONLY_RELEASE.encode())
+    prefetch.offer("etc/apt/sources.list", DEBIAN_ONLY_RELEASE.encode())  # once is enough
+    prefetch.wait()
+    assert scene.archive.fetched("/InRelease") == [f"/dists/{CODENAME}/InRelease"]
+    [index] = scene.archive.fetched("/binary-amd64/")
+    assert index.startswith(f"/dists/{CODENAME}/main/binary-amd64/")
+
+    tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+    state = engine.prepare(image, inspect_image(image, tree), options, tree)
+    assert sorted(scene.archive.fetched("/InRelease")) == sorted(
+        f"/dists/{suite}/InRelease" for suite in (CODENAME, SECURITY, UPDATES))
+    assert scene.archive.fetched(f"/dists/{CODENAME}/main/binary-amd64/") == [index]
+    assert len(scene.archive.fetched("/binary-amd64/")) == 3
+    assert scene.archive.fetched("/pool/") == []
+    plan = state.plan(None)
+    fresh = DpkgEngine().prepare(image, inspect_image(image, tree), options, tree).plan(None)
+    assert [(u.name, u.to_version) for u in plan.updates] == \
+        [(u.name, u.to_version) for u in fresh.updates] == \
+        [("a", "2.0-1"), ("b", "2.0-1"), ("c", "2.0-1")]
+
+
 def _tamper(archive: Archive, how: str) -> Path:
     """Change -security's Packages.xz after the Release listed its size and hash:
     ``flip`` one byte (same size), or ``rewrite`` an entry (another size)."""

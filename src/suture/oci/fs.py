@@ -127,9 +127,11 @@ class _Scan:
     """One top-down pass over the layers, collecting wanted paths and all symlinks."""
 
     def __init__(self, wanted: Callable[[str], bool], max_file: int,
-                 with_data: Callable[[str], bool] | None = None) -> None:
+                 with_data: Callable[[str], bool] | None = None,
+                 on_data: Callable[[str, bytes], None] | None = None) -> None:
         self.wanted = wanted
         self.with_data = with_data or wanted
+        self.on_data = on_data
         self.max_file = max_file
         self.found: dict[str, FileEntry] = {}
         self.symlinks: dict[str, str] = {}
@@ -199,6 +201,8 @@ class _Scan:
                                                  f"{self.max_file} byte limit", layer=digest)
                             fobj = tar.extractfile(member)
                             data = fobj.read() if fobj is not None else b""
+                            if self.on_data is not None:
+                                self.on_data(path, data)
                         self.found[path] = FileEntry(
                             path, kind, member.mode, member.uid, member.gid, member.size,
                             int(member.mtime), member_link, digest, data)
@@ -224,8 +228,9 @@ def scan_files(image: Image, wanted: Callable[[str], bool], *,
 
 
 def _scan(image: Image, wanted: Callable[[str], bool], max_file: int,
-          with_data: Callable[[str], bool] | None = None) -> _Scan:
-    scan = _Scan(wanted, max_file, with_data)
+          with_data: Callable[[str], bool] | None = None,
+          on_data: Callable[[str, bytes], None] | None = None) -> _Scan:
+    scan = _Scan(wanted, max_file, with_data, on_data)
     for layer in reversed(image.layers):
         scan.layer(layer)
     return scan
@@ -301,12 +306,13 @@ def read_files(image: Image, paths: Iterable[str], *, prefixes: Iterable[str] = 
 
 
 def read_tree(image: Image, with_data: Callable[[str], bool], *,
-              max_file: int = MAX_FILE) -> dict[str, FileEntry]:
+              max_file: int = MAX_FILE,
+              on_data: Callable[[str, bytes], None] | None = None) -> dict[str, FileEntry]:
     """Every path of the merged view (metadata), with the contents of regular files
-    ``with_data`` selects: one pass over the layers, nothing resolved."""
-    found, _links = scan_files(image, lambda _path: True, max_file=max_file,
-                               with_data=with_data)
-    return found
+    ``with_data`` selects: one pass over the layers, nothing resolved. ``on_data`` hears
+    each of those files as soon as it is read, with the contents the merged view has
+    (the pass goes from the top layer down and skips what an upper layer hid)."""
+    return _scan(image, lambda _path: True, max_file, with_data, on_data).found
 
 
 def read_file(image: Image, path: str, *, max_file: int = MAX_FILE) -> bytes:

@@ -43,7 +43,7 @@ from suture.oci.mutate import (
     with_annotations,
     with_labels,
 )
-from suture.patch.engines import engine_for, wants_data
+from suture.patch.engines import Prefetch, all_engines, engine_for, wants_data
 from suture.patch.merge import merge_entries, read_layer_entries
 from suture.patch.model import (
     ERROR,
@@ -185,21 +185,30 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     if script_root is not None:
         cleanup.callback(script_root.close)
     # One pass over the layers serves inspection and the engine: every path's metadata,
-    # and the contents of what either reads.
-    tree = _read_tree(image, options)
+    # and the contents of what either reads. Each family's engine hears the files it reads
+    # as the pass finds them, and may start on its repositories before the pass ends
+    # (the family is known only after it): the one prepared below keeps that work.
+    guarded = _guarded(options, str(image.platform or "image"))
+    engines = all_engines()
+    prefetches: list[Prefetch] = []
+    for made in engines:
+        prefetch = made.prefetch(image, guarded)
+        if prefetch is not None:
+            prefetches.append(prefetch)
+            cleanup.callback(prefetch.close)
+    tree = _read_tree(image, options, prefetches)
     inspection = inspect_image(image, tree)
     if inspection.os is not None:
         outcome.os_family, outcome.os_version = inspection.os.id, inspection.os.version_id
     if inspection.package_db is None:
         raise SutureError("no package database found in the image (nothing suture can patch)")
-    engine = engine_for(inspection.package_db.family)
+    engine = engine_for(inspection.package_db.family, engines)
     outcome.package_type = engine.purl_type
     if report is not None:
         _check_report(report, outcome.os_family, outcome.os_version, image.platform)
     check_deadline(options, "planning")
     _say(options, image, "reading repositories")
-    work = engine.prepare(image, inspection, _guarded(options, str(image.platform or "image")),
-                          tree)
+    work = engine.prepare(image, inspection, guarded, tree)
     plan = work.plan(report.os_findings() if report is not None else None)
     outcome.plan = plan
     fixes = len(plan.vulnerabilities)
@@ -309,14 +318,23 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     _finish(base, base_digest, options, outcome, plan, info, blob)
 
 
-def _read_tree(image: Image, options: PatchOptions) -> dict[str, FileEntry]:
-    """The merged view inspection and the engines read (one pass over the layers), or
-    the one kept for the same layers (patch.results; derived from the layers alone, so
-    kept even with ``--no-result-cache``, which is about patch layers)."""
+def _read_tree(image: Image, options: PatchOptions, prefetches: Iterable[Prefetch] = ()
+               ) -> dict[str, FileEntry]:
+    """The merged view inspection and the engines read (one pass over the layers, whose
+    files the engines' ``prefetches`` hear as it reads them), or the one kept for the
+    same layers (patch.results; derived from the layers alone, so kept even with
+    ``--no-result-cache``, which is about patch layers)."""
     key = tree_key([layer.digest for layer in image.layers])
     tree = load_tree(options.cache_dir, key)
     if tree is None:
-        tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
+        listeners = list(prefetches)
+
+        def offer(path: str, data: bytes) -> None:
+            for prefetch in listeners:
+                prefetch.offer(path, data)
+
+        tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p),
+                         on_data=offer if listeners else None)
         store_tree(options.cache_dir, key, tree)
     return tree
 

@@ -219,6 +219,10 @@ class ApkEngine:
     data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
     purl_type: ClassVar[str] = "apk"
 
+    def prefetch(self, image: Image, options: PatchOptions) -> None:
+        """An APKINDEX is small: nothing is worth starting early."""
+        return None
+
     # -------------------------------------------------------------- prepare
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
                 tree: Mapping[str, FileEntry]) -> ApkState:

@@ -16,18 +16,20 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from suture.distro.dpkg.arch import deb_architecture
 from suture.distro.dpkg.control import InstalledPackage, parse_status
-from suture.distro.dpkg.release import Keyring
+from suture.distro.dpkg.release import Keyring, unverified_release
 from suture.distro.dpkg.relevant import relevant_stanzas
 from suture.distro.dpkg.repo import (
     AptFetcher,
     AptRepository,
     PackageEntry,
+    dist_url,
     keyring_for,
     keyring_paths,
     parse_packages_index,
@@ -244,10 +246,95 @@ def _data(files: dict[str, FileEntry], path: str) -> bytes | None:
     return entry.data if entry is not None else None
 
 
+def is_sources_file(path: str) -> bool:
+    """Whether ``path`` is one apt reads its sources from."""
+    return path == SOURCES_LIST or (path.startswith(SOURCES_DIR) and "/" not in
+                                    path[len(SOURCES_DIR):] and
+                                    path.endswith((".list", ".sources")))
+
+
+class IndexPrefetch:
+    """The Release and the native Packages index of every apt source the pass over the
+    layers shows, downloaded while it goes on (the sources are usually in the first
+    files of a layer; the dpkg database, the keyrings and os-release come later). What
+    it keeps is what :meth:`DpkgEngine.prepare` would fetch first: the InRelease in its
+    fetcher's memory (verified there, as always, against the keyring of the whole
+    tree) and the indexes in the content-addressed cache, named by the SHA-256 the
+    still unverified Release gives them (prepare looks them up by the SHA-256 of the
+    verified one: a wrong or forged file is never used, only downloaded in vain). A
+    suite the image's os-release adds, or a foreign architecture, is left to prepare."""
+
+    def __init__(self, options: PatchOptions, architecture: str) -> None:
+        self.fetcher = package_fetcher(options, "apt", AptFetcher)
+        self._architecture = architecture
+        self._mirrors = options.mirrors
+        self._started: set[tuple[str, str]] = set()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="suture-prefetch")
+        self._closed = False
+
+    def offer(self, path: str, data: bytes) -> None:
+        if self._closed or not is_sources_file(path):
+            return
+        try:
+            entries = unique_sources(e for e in parse_sources_files({path: data})
+                                     if e.is_binary)
+            if self._mirrors:
+                entries = apply_mirrors(entries, self._mirrors)
+        except SutureError:
+            # prepare refuses the image for it: start nothing more, drop what waits.
+            self._closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return
+        for entry in entries:
+            suite = (entry.uri.rstrip("/"), entry.suite)
+            if suite not in self._started and len(self._started) < MAX_PREFETCH:
+                self._started.add(suite)
+                self._pool.submit(self._fetch, entry)
+
+    def _fetch(self, entry: SourceEntry) -> None:
+        try:
+            url = dist_url(entry.uri, entry.suite) + "/InRelease"
+            release = unverified_release(self.fetcher.fetch_meta(url, "InRelease"),
+                                         what=redact(url))
+            repo = AptRepository(self.fetcher, entry.uri.rstrip("/"), entry.suite, release,
+                                 dist_url(entry.uri, entry.suite))
+            if entry.architectures and self._architecture not in entry.architectures:
+                return
+            for component in entry.components or ("main",):
+                if repo.packages_id(component, self._architecture) is not None:
+                    repo.fetch_packages(component, self._architecture)
+        except Exception as exc:  # prepare fetches it again and says why
+            log.debug("prefetch of %s %s: %s", redact(entry.uri), entry.suite, exc)
+
+    def wait(self) -> None:
+        """Until what was started is done."""
+        self._closed = True
+        self._pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# The suites (URI and suite) a prefetch starts on at most; more are prepare's alone.
+MAX_PREFETCH = 16
+
+
 class DpkgEngine:
     family: ClassVar[str] = "dpkg"
     data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
     purl_type: ClassVar[str] = "deb"
+
+    def __init__(self) -> None:
+        self._prefetch: IndexPrefetch | None = None
+
+    def prefetch(self, image: Image, options: PatchOptions) -> IndexPrefetch | None:
+        try:
+            architecture = image_architecture(image)
+        except SutureError:
+            return None  # prepare says so
+        self._prefetch = IndexPrefetch(options, architecture)
+        return self._prefetch
 
     # -------------------------------------------------------------- prepare
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
@@ -277,8 +364,8 @@ class DpkgEngine:
 
     def _source_entries(self, state: DpkgState) -> list[SourceEntry]:
         files = state.files
-        source_files = {p: f.data for p, f in files.items() if f.data is not None and (
-            p == SOURCES_LIST or (p.startswith(SOURCES_DIR) and p.endswith((".list", ".sources"))))}
+        source_files = {p: f.data for p, f in files.items()
+                        if f.data is not None and is_sources_file(p)}
         # Repeats are dropped (and the distinct ones bounded) before anything is fetched.
         entries = unique_sources(e for e in parse_sources_files(source_files) if e.is_binary)
         os_release = state.inspection.os
@@ -323,7 +410,12 @@ class DpkgEngine:
 
     def _load_repositories(self, state: DpkgState) -> None:
         options = state.options
-        state.fetcher = package_fetcher(options, "apt", AptFetcher)
+        early = self._prefetch
+        if early is not None:
+            early.wait()  # what it fetched is now in the cache and its fetcher's memory
+            state.fetcher = early.fetcher
+        else:
+            state.fetcher = package_fetcher(options, "apt", AptFetcher)
         arches = (state.architecture, *state.foreign)
         wanted_indexes: list[tuple[AptRepository, str, str, str, str]] = []
         # One Release per repository, suite and trust, and one fetch per index, however

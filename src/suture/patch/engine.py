@@ -80,12 +80,38 @@ class Prepared(Protocol):
         ...
 
 
+class Prefetch(Protocol):
+    """Work an engine started before ``prepare``, while the layers are still being read
+    (downloading repository indexes named by the image's files, say). It must only
+    warm what ``prepare`` would do anyway (a cache checked on use); failures are its
+    own, never raised: ``prepare`` does the work again and reports them."""
+
+    def offer(self, path: str, data: bytes) -> None:
+        """A file of the merged view as the pass over the layers reads it, with its
+        final contents (the pass is top-down: the first copy of a path it meets is the
+        one the image has). Called on the reading thread: return at once."""
+        ...
+
+    def close(self) -> None:
+        """Stop: drop what has not started, wait for what has (idempotent)."""
+        ...
+
+
 class Engine(Protocol):
-    """A package family's engine: what the core needs to know of it, and ``prepare``."""
+    """A package family's engine: what the core needs to know of it, ``prefetch`` and
+    ``prepare``. The core makes one instance of each engine per image: the one whose
+    family the image has is the one it prepares with (so what its ``prefetch``
+    started is there for ``prepare``)."""
 
     family: ClassVar[str]
     data_prefixes: ClassVar[tuple[str, ...]]
     purl_type: ClassVar[str]
+
+    def prefetch(self, image: Image, options: PatchOptions) -> Prefetch | None:
+        """What this engine starts while ``image``'s layers are read (before its family
+        is known): it hears every file whose contents the pass reads (those under any
+        engine's ``data_prefixes``, and what detection reads). None for nothing."""
+        ...
 
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
                 tree: Mapping[str, FileEntry]) -> Prepared:

@@ -5,14 +5,23 @@ here; the core never branches on the family. The seam itself is
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from suture.errors import SutureError
 from suture.patch.apk import ApkEngine
 from suture.patch.dpkg import DpkgEngine
-from suture.patch.engine import Build, Engine, Prepared, fetch_parallel, package_fetcher
+from suture.patch.engine import (
+    Build,
+    Engine,
+    Prefetch,
+    Prepared,
+    fetch_parallel,
+    package_fetcher,
+)
 from suture.patch.rpm import RpmEngine
 
-__all__ = ["ENGINES", "Build", "Engine", "Prepared", "engine_for", "fetch_parallel",
-           "package_fetcher", "wants_data"]
+__all__ = ["ENGINES", "Build", "Engine", "Prefetch", "Prepared", "all_engines", "engine_for",
+           "fetch_parallel", "package_fetcher", "wants_data"]
 
 ENGINES: tuple[type[Engine], ...] = (DpkgEngine, ApkEngine, RpmEngine)
 
@@ -22,7 +31,17 @@ def wants_data(path: str) -> bool:
     return any(path.startswith(engine.data_prefixes) for engine in ENGINES)
 
 
-def engine_for(family: str) -> Engine:
+def all_engines() -> list[Engine]:
+    """One new instance of every engine."""
+    return [engine() for engine in ENGINES]
+
+
+def engine_for(family: str, engines: Iterable[Engine] = ()) -> Engine:
+    """The engine of ``family``: the one among ``engines`` (instances made earlier, to
+    keep what their ``prefetch`` started), else a new one."""
+    for made in engines:
+        if made.family == family:
+            return made
     for engine in ENGINES:
         if engine.family == family:
             return engine()

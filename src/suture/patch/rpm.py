@@ -378,6 +378,10 @@ class RpmEngine:
     data_prefixes: ClassVar[tuple[str, ...]] = _DATA_PREFIXES
     purl_type: ClassVar[str] = "rpm"
 
+    def prefetch(self, image: Image, options: PatchOptions) -> None:
+        """Nothing is started early (yet): prepare reads the repositories."""
+        return None
+
     # -------------------------------------------------------------- prepare
     def prepare(self, image: Image, inspection: Inspection, options: PatchOptions,
                 tree: Mapping[str, FileEntry]) -> RpmState:

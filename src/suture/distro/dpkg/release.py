@@ -507,6 +507,21 @@ def parse_release(data: bytes, *, what: str = "Release") -> Release:
     )
 
 
+def unverified_release(inrelease: bytes, *, what: str = "InRelease") -> Release:
+    """The Release an ``InRelease`` carries, its signature *not* checked.
+
+    Only for choosing what to download ahead of time into the content-addressed cache
+    (see :class:`suture.patch.dpkg.IndexPrefetch`): nothing it names is trusted until
+    :func:`verify_release` of the same bytes lists the same SHA-256. Raises like
+    :func:`parse_release`, or :class:`~suture.distro.dpkg.repoerrors.NotSigned` for a
+    message that is not clearsigned.
+    """
+    if len(inrelease) > MAX_RELEASE:
+        raise NotSigned(f"{what}: larger than {MAX_RELEASE} bytes", url=what)
+    text, _signature = _split_clearsigned(inrelease, what)
+    return parse_release(text, what=what)
+
+
 def verify_release(
     keyring: Keyring,
     *,
