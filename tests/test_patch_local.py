@@ -530,6 +530,21 @@ def test_cache_and_offline(scene: Scene, tmp_path: Path) -> None:
     assert doc["target"]["digest"] == open_image(first + "-patched").digest
 
 
+def test_packages_read_as_they_download_give_the_same_layer(scene: Scene,
+                                                           tmp_path: Path) -> None:
+    """A .deb downloaded now is read on its download's thread, beside the other
+    downloads (DpkgState.fetch); one found in the cache is read by the build: the same
+    patch layer either way."""
+    ref = scene.image("v1")
+    _ok(*scene.patch(ref, "--dest", f"oci:{tmp_path}/one:x"))
+    assert len(scene.archive.fetched("/pool/")) == 3
+    _ok(*scene.patch(ref, "--no-result-cache", "--dest", f"oci:{tmp_path}/two:x"))
+    assert len(scene.archive.fetched("/pool/")) == 3  # all from the cache this time
+    one, two = open_image(f"oci:{tmp_path}/one:x"), open_image(f"oci:{tmp_path}/two:x")
+    assert one.layers[-1].digest == two.layers[-1].digest
+    assert versions(two)["a"] == "2.0-1"
+
+
 def test_offline_names_a_missing_package(scene: Scene) -> None:
     """With the indexes cached but one package not: exit 1 naming the package."""
     ref = scene.image("v1")

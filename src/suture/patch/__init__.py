@@ -188,7 +188,9 @@ def _patch_image(image: Image, options: PatchOptions, workdir: Path,
     # and the contents of what either reads. Each family's engine hears the files it reads
     # as the pass finds them, and may start on its repositories before the pass ends
     # (the family is known only after it): the one prepared below keeps that work.
-    guarded = _guarded(options, str(image.platform or "image"))
+    # The engine's scratch files go in this run's work directory: removed with it, however
+    # the run ends.
+    guarded = _guarded(replace(options, workdir=workdir), str(image.platform or "image"))
     engines = all_engines()
     prefetches: list[Prefetch] = []
     for made in engines:

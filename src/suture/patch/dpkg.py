@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from suture.distro.dpkg.arch import deb_architecture
 from suture.distro.dpkg.control import InstalledPackage, parse_status
@@ -55,6 +55,9 @@ from suture.patch.results import derived_key, load_blobs, store_blobs
 from suture.plan import Plan, Update
 from suture.reports.model import Finding
 
+if TYPE_CHECKING:
+    from suture.distro.dpkg.apply import ReadDeb
+
 log = logging.getLogger(__name__)
 
 STATUS = "var/lib/dpkg/status"
@@ -78,6 +81,10 @@ class DpkgState:
     candidates: list[PackageEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fetcher: AptFetcher | None = None
+    # .debs read as soon as they were downloaded (beside the other downloads), and
+    # the directory their large files were spooled to (see fetch).
+    preread: dict[Path, ReadDeb] = field(default_factory=dict)
+    spool: Path | None = None
 
     def _arch(self, arch: str) -> str:
         # As the resolver and dpkg key packages: "all" stands for the native architecture,
@@ -112,13 +119,36 @@ class DpkgState:
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, plan: Plan) -> dict[str, Path]:
+        """The .debs of ``plan``; each one downloaded now (not found in the cache) is
+        also read for :meth:`build` on its download's thread, while the others still
+        download: the unpack's decompression overlaps the network. Not the ones found
+        in the cache: a kept patch layer may make the build unnecessary."""
+        from suture.distro.dpkg.apply import read_deb_file
+
         assert self.fetcher is not None
         fetcher = self.fetcher
+        spool = self._spool()
 
         def one(update: Update) -> tuple[str, Path]:
-            return package_key(update), fetcher.fetch_deb(self.candidate(update))
+            entry = self.candidate(update)
+            cached = fetcher.cache.path(entry.sha256).is_file()  # checked by fetch_deb
+            path = fetcher.fetch_deb(entry)
+            if not cached:
+                try:
+                    self.preread[path] = read_deb_file(path, spool)
+                except SutureError as exc:  # the build reads it again and says so
+                    log.debug("%s: not read ahead: %s", path.name, exc)
+            return package_key(update), path
 
         return fetch_parallel(one, plan.updates)
+
+    def _spool(self) -> Path:
+        """Where large files of the packages wait on disk for the layer (not memory):
+        made once in the run's work directory, removed by the build's cleanup (or with
+        that directory, when no build follows the fetch)."""
+        if self.spool is None:
+            self.spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=self.options.workdir))
+        return self.spool
 
     # ---------------------------------------------------------------- build
     def build(self, plan: Plan, packages: dict[str, Path]) -> Build:
@@ -143,14 +173,16 @@ class DpkgState:
             for path in follow:
                 hit = found.get(path)
                 conffiles[path] = hit.data if hit is not None else None
-        # Large files of the packages wait on disk for the layer, not in memory.
-        spool = Path(tempfile.mkdtemp(prefix="suture-debs-", dir=self.options.workdir))
+        spool = self._spool()
         try:
             result = apply_updates(files, updates, conffiles=conffiles, tree=self.files,
-                                   spool=spool, preconfigure=preconfigures(self.files))
+                                   spool=spool, preconfigure=preconfigures(self.files),
+                                   preread=self.preread)
         except BaseException:
             shutil.rmtree(spool, ignore_errors=True)
             raise
+        finally:
+            self.preread = {}
         return Build(result.entries, result.jobs, [], result.not_run, list(result.notes),
                      result.sequence, functools.partial(shutil.rmtree, spool, True))
 

@@ -500,14 +500,32 @@ class _Update:
         return [r for group in parse_relations(text) for r in group]
 
 
+ReadDeb = tuple[DebControl, list[DataEntry]]
+
+
+def read_deb_file(deb: Path, spool: Path | None = None) -> ReadDeb:
+    """A ``.deb`` read whole (:func:`read_deb` with the archive's root member): what
+    :func:`apply_updates` reads of it, and may be given as ``preread`` instead (read
+    beforehand with the same ``spool``, say while the other packages download)."""
+    try:
+        with open(deb, "rb") as stream:
+            control, members = read_deb(stream, source=str(deb), include_root=True,
+                                        spool=spool)
+            return control, list(members)
+    except OSError as exc:
+        raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
+
+
 def _load_updates(db: _Database, updates: Sequence[tuple[InstalledPackage | None, Path]],
-                  spool: Path | None) -> list[_Update]:
+                  spool: Path | None, preread: Mapping[Path, ReadDeb]) -> list[_Update]:
     """:func:`_load_update` of each update, in order, read on as many threads as there
     are cores (up to 4): most of the time is decompressing ``data.tar`` members, which
-    releases the GIL. The largest ``.deb`` files are started first."""
+    releases the GIL. The largest ``.deb`` files are started first; those in
+    ``preread`` are not read again."""
     workers = min(4, os.cpu_count() or 1, len(updates))
-    if workers < 2:
-        return [_load_update(db, installed, deb, spool) for installed, deb in updates]
+    if workers < 2 or all(deb in preread for _, deb in updates):
+        return [_load_update(db, installed, deb, spool, preread.get(deb))
+                for installed, deb in updates]
 
     def size(item: tuple[int, tuple[InstalledPackage | None, Path]]) -> int:
         try:
@@ -516,24 +534,18 @@ def _load_updates(db: _Database, updates: Sequence[tuple[InstalledPackage | None
             return 0
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        started = {i: pool.submit(_load_update, db, installed, deb, spool)
+        started = {i: pool.submit(_load_update, db, installed, deb, spool, preread.get(deb))
                    for i, (installed, deb) in sorted(enumerate(updates), key=size,
                                                      reverse=True)}
         return [started[i].result() for i in range(len(updates))]
 
 
 def _load_update(db: _Database, installed: InstalledPackage | None, deb: Path,
-                 spool: Path | None = None) -> _Update:
-    try:
-        with open(deb, "rb") as stream:
-            control, members = read_deb(stream, source=str(deb), include_root=True,
-                                        spool=spool)
-            data = list(members)
-        has_root = bool(data) and data[0].path == ""
-        if has_root:
-            data = data[1:]
-    except OSError as exc:
-        raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
+                 spool: Path | None = None, preread: ReadDeb | None = None) -> _Update:
+    control, data = preread if preread is not None else read_deb_file(deb, spool)
+    has_root = bool(data) and data[0].path == ""
+    if has_root:
+        data = data[1:]
     name, arch = control.name, control.architecture
     if not name or not arch or not control.version:
         raise PackageDBError("control file lacks Package, Version or Architecture",
@@ -760,6 +772,7 @@ def apply_updates(
     tree: Mapping[str, TreeNode],
     spool: Path | None = None,
     preconfigure: bool = False,
+    preread: Mapping[Path, ReadDeb] | None = None,
 ) -> DpkgApplyResult:
     """Install ``updates`` into the image described by ``files`` and ``tree``, as one layer.
 
@@ -777,7 +790,8 @@ def apply_updates(
     them from there; without it every file is held in memory. With
     ``preconfigure`` (the image's apt runs debconf's ``dpkg-preconfigure --apt`` as
     its ``DPkg::Pre-Install-Pkgs`` hook), that hook is the first job, given the
-    packages as apt gives them. A database that does not parse raises
+    packages as apt gives them. ``preread``: ``.deb`` files already read with
+    :func:`read_deb_file` (with this ``spool``), by path. A database that does not parse raises
     :class:`PackageDBError` naming the file; the written database is parsed
     back and checked before anything is returned. A file another package owns
     without ``Replaces`` raises :class:`FileConflictError`.
@@ -788,7 +802,7 @@ def apply_updates(
     if missing:
         raise UsageError(f"current contents of conffile /{missing[0]} not given "
                          f"({len(missing)} missing; read conffile_paths() first)")
-    todo = _load_updates(db, updates, spool)
+    todo = _load_updates(db, updates, spool, preread or {})
     seen: set[Key] = set()
     for update in todo:
         if update.key in seen:
