@@ -376,13 +376,16 @@ def test_not_a_trivy_report_fails(scene: Scene, tmp_path: Path, document: object
 # ---------------------------------------------------------------- verification
 
 
-def test_the_sources_start_the_index_downloads_before_the_pass_ends(scene: Scene) -> None:
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_sources_start_the_index_downloads_before_the_pass_ends(scene: Scene,
+                                                                    dry_run: bool) -> None:
     """DpkgEngine.prefetch, offered the image's sources.list as the pass over the layers
     reads it, downloads that suite's InRelease and native Packages and nothing else (a
-    file apt does not read, nested in sources.list.d/, is ignored); prepare, given the
-    whole tree, verifies those and fetches only what the prefetch could not know (the
-    suites os-release adds): every index once, and then the same plan as a run
-    without a prefetch."""
+    file apt does not read, nested in sources.list.d/, is ignored), and decompresses
+    the index only in a dry run (otherwise the scripts' root takes the other core);
+    prepare, given the whole tree, verifies those and fetches only what the prefetch
+    could not know (the suites os-release adds): every index once, and then the same
+    plan as a run without a prefetch."""
     from suture.inspect import inspect_image, wants_detection_data
     from suture.oci.fs import read_tree
     from suture.patch.dpkg import DpkgEngine
@@ -392,7 +395,7 @@ def test_the_sources_start_the_index_downloads_before_the_pass_ends(scene: Scene
     image = open_image(scene.image("v1"))
     args = scene.archive.mirror_args()
     options = PatchOptions(cache_dir=scene.tmp / "cache", host_keyrings=False,
-                           mirrors=dict(a.split("=", 1) for a in args[1::2]))
+                           mirrors=dict(a.split("=", 1) for a in args[1::2]), dry_run=dry_run)
     engine = DpkgEngine()
     prefetch = engine.prefetch(image, options)
     assert prefetch is not None
@@ -404,6 +407,11 @@ def test_the_sources_start_the_index_downloads_before_the_pass_ends(scene: Scene
     assert scene.archive.fetched("/InRelease") == [f"/dists/{CODENAME}/InRelease"]
     [index] = scene.archive.fetched("/binary-amd64/")
     assert index.startswith(f"/dists/{CODENAME}/main/binary-amd64/")
+    release = scene.archive.repo.path("dists", CODENAME, "Release").read_text()
+    plain = re.search(r"^ ([0-9a-f]{64}) +\d+ main/binary-amd64/Packages$",
+                      release.split("SHA256:", 1)[1], re.M)
+    assert plain is not None
+    assert (prefetch.fetcher.cache.lookup(plain.group(1)) is not None) == dry_run
 
     tree = read_tree(image, lambda p: wants_detection_data(p) or wants_data(p))
     state = engine.prepare(image, inspect_image(image, tree), options, tree)

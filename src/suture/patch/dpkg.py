@@ -294,10 +294,16 @@ class IndexPrefetch:
     tree) and the indexes in the content-addressed cache, named by the SHA-256 the
     still unverified Release gives them (prepare looks them up by the SHA-256 of the
     verified one: a wrong or forged file is never used, only downloaded in vain). A
-    suite the image's os-release adds, or a foreign architecture, is left to prepare."""
+    suite the image's os-release adds, or a foreign architecture, is left to prepare.
+
+    In a dry run the indexes are decompressed here too. Otherwise only downloaded: the
+    scripts' root is then being extracted beside the pass, both cores are busy, and
+    decompressing bookworm's main index (45 MB) here slowed the pass by more than it
+    saved (docs/benchmarks.md)."""
 
     def __init__(self, options: PatchOptions, architecture: str) -> None:
         self.fetcher = package_fetcher(options, "apt", AptFetcher)
+        self._decompress = options.dry_run
         self._architecture = architecture
         self._mirrors = options.mirrors
         self._started: set[tuple[str, str]] = set()
@@ -333,8 +339,12 @@ class IndexPrefetch:
             if entry.architectures and self._architecture not in entry.architectures:
                 return
             for component in entry.components or ("main",):
-                if repo.packages_id(component, self._architecture) is not None:
+                if repo.packages_id(component, self._architecture) is None:
+                    continue
+                if self._decompress:
                     repo.fetch_packages(component, self._architecture)
+                else:
+                    repo.download_packages(component, self._architecture)
         except Exception as exc:  # prepare fetches it again and says why
             log.debug("prefetch of %s %s: %s", redact(entry.uri), entry.suite, exc)
 

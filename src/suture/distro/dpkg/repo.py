@@ -385,6 +385,16 @@ class AptRepository:
         """
         return self.fetch_index(self._packages_name(component, architecture))
 
+    def download_packages(self, component: str, architecture: str) -> None:
+        """The best listed variant of ``<component>/binary-<arch>/Packages`` into the
+        cache (checked against the Release as it downloads), not decompressed: for
+        :meth:`fetch_packages` to find later."""
+        name = self._packages_name(component, architecture)
+        _check_relpath(name, "index")
+        variants = self.index_variants(name)
+        if variants:
+            self._fetch_listed(variants[0][0])
+
     def _packages_name(self, component: str, architecture: str) -> str:
         if self.suite.endswith("/"):
             return "Packages"
