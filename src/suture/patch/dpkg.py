@@ -331,11 +331,11 @@ class IndexPrefetch:
 
     def _fetch(self, entry: SourceEntry) -> None:
         try:
-            url = dist_url(entry.uri, entry.suite) + "/InRelease"
+            base = dist_url(entry.uri, entry.suite)
+            url = base + "/InRelease"
             release = unverified_release(self.fetcher.fetch_meta(url, "InRelease"),
                                          what=redact(url))
-            repo = AptRepository(self.fetcher, entry.uri.rstrip("/"), entry.suite, release,
-                                 dist_url(entry.uri, entry.suite))
+            repo = AptRepository(self.fetcher, entry.uri.rstrip("/"), entry.suite, release, base)
             if entry.architectures and self._architecture not in entry.architectures:
                 return
             for component in entry.components or ("main",):

@@ -335,25 +335,31 @@ class AptRepository:
             kept = self.fetcher.cache.lookup(plain.sha256, plain.size)
             if kept is not None:
                 return kept.read_bytes()
+        path, entry, kind = self._download_listed(variants)
+        with path.open("rb") as f:
+            data = decompress_index(f, kind, limit=self.fetcher.max_index,
+                                    what=f"{self.url}/{entry.path}")
+        if plain is not None and kind != "none":
+            if len(data) != plain.size:
+                raise SizeMismatch(f"{name} (decompressed)", plain.size, len(data))
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != plain.sha256:
+                raise DigestMismatch(f"{name} (decompressed)", "sha256:" + plain.sha256,
+                                     "sha256:" + digest)
+            self.fetcher.cache.put(data)
+        return data
+
+    def _download_listed(self, variants: list[tuple[ReleaseFile, str]]
+                         ) -> tuple[Path, ReleaseFile, str]:
+        """The first of ``variants`` (from :meth:`index_variants`, at least one) the
+        server has, in the cache: its file, entry and compression. A variant the
+        server lacks (404) falls back to the next one."""
         missing: RepositoryNotFound | None = None
         for entry, kind in variants:
             try:
-                path = self._fetch_listed(entry)
+                return self._fetch_listed(entry), entry, kind
             except RepositoryNotFound as exc:
                 missing = exc
-                continue
-            with path.open("rb") as f:
-                data = decompress_index(f, kind, limit=self.fetcher.max_index,
-                                        what=f"{self.url}/{entry.path}")
-            if plain is not None and kind != "none":
-                if len(data) != plain.size:
-                    raise SizeMismatch(f"{name} (decompressed)", plain.size, len(data))
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != plain.sha256:
-                    raise DigestMismatch(f"{name} (decompressed)", "sha256:" + plain.sha256,
-                                         "sha256:" + digest)
-                self.fetcher.cache.put(data)
-            return data
         assert missing is not None
         raise missing
 
@@ -386,14 +392,15 @@ class AptRepository:
         return self.fetch_index(self._packages_name(component, architecture))
 
     def download_packages(self, component: str, architecture: str) -> None:
-        """The best listed variant of ``<component>/binary-<arch>/Packages`` into the
-        cache (checked against the Release as it downloads), not decompressed: for
-        :meth:`fetch_packages` to find later."""
+        """``<component>/binary-<arch>/Packages`` into the cache as :meth:`fetch_packages`
+        would download it (checked against the Release as it downloads), not
+        decompressed: for :meth:`fetch_packages` to find later. Nothing when the Release
+        lists no such index."""
         name = self._packages_name(component, architecture)
         _check_relpath(name, "index")
         variants = self.index_variants(name)
         if variants:
-            self._fetch_listed(variants[0][0])
+            self._download_listed(variants)
 
     def _packages_name(self, component: str, architecture: str) -> str:
         if self.suite.endswith("/"):
